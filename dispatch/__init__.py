@@ -1,0 +1,1 @@
+"""Wakala dispatch engine: orders, matching, offers, API, CLI."""

@@ -1,0 +1,154 @@
+"""The `wakala` console script."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from dispatch.console import format_table
+from schema.errors import WakalaError
+from schema.settings import PostgresSettings
+
+
+def _pg() -> PostgresSettings:
+    return PostgresSettings.from_env()
+
+
+async def _services(args: argparse.Namespace) -> int:
+    from dispatch import services
+
+    if args.action == "up":
+        statuses = await services.services_up()
+    elif args.action == "status":
+        statuses = await services.services_status()
+    else:
+        print(await services.services_down())
+        return 0
+    print(services.format_statuses(statuses))
+    return 0 if all(s.ok for s in statuses) else 1
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    from schema.migrate import migrate, migration_status
+
+    settings = _pg()
+    if args.action == "status":
+        rows = await migration_status(settings)
+        print(format_table(
+            ["database", "scope", "applied", "pending", "last applied"],
+            [(r.database, r.scope, r.applied, ", ".join(r.pending) or "-", r.last_applied_at)
+             for r in rows],
+        ))
+        return 1 if any(r.pending for r in rows) else 0
+    report = await migrate(settings)
+    tenant_changes = {k: v for k, v in report.tenant_applied.items() if v}
+    print(f"control database {settings.control.redacted()}: "
+          f"{len(report.control_applied)} migration(s) applied {report.control_applied or ''}".rstrip())
+    if report.shards_registered:
+        print(f"registered default shards: {', '.join(report.shards_registered)}")
+    print(f"shards ready: {', '.join(report.shards_prepared) or 'none'}; "
+          f"tenant schemas checked: {len(report.tenant_applied)}, changed: {len(tenant_changes)}")
+    for schema_name, versions in tenant_changes.items():
+        print(f"  {schema_name}: applied {', '.join(versions)}")
+    if not report.changed:
+        print("nothing to do: everything is up to date")
+    return 0
+
+
+async def _tenant(args: argparse.Namespace) -> int:
+    from schema.tenants import create_tenant, list_tenants
+
+    settings = _pg()
+    if args.action == "create":
+        tenant = await create_tenant(settings, args.name, slug=args.slug)
+        print(f"created tenant {tenant.name!r} ({tenant.slug}) id {tenant.id} "
+              f"on {tenant.shard_name} in schema {tenant.schema_name}")
+        return 0
+    tenants = await list_tenants(settings)
+    print(format_table(
+        ["id", "slug", "name", "status", "shard", "schema"],
+        [(t.id, t.slug, t.name, t.status, t.shard_name, t.schema_name) for t in tenants],
+    ))
+    return 0
+
+
+async def _shard(args: argparse.Namespace) -> int:
+    from schema.shards import add_shard, list_shards
+
+    settings = _pg()
+    if args.action == "add":
+        shard = await add_shard(settings, args.name, args.database, host=args.host,
+                                port=args.port, weight=args.weight)
+        print(f"added {shard.name} (id {shard.shard_id}) at {shard.host}:{shard.port}/{shard.database}; "
+              "existing tenants stay where they are")
+        return 0
+    print(format_table(
+        ["id", "name", "address", "status", "weight", "tenants"],
+        [(s.shard_id, s.name, f"{s.host}:{s.port}/{s.database}", s.status, s.weight, s.tenants)
+         for s in await list_shards(settings)],
+    ))
+    return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from dispatch.demo import run_demo
+
+    return await run_demo()
+
+
+Handler = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wakala", description="Wakala dispatch engine")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("services", help="check, start or stop the services the engine needs")
+    p.add_argument("action", choices=["up", "status", "down"])
+    p.set_defaults(handler=_services)
+
+    p = sub.add_parser("migrate", help="apply control and tenant migrations on every shard")
+    p.add_argument("action", nargs="?", choices=["apply", "status"], default="apply")
+    p.set_defaults(handler=_migrate)
+
+    p = sub.add_parser("tenant", help="create and list tenants")
+    tsub = p.add_subparsers(dest="action", required=True)
+    create = tsub.add_parser("create", help="provision a tenant on its shard")
+    create.add_argument("name")
+    create.add_argument("--slug", default=None)
+    tsub.add_parser("list", help="list tenants and where they live")
+    p.set_defaults(handler=_tenant)
+
+    p = sub.add_parser("shard", help="list shards or add one")
+    ssub = p.add_subparsers(dest="action", required=True)
+    add = ssub.add_parser("add", help="register a new shard database")
+    add.add_argument("name")
+    add.add_argument("--database", required=True)
+    add.add_argument("--host", default=None)
+    add.add_argument("--port", type=int, default=None)
+    add.add_argument("--weight", type=float, default=1.0)
+    ssub.add_parser("list", help="list shards with their tenant counts")
+    p.set_defaults(handler=_shard)
+
+    p = sub.add_parser("demo", help="show the running system")
+    p.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return asyncio.run(handler(args))
+    except WakalaError as exc:
+        print(f"wakala {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure geometry: H3 cells, distances, ETAs, geofences. No I/O."""

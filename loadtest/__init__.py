@@ -1,0 +1,1 @@
+"""City generator, traffic replay, benchmarks and reports."""

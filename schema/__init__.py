@@ -1,0 +1,1 @@
+"""Control plane, shards, migrations, tenant provisioning and tenant transactions."""

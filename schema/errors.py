@@ -1,0 +1,48 @@
+"""Errors raised by the control plane, the migration runner and tenant transactions.
+
+Every message names what went wrong and what to do about it; none carries tenant data.
+"""
+
+
+class WakalaError(Exception):
+    """Base class for errors a user can act on (the CLI prints them without a traceback)."""
+
+
+class ConfigError(WakalaError):
+    """A WAKALA_* setting is malformed."""
+
+
+class DatabaseUnavailable(WakalaError):
+    """A PostgreSQL server or database does not answer."""
+
+
+class MigrationError(WakalaError):
+    """A migration could not be loaded or applied."""
+
+
+class MigrationChecksumError(MigrationError):
+    """An applied migration file was edited after it was applied."""
+
+
+class ShardError(WakalaError):
+    """The shard map is empty, inconsistent, or a shard definition is invalid."""
+
+
+class InvalidTenantId(WakalaError):
+    """A tenant id is not a UUID."""
+
+
+class UnknownTenant(WakalaError):
+    """No tenant with this id is registered in the control plane."""
+
+
+class TenantNotActive(WakalaError):
+    """The tenant exists but is not active (provisioning, suspended or deleted)."""
+
+
+class InvalidTenantName(WakalaError):
+    """A tenant name or slug fails validation."""
+
+
+class TenantExists(WakalaError):
+    """A tenant with this slug already exists."""

@@ -1,0 +1,1 @@
+"""Faust app, typed records, topics and agents."""
