@@ -115,3 +115,52 @@ async def test_migrate_refuses_an_app_role_that_bypasses_rls(fresh_settings):
     settings = replace(fresh_settings, app_role="wakala_test_bypass")
     with pytest.raises(MigrationError, match="BYPASSRLS"):
         await migrate(settings)
+
+
+async def test_a_new_tenant_migration_reaches_every_tenant_on_every_shard(platform, migrations_copy):
+    tenants = []
+    while {t.shard_id for t in tenants} != {0, 1}:
+        tenants.append(await create_tenant(platform, f"Everywhere {len(tenants)}"))
+        assert len(tenants) < 40
+    (migrations_copy / "tenant" / "0999_driver_nickname.sql").write_text(
+        "ALTER TABLE drivers ADD COLUMN nickname VARCHAR(50);\n"
+    )
+    report = await migrate(platform)
+    assert {t.schema_name: report.tenant_applied[t.schema_name] for t in tenants} == {
+        t.schema_name: ["0999"] for t in tenants
+    }
+    for t in tenants:
+        rows = await _fetch(
+            platform.control.with_database(platform.shard_databases[t.shard_id]),
+            "SELECT 1 FROM information_schema.columns "
+            "WHERE table_schema = $1 AND table_name = 'drivers' AND column_name = 'nickname'",
+            t.schema_name,
+        )
+        assert rows, f"{t.schema_name} did not get the new column"
+
+
+async def test_a_tenant_migration_that_leaves_a_table_unprotected_is_refused(platform, migrations_copy):
+    (migrations_copy / "tenant" / "0999_naked.sql").write_text("CREATE TABLE naked (id int);\n")
+    with pytest.raises(MigrationError, match="naked"):
+        await create_tenant(platform, "Careless Tenant")
+    tenants = await _fetch(platform.control, "SELECT count(*) AS n FROM tenants")
+    assert tenants[0]["n"] == 0
+
+
+async def test_analytics_partitions_exist_ahead_of_time(platform):
+    tenant = await create_tenant(platform, "Analytics Ahead")
+    rows = await _fetch(
+        platform.control.with_database(platform.shard_databases[tenant.shard_id]),
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = to_regclass($1)",
+        f"{tenant.schema_name}.analytics_events",
+    )
+    names = {r["relname"] for r in rows}
+    start = await _fetch(platform.control, "SELECT date_trunc('month', now() AT TIME ZONE 'UTC') AS m")
+    month = start[0]["m"]
+    expected = set()
+    for offset in range(4):
+        y, m = divmod(month.month - 1 + offset, 12)
+        expected.add(f"analytics_events_y{month.year + y}m{m + 1:02d}")
+    assert expected <= names
+    assert "analytics_events_default" in names

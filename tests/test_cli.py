@@ -1,0 +1,42 @@
+"""The `wakala` console script: exit codes and messages a user can act on."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def _wakala(settings, *args):
+    env = dict(os.environ)
+    env["WAKALA_CONTROL_DSN"] = settings.control.url()
+    env["WAKALA_SHARD_DATABASES"] = ",".join(settings.shard_databases)
+    return subprocess.run([sys.executable, "-m", "dispatch.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.timeout(300)
+async def test_cli_migrates_creates_lists_and_refuses_bad_names(fresh_settings):
+    first = _wakala(fresh_settings, "migrate")
+    assert first.returncode == 0, first.stderr
+    assert "3 migration(s) applied" in first.stdout
+    assert "nothing to do" in _wakala(fresh_settings, "migrate").stdout
+    created = _wakala(fresh_settings, "tenant", "create", "Kwa-Mai Mai Traders")
+    assert created.returncode == 0, created.stderr
+    assert "kwa-mai-mai-traders" in created.stdout
+    listed = _wakala(fresh_settings, "tenant", "list")
+    assert "kwa-mai-mai-traders" in listed.stdout and "tenant_" in listed.stdout
+    status = _wakala(fresh_settings, "migrate", "status")
+    assert status.returncode == 0 and "tenant_" in status.stdout
+    bad = _wakala(fresh_settings, "tenant", "create", "x'); DROP TABLE tenants; --")
+    assert bad.returncode == 2
+    assert "may not contain" in bad.stderr and "Traceback" not in bad.stderr
+    assert _wakala(fresh_settings, "tenant", "list").stdout.count("tenant_") == 1
+
+
+def test_cli_names_the_fix_when_postgres_is_down():
+    env = dict(os.environ, WAKALA_CONTROL_DSN="postgresql://postgres@127.0.0.1:1/wakala_control")
+    result = subprocess.run([sys.executable, "-m", "dispatch.cli", "migrate", "status"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "does not answer" in result.stderr and "wakala services up" in result.stderr
