@@ -93,6 +93,67 @@ async def _shard(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _driver(args: argparse.Namespace) -> int:
+    from dispatch.auth import issue_driver_token, revoke_token
+    from dispatch.drivers import NewDriver, create_driver
+    from schema.db import TenantDatabase
+
+    async with TenantDatabase(_pg()) as db:
+        if args.action == "create":
+            driver_id = await create_driver(db, args.tenant, NewDriver(
+                args.first_name, args.last_name, args.phone, args.license, args.vehicle,
+                args.registration, args.cold_storage))
+            print(f"created driver {driver_id}")
+        elif args.token_action == "issue":
+            issued = await issue_driver_token(db, args.tenant, args.driver, ttl_s=args.ttl_hours * 3600)
+            print(f"token id {issued.token_id}, expires {issued.expires_at.isoformat()}")
+            print("token (shown once; only its hash is stored):")
+            print(issued.token)
+        else:
+            import redis.asyncio as aioredis
+
+            from streams.settings import StreamSettings
+
+            redis = aioredis.from_url(StreamSettings.from_env().redis_url)
+            try:
+                revoked = await revoke_token(db, redis, args.tenant, args.token_id)
+            finally:
+                await redis.aclose()
+            print("revoked" if revoked else "no live token with that id (already revoked or unknown)")
+            return 0 if revoked else 1
+    return 0
+
+
+def _engine(args: argparse.Namespace) -> int:
+    """Runs outside asyncio.run: uvicorn and faust each own their event loop."""
+    import subprocess
+
+    if args.role == "worker":
+        from streams.app import run_worker
+
+        run_worker()
+        return 0
+    import uvicorn
+
+    from dispatch.app import create_app, uvicorn_config
+    from dispatch.settings import EngineSettings
+
+    engine = EngineSettings.from_env()
+    worker = None
+    if args.role == "all":
+        worker = subprocess.Popen([sys.executable, "-m", "dispatch.cli", "engine", "worker"])
+    try:
+        print(f"wakala engine listening on http://{engine.host}:{engine.port} "
+              f"(OpenAPI at /openapi.json){'; location worker pid ' + str(worker.pid) if worker else ''}",
+              flush=True)
+        uvicorn.Server(uvicorn_config(create_app(engine), engine)).run()
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=30)
+    return 0
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from dispatch.demo import run_demo
 
@@ -133,6 +194,32 @@ def build_parser() -> argparse.ArgumentParser:
     ssub.add_parser("list", help="list shards with their tenant counts")
     p.set_defaults(handler=_shard)
 
+    p = sub.add_parser("driver", help="create drivers, issue and revoke their tokens")
+    dsub = p.add_subparsers(dest="action", required=True)
+    dcreate = dsub.add_parser("create", help="create a driver (and its user) in a tenant")
+    dcreate.add_argument("--tenant", required=True)
+    dcreate.add_argument("--first-name", required=True)
+    dcreate.add_argument("--last-name", required=True)
+    dcreate.add_argument("--phone", required=True, help="E.164, e.g. +27821234567")
+    dcreate.add_argument("--license", required=True)
+    dcreate.add_argument("--vehicle", required=True, help="bicycle, motorbike, car, bakkie or van")
+    dcreate.add_argument("--registration", required=True)
+    dcreate.add_argument("--cold-storage", action="store_true")
+    dtoken = dsub.add_parser("token", help="issue or revoke a driver's bearer token")
+    tksub = dtoken.add_subparsers(dest="token_action", required=True)
+    issue = tksub.add_parser("issue")
+    issue.add_argument("--tenant", required=True)
+    issue.add_argument("--driver", required=True)
+    issue.add_argument("--ttl-hours", type=float, default=24 * 30)
+    revoke = tksub.add_parser("revoke")
+    revoke.add_argument("--tenant", required=True)
+    revoke.add_argument("token_id")
+    p.set_defaults(handler=_driver)
+
+    p = sub.add_parser("engine", help="run the engine: HTTP/websocket API and the location worker")
+    p.add_argument("role", nargs="?", choices=["all", "api", "worker"], default="all")
+    p.set_defaults(handler=_engine, sync=True)
+
     p = sub.add_parser("demo", help="show the running system")
     p.set_defaults(handler=_demo)
     return parser
@@ -142,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
+        if getattr(args, "sync", False):
+            return handler(args)  # type: ignore[return-value]
         return asyncio.run(handler(args))
     except WakalaError as exc:
         print(f"wakala {args.command}: {exc}", file=sys.stderr)

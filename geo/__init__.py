@@ -1,1 +1,47 @@
-"""Pure geometry: H3 cells, distances, ETAs, geofences. No I/O."""
+"""Pure geometry: H3 cells, distances, ETAs, geofences. No I/O.
+
+Latitudes and longitudes are WGS84 degrees, distances metres, times seconds, and cells
+H3 v4 index strings (resolution 9 unless given).
+"""
+
+from geo.cells import (
+    DEFAULT_RES,
+    cell_center,
+    cell_of,
+    cells_of,
+    disk,
+    is_valid_cell,
+    k_for_radius,
+    parent,
+    ring,
+    rings,
+)
+from geo.distance import (
+    EARTH_RADIUS_M,
+    bearing_deg,
+    destination,
+    distance_m,
+    distances_m,
+    implied_speed_kmh,
+    pairwise_distances_m,
+)
+
+__all__ = [
+    "DEFAULT_RES",
+    "EARTH_RADIUS_M",
+    "bearing_deg",
+    "cell_center",
+    "cell_of",
+    "cells_of",
+    "destination",
+    "disk",
+    "distance_m",
+    "distances_m",
+    "implied_speed_kmh",
+    "is_valid_cell",
+    "k_for_radius",
+    "pairwise_distances_m",
+    "parent",
+    "ring",
+    "rings",
+]

@@ -92,3 +92,38 @@ async def platform(fresh_settings: PostgresSettings) -> PostgresSettings:
     """A migrated control plane with two empty shards."""
     await migrate(fresh_settings)
     return fresh_settings
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real Redis: testcontainers with Docker, else WAKALA_REDIS_URL / the local server."""
+    if docker_engine_answers() and not os.environ.get("WAKALA_REDIS_URL"):
+        from testcontainers.redis import RedisContainer
+
+        with RedisContainer("redis:7-alpine") as container:
+            yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
+        return
+    yield os.environ.get("WAKALA_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """A real Kafka-protocol broker: the one `wakala services up` ensures (tansu or Kafka)."""
+    return os.environ.get("WAKALA_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+
+
+@pytest.fixture
+def stream_settings(redis_url: str, kafka_bootstrap: str):
+    """Stream settings with topic names and consumer group of this test only."""
+    from streams.settings import StreamSettings
+
+    suffix = uuid.uuid4().hex[:10]
+    return replace(
+        StreamSettings.from_env(),
+        kafka_bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        locations_topic=f"driver-locations-{suffix}",
+        dead_letters_topic=f"dead-letters-{suffix}",
+        delivery_events_topic=f"delivery-events-{suffix}",
+        app_id=f"wakala-test-{suffix}",
+    )

@@ -1,0 +1,70 @@
+"""Driver accounts: creating a driver (with its user) in a tenant, validated."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from schema.db import TenantDatabase
+from schema.errors import WakalaError
+
+VEHICLE_TYPES = ("bicycle", "motorbike", "car", "bakkie", "van")
+_PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
+_NAME = re.compile(r"^[\w][\w .'-]{0,99}$", re.UNICODE)
+_PLATE = re.compile(r"^[A-Z0-9][A-Z0-9 -]{1,19}$")
+
+CREATE_USER_SQL = """
+INSERT INTO users (phone_number, name, role) VALUES ($1, $2, 'driver') RETURNING id
+"""
+CREATE_DRIVER_SQL = """
+INSERT INTO drivers (user_id, first_name, last_name, license_number, vehicle_type,
+                     vehicle_registration, has_cold_storage)
+VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id
+"""
+
+
+class InvalidDriver(WakalaError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class NewDriver:
+    first_name: str
+    last_name: str
+    phone_number: str
+    license_number: str
+    vehicle_type: str
+    vehicle_registration: str
+    has_cold_storage: bool = False
+
+    def validated(self) -> NewDriver:
+        for field in ("first_name", "last_name"):
+            value = getattr(self, field)
+            if not isinstance(value, str) or not _NAME.match(value.strip()):
+                raise InvalidDriver(field, "letters, spaces, ' . - only, 1-100 characters")
+        if not isinstance(self.phone_number, str) or not _PHONE.match(self.phone_number):
+            raise InvalidDriver("phone_number", "an E.164 number such as +27821234567")
+        if self.vehicle_type not in VEHICLE_TYPES:
+            raise InvalidDriver("vehicle_type", f"one of {', '.join(VEHICLE_TYPES)}")
+        plate = str(self.vehicle_registration).upper().strip()
+        if not _PLATE.match(plate):
+            raise InvalidDriver("vehicle_registration", "letters, digits, spaces and dashes, 2-20 characters")
+        licence = str(self.license_number).strip()
+        if not 3 <= len(licence) <= 100 or not licence.replace("-", "").replace(" ", "").isalnum():
+            raise InvalidDriver("license_number", "letters, digits, spaces and dashes, 3-100 characters")
+        if not isinstance(self.has_cold_storage, bool):
+            raise InvalidDriver("has_cold_storage", "true or false")
+        return NewDriver(self.first_name.strip(), self.last_name.strip(), self.phone_number, licence,
+                         self.vehicle_type, plate, self.has_cold_storage)
+
+
+async def create_driver(db: TenantDatabase, tenant_id: object, driver: NewDriver) -> uuid.UUID:
+    """Create the driver's user and driver rows in one transaction; returns the driver id."""
+    d = driver.validated()
+    async with db.tenant_transaction(tenant_id) as tx:
+        user_id = await tx.fetchval(CREATE_USER_SQL, d.phone_number, f"{d.first_name} {d.last_name}")
+        return await tx.fetchval(CREATE_DRIVER_SQL, user_id, d.first_name, d.last_name, d.license_number,
+                                 d.vehicle_type, d.vehicle_registration, d.has_cold_storage)

@@ -1,0 +1,50 @@
+"""Engine (HTTP/websocket) settings from WAKALA_* variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from schema.errors import ConfigError
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    ping_rate_limit: int = 60            # pings per driver per window
+    ping_rate_window_s: int = 10
+    max_message_bytes: int = 16 * 1024   # one websocket message (error frame beyond, connection kept)
+    max_body_bytes: int = 256 * 1024     # one HTTP request body (413 beyond)
+    max_batch_pings: int = 500
+    auth_timeout_s: int = 10             # websocket: time to present a token
+    token_cache_s: int = 60
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
+        env = os.environ if env is None else env
+        return cls(
+            host=env.get("WAKALA_HTTP_HOST") or cls.host,
+            port=_int(env, "WAKALA_HTTP_PORT", cls.port, 0, 65535),
+            ping_rate_limit=_int(env, "WAKALA_PING_RATE_LIMIT", cls.ping_rate_limit, 1, 1_000_000),
+            ping_rate_window_s=_int(env, "WAKALA_PING_RATE_WINDOW_S", cls.ping_rate_window_s, 1, 3600),
+            max_message_bytes=_int(env, "WAKALA_MAX_MESSAGE_BYTES", cls.max_message_bytes, 256, 1 << 20),
+            max_body_bytes=_int(env, "WAKALA_MAX_BODY_BYTES", cls.max_body_bytes, 1024, 16 << 20),
+            max_batch_pings=_int(env, "WAKALA_MAX_BATCH_PINGS", cls.max_batch_pings, 1, 100_000),
+            auth_timeout_s=_int(env, "WAKALA_WS_AUTH_TIMEOUT_S", cls.auth_timeout_s, 1, 300),
+            token_cache_s=_int(env, "WAKALA_TOKEN_CACHE_S", cls.token_cache_s, 0, 3600),
+        )

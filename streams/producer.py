@@ -1,0 +1,79 @@
+"""Producing validated pings to `driver-locations`, batched, keyed by driver id.
+
+One aiokafka producer per gateway process. ``send_pings`` hands every ping of a request to
+the producer at once (no per-ping round trip; the producer's linger batches requests from
+many connections together) and returns when the broker has acknowledged them, so a client's
+ack means the ping is durable in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from schema.errors import WakalaError
+from streams.records import SCHEMA_VERSION
+from streams.settings import StreamSettings
+
+
+class BrokerUnavailable(WakalaError):
+    """The Kafka broker does not answer or refused a produce."""
+
+
+def encode_ping(ping, *, tenant_id: str, vehicle_type: str, received_at: float) -> bytes:
+    """The wire format of streams.records.DriverPing, built without a Record round trip."""
+    return json.dumps({
+        "v": SCHEMA_VERSION,
+        "driver_id": ping.driver_id,
+        "tenant_id": tenant_id,
+        "lat": ping.lat,
+        "lng": ping.lng,
+        "accuracy_m": ping.accuracy,
+        "speed_mps": ping.speed,
+        "heading_deg": ping.heading,
+        "ts": ping.timestamp,
+        "received_at": received_at,
+        "vehicle_type": vehicle_type,
+        "battery": ping.battery,
+    }, separators=(",", ":")).encode()
+
+
+class PingProducer:
+    def __init__(self, settings: StreamSettings, *, linger_ms: int = 5) -> None:
+        self.settings = settings
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            linger_ms=linger_ms,
+            max_batch_size=512 * 1024,
+            acks=1,
+            enable_idempotence=False,  # tansu refuses InitProducerId; at-least-once + idempotent consumers
+            request_timeout_ms=15000,
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise BrokerUnavailable(
+                f"no Kafka broker answers at {self.settings.kafka_bootstrap} ({exc}); run `wakala services up`"
+            ) from None
+        self._started = True
+
+    async def stop(self) -> None:
+        if self._started:
+            await self._producer.stop()
+            self._started = False
+
+    async def send(self, topic: str, values: Sequence[tuple[bytes, bytes]]) -> None:
+        """Produce (key, value) pairs and wait until the broker has all of them."""
+        try:
+            futures = [await self._producer.send(topic, value=v, key=k) for k, v in values]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"producing to {topic} failed: {exc}") from exc

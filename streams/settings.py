@@ -1,0 +1,60 @@
+"""Settings of the location pipeline (gateway, broker, agent, Redis) from WAKALA_* variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from schema.errors import ConfigError
+
+
+def _num(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    locations_topic: str = "driver-locations"
+    dead_letters_topic: str = "dead-letters"
+    delivery_events_topic: str = "delivery-events"
+    locations_partitions: int = 4
+    location_ttl_s: float = 30.0          # driver:location:{id} expiry; silent drivers vanish
+    h3_resolution: int = 9                # availability index cells (~0.1 km² at res 9)
+    max_speed_kmh: float = 250.0          # a jump implying more than this is rejected
+    max_future_s: float = 60.0            # pings stamped further ahead than this are refused
+    pg_write_interval_s: float = 10.0     # at most one drivers.current_location write per driver
+    batch_size: int = 1000                # agent: events per batch (stream.take)
+    batch_within_s: float = 0.05          # agent: max wait to fill a batch
+    app_id: str = "wakala"                # faust app id (consumer group)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StreamSettings:
+        env = os.environ if env is None else env
+        return cls(
+            kafka_bootstrap=env.get("WAKALA_KAFKA_BOOTSTRAP") or cls.kafka_bootstrap,
+            redis_url=env.get("WAKALA_REDIS_URL") or cls.redis_url,
+            locations_topic=env.get("WAKALA_LOCATIONS_TOPIC") or cls.locations_topic,
+            dead_letters_topic=env.get("WAKALA_DEAD_LETTERS_TOPIC") or cls.dead_letters_topic,
+            delivery_events_topic=env.get("WAKALA_DELIVERY_EVENTS_TOPIC") or cls.delivery_events_topic,
+            locations_partitions=int(_num(env, "WAKALA_LOCATIONS_PARTITIONS", 4, 1, 1024)),
+            location_ttl_s=_num(env, "WAKALA_LOCATION_TTL_S", 30.0, 0.5, 3600),
+            h3_resolution=int(_num(env, "WAKALA_H3_RESOLUTION", 9, 0, 15)),
+            max_speed_kmh=_num(env, "WAKALA_MAX_SPEED_KMH", 250.0, 1, 2000),
+            max_future_s=_num(env, "WAKALA_MAX_FUTURE_S", 60.0, 0, 3600),
+            pg_write_interval_s=_num(env, "WAKALA_PG_LOCATION_INTERVAL_S", 10.0, 0, 3600),
+            batch_size=int(_num(env, "WAKALA_AGENT_BATCH", 1000, 1, 100_000)),
+            batch_within_s=_num(env, "WAKALA_AGENT_BATCH_WITHIN_S", 0.05, 0.001, 10),
+            app_id=env.get("WAKALA_APP_ID") or cls.app_id,
+        )

@@ -1,0 +1,42 @@
+"""Running the real engine (uvicorn + FastAPI) inside a test, on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import uvicorn
+
+from dispatch.app import create_app, uvicorn_config
+from dispatch.settings import EngineSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def running_engine(pg, streams, **engine_overrides) -> AsyncIterator[str]:
+    engine = replace(EngineSettings(), port=free_port(), **engine_overrides)
+    app = create_app(engine, streams, pg)
+    server = uvicorn.Server(uvicorn_config(app, engine))
+    server.config.loop = "asyncio"
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        else:
+            raise TimeoutError("the engine did not start within 10 s")
+        yield f"127.0.0.1:{engine.port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
