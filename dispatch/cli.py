@@ -131,11 +131,9 @@ def _engine(args: argparse.Namespace) -> int:
     if args.role == "worker":
         from streams.app import run_worker
 
-        run_worker()
+        run_worker(pg=_pg(), loglevel=args.log_level)
         return 0
-    import uvicorn
-
-    from dispatch.app import create_app, uvicorn_config
+    from dispatch.app import run_gateway
     from dispatch.settings import EngineSettings
 
     engine = EngineSettings.from_env()
@@ -146,11 +144,21 @@ def _engine(args: argparse.Namespace) -> int:
         print(f"wakala engine listening on http://{engine.host}:{engine.port} "
               f"(OpenAPI at /openapi.json){'; location worker pid ' + str(worker.pid) if worker else ''}",
               flush=True)
-        uvicorn.Server(uvicorn_config(create_app(engine), engine)).run()
+        run_gateway(engine, workers=args.workers)
     finally:
         if worker is not None:
             worker.terminate()
             worker.wait(timeout=30)
+    return 0
+
+
+async def _bench(args: argparse.Namespace) -> int:
+    if args.bench == "ingest":
+        from loadtest.ingest import IngestBench, run_ingest_bench
+
+        await run_ingest_bench(IngestBench(
+            drivers=args.drivers, hz=args.hz, upload_every_s=args.upload_every, duration_s=args.duration,
+            gateways=args.gateways, clients=args.clients))
     return 0
 
 
@@ -218,7 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("engine", help="run the engine: HTTP/websocket API and the location worker")
     p.add_argument("role", nargs="?", choices=["all", "api", "worker"], default="all")
+    p.add_argument("--workers", type=int, default=1, help="gateway processes (api)")
+    p.add_argument("--log-level", default="warn", choices=["crit", "error", "warn", "info", "debug"])
     p.set_defaults(handler=_engine, sync=True)
+
+    p = sub.add_parser("bench", help="benchmarks (a table, then one JSON line of figures)")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    ingest = bsub.add_parser("ingest", help="drivers -> gateway -> Kafka -> agent -> Redis")
+    ingest.add_argument("--drivers", type=int, default=20_000)
+    ingest.add_argument("--hz", type=float, default=1.0, help="GPS fixes per driver per second")
+    ingest.add_argument("--upload-every", type=float, default=5.0, help="seconds between uploads")
+    ingest.add_argument("--duration", type=float, default=30.0, help="measured window, seconds")
+    ingest.add_argument("--gateways", type=int, default=2, help="gateway processes")
+    ingest.add_argument("--clients", type=int, default=2, help="load-generator processes")
+    p.set_defaults(handler=_bench)
 
     p = sub.add_parser("demo", help="show the running system")
     p.set_defaults(handler=_demo)

@@ -34,7 +34,7 @@ from dispatch.pings import (
 )
 from dispatch.ratelimit import SlidingWindowLimiter
 from dispatch.settings import EngineSettings
-from streams.producer import PingProducer, encode_ping
+from streams.producer import PingProducer, encode_pings
 from streams.settings import StreamSettings
 
 CLOSE_UNAUTHORISED = 4401   # token unknown, revoked or expired
@@ -118,10 +118,10 @@ class Ingest:
                           f"more than {self.engine.ping_rate_limit} pings in {self.engine.ping_rate_window_s} s")
         key = driver.driver_id.encode()
         started = time.perf_counter()
+        # One message per upload, keyed by driver: ordering per driver, one produce per request.
         await self.producer.send(self.streams.locations_topic, [
-            (key, encode_ping(p, tenant_id=driver.tenant_id, vehicle_type=driver.vehicle_type,
-                              received_at=received_at))
-            for p in pings
+            (key, encode_pings(pings, tenant_id=driver.tenant_id, vehicle_type=driver.vehicle_type,
+                               received_at=received_at))
         ])
         GATEWAY_PRODUCE_SECONDS.observe(time.perf_counter() - started)
         PINGS_ACCEPTED.labels(channel).inc(len(pings))

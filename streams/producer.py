@@ -24,9 +24,14 @@ class BrokerUnavailable(WakalaError):
     """The Kafka broker does not answer or refused a produce."""
 
 
-def encode_ping(ping, *, tenant_id: str, vehicle_type: str, received_at: float) -> bytes:
-    """The wire format of streams.records.DriverPing, built without a Record round trip."""
-    return json.dumps({
+def encode_pings(pings, *, tenant_id: str, vehicle_type: str, received_at: float) -> bytes:
+    """One driver's upload as one message: a JSON array of DriverPing objects (streams.decode)."""
+    return json.dumps([_ping_object(p, tenant_id, vehicle_type, received_at) for p in pings],
+                      separators=(",", ":")).encode()
+
+
+def _ping_object(ping, tenant_id: str, vehicle_type: str, received_at: float) -> dict:
+    return {
         "v": SCHEMA_VERSION,
         "driver_id": ping.driver_id,
         "tenant_id": tenant_id,
@@ -39,7 +44,7 @@ def encode_ping(ping, *, tenant_id: str, vehicle_type: str, received_at: float) 
         "received_at": received_at,
         "vehicle_type": vehicle_type,
         "battery": ping.battery,
-    }, separators=(",", ":")).encode()
+    }
 
 
 class PingProducer:

@@ -2,7 +2,8 @@
 
 The gateway has already validated the ping and authenticated the driver; it adds what it
 knows from the token (tenant, vehicle type) and when it accepted the ping (``received_at``,
-for end-to-end latency). Wire format: UTF-8 JSON object with exactly these fields.
+for end-to-end latency). Wire format: UTF-8 JSON, either one object with these fields or
+(what the gateway sends) an array of them holding one driver's upload, keyed by that driver.
 """
 
 from __future__ import annotations

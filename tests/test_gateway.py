@@ -45,7 +45,8 @@ async def drivers(platform, redis_url):
     return tenant, ids, tokens
 
 
-async def _topic_values(stream_settings, expect, wait_s=5.0):
+async def _topic_values(stream_settings, expect, wait_s=5.0, messages=None):
+    """(key, ping) pairs on the locations topic; ``messages`` collects the raw message count."""
     consumer = AIOKafkaConsumer(stream_settings.locations_topic, bootstrap_servers=stream_settings.kafka_bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
     await consumer.start()
@@ -55,7 +56,11 @@ async def _topic_values(stream_settings, expect, wait_s=5.0):
         while time.monotonic() < deadline and len(values) < expect:
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
-                values.extend((r.key, json.loads(r.value)) for r in records)
+                for r in records:
+                    decoded = json.loads(r.value)
+                    values.extend((r.key, v) for v in (decoded if isinstance(decoded, list) else [decoded]))
+                    if messages is not None:
+                        messages.append(r.key)
     finally:
         await consumer.stop()
     return values
@@ -72,7 +77,9 @@ async def test_http_batch_is_produced_keyed_by_driver(platform, stream_settings,
                                json={"pings": [ping(ids[0]), ping(ids[0], lat=-26.2486)]})
         assert resp.status_code == 202, resp.text
         assert resp.json() == {"accepted": 2}
-    values = await _topic_values(stream_settings, 2)
+    messages = []
+    values = await _topic_values(stream_settings, 2, messages=messages)
+    assert messages == [str(ids[0]).encode()]   # one message per upload, keyed by driver
     assert [k for k, _ in values] == [str(ids[0]).encode()] * 2
     first = values[0][1]
     assert first["tenant_id"] == str(tenant.id) and first["vehicle_type"] == "motorbike"

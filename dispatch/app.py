@@ -1,0 +1,112 @@
+"""The engine's ASGI app: one HTTP port for the driver gateway, (later) the REST API and tracking.
+
+FastAPI on uvicorn, with uvicorn's websocket protocol provided by the ``websockets``
+library (``ws="websockets"``). See README, "Why FastAPI + uvicorn".
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+import uvicorn
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from dispatch.auth import DriverAuthenticator
+from dispatch.gateway import Ingest, close_revoked, router
+from dispatch.ratelimit import SlidingWindowLimiter
+from dispatch.settings import EngineSettings
+from schema.db import TenantDatabase
+from schema.settings import PostgresSettings
+from streams.producer import PingProducer
+from streams.settings import StreamSettings
+
+
+def create_app(engine: EngineSettings | None = None, streams: StreamSettings | None = None,
+               pg: PostgresSettings | None = None) -> FastAPI:
+    engine = engine or EngineSettings.from_env()
+    streams = streams or StreamSettings.from_env()
+    pg = pg or PostgresSettings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Blocking pool: a burst of requests waits for a connection instead of failing.
+        redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
+            streams.redis_url, max_connections=64, timeout=10))
+        db = TenantDatabase(pg)
+        producer = PingProducer(streams)
+        auth = DriverAuthenticator(db, redis, cache_ttl_s=engine.token_cache_s)
+        await db.start()
+        await producer.start()
+        await auth.start()
+        app.state.redis, app.state.db = redis, db
+        app.state.driver_sockets = {}
+        auth.on_revoked(lambda token_hash: close_revoked(app.state, token_hash))
+        app.state.ingest = Ingest(engine, streams, auth,
+                                  SlidingWindowLimiter(redis, engine.ping_rate_limit, engine.ping_rate_window_s),
+                                  producer)
+        from streams.location_store import LocationStore
+
+        app.state.locations = LocationStore(redis, streams)
+        try:
+            yield
+        finally:
+            await auth.stop()
+            await producer.stop()
+            await db.close()
+            await redis.aclose()
+
+    app = FastAPI(title="Wakala dispatch engine", version="0.1.0", lifespan=lifespan,
+                  description="Streaming geospatial dispatch and tracking for last-mile commerce.")
+    app.include_router(router)
+
+    @app.get("/healthz", tags=["operators"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operators"])
+    async def readyz(response: Response) -> dict[str, str]:
+        checks = {}
+        try:
+            await app.state.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # readiness reports, it does not raise
+            checks["redis"] = f"down: {exc.__class__.__name__}"
+        try:
+            await app.state.db.start()
+            checks["postgres"] = "ok"
+        except Exception as exc:
+            checks["postgres"] = f"down: {exc.__class__.__name__}"
+        if any(v != "ok" for v in checks.values()):
+            response.status_code = 503
+        return checks
+
+    @app.get("/metrics", tags=["operators"], include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def uvicorn_config(app: FastAPI | str, engine: EngineSettings, **overrides) -> uvicorn.Config:
+    options = dict(
+        host=engine.host, port=engine.port, ws="websockets-sansio", http="httptools", loop="uvloop",
+        ws_max_size=1 << 20, ws_ping_interval=20, ws_ping_timeout=20, log_level="warning",
+        access_log=False, lifespan="on",
+    )
+    options.update(overrides)
+    return uvicorn.Config(app, **options)
+
+
+def run_gateway(engine: EngineSettings, workers: int = 1) -> None:
+    """Serve in the foreground. With workers > 1, several processes share the port, each with
+    its own producer and token cache (settings come from the environment in each)."""
+    if workers > 1:
+        options = uvicorn_config("dispatch.app:create_app", engine).__dict__
+        uvicorn.run("dispatch.app:create_app", factory=True, workers=workers, **{
+            k: options[k] for k in ("host", "port", "ws", "http", "loop", "ws_max_size", "ws_ping_interval",
+                                    "ws_ping_timeout", "log_level", "access_log", "lifespan")})
+    else:
+        uvicorn.Server(uvicorn_config(create_app(engine), engine)).run()

@@ -1,0 +1,497 @@
+"""The location-ingest worker: a faust app that lands `driver-locations` pings in Redis.
+
+Flow per batch (up to ``batch_size`` events, or whatever arrived within ``batch_within_s``):
+
+1. decode every raw value with ``decode_pings`` (one ping, or one driver's upload); undecodable ones become ``DeadLetter`` records
+   on the dead-letter topic (their delivery is awaited before the batch is acknowledged);
+2. one ``LocationStore.write_batch`` (a Lua script per 500 pings, one round trip) does the
+   out-of-order and jump checks against the stored positions, the writes and the index;
+3. only then are the batch's events acknowledged, so faust commits their offsets only after
+   Redis has the data;
+4. accepted positions are remembered for the throttled Postgres writer, a timer that writes
+   ``drivers.current_location`` at most once per ``pg_write_interval_s`` per driver, one
+   ``UPDATE ... FROM unnest(...)`` per tenant. A Postgres failure is logged and counted and the
+   positions are retried an interval later; Redis ingestion never waits for Postgres.
+
+Acknowledgement and failures (at-least-once, nothing acknowledged is lost):
+
+- faust's ``Stream.take()`` acknowledges the buffered events in a ``finally`` block, i.e. also
+  when the agent body raises or is cancelled mid-batch. The agent therefore uses
+  ``noack_take()`` (which never acknowledges) with a stream processor that turns each value
+  into its ``Event``, and calls ``stream.ack(event)`` itself after step 2 (and 1) succeeded.
+  An exception or a cancellation before that leaves the whole batch unacknowledged: faust's
+  commit stops at the first unacknowledged offset, and the next worker replays from there.
+- Transient Redis errors (connection, timeout, loading, OOM, TRYAGAIN) are retried with
+  backoff for as long as it takes: the partition waits (backpressure), nothing is skipped.
+  Any other error in a batch crashes the app (the worker exits) without acknowledging it.
+- Replays are harmless: the write script ignores a ping whose device ``ts`` is not newer than
+  the stored one, so a replayed ping is counted ``out_of_order`` and changes nothing.
+
+Broker specifics: the app creates its topics (``locations_partitions`` each) before the consumer
+subscribes, keeps the producer's idempotence off (the bundled tansu refuses InitProducerId;
+at-least-once plus idempotent writes is what we rely on anyway), shortens the consumer-group
+session (DEFAULT_SESSION_TIMEOUT_S) and the fetch wait (FETCH_MAX_WAIT_MS).
+
+Throughput: faust's per-event path (fetcher, conductor, channel queue, stream iterator, acks)
+costs ~50-60 µs a message on this class of machine, which caps one worker at ~16k msg/s with
+the default event loop and ~20k with uvloop even when the agent does nothing; with decoding and
+the Redis script it lands ~12-15k pings/s per worker process. Scale by partitions and worker
+processes (the write path itself, LocationStore.write_batch, does ~90k pings/s).
+
+Counters: ``app.ingest_stats`` (a Counter: accepted, out_of_order, implausible_jump,
+dead_letter, pg_written, pg_failed, batches, redis_retries), mirrored in Redis
+``metrics:ingest:counts`` and logged every STATS_LOG_INTERVAL_S. With
+``WAKALA_INGEST_LATENCY_SAMPLES=1`` every batch also pushes its per-ping latencies (Redis time
+minus the gateway's ``received_at``, ms) to ``metrics:ingest:latency_ms``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiokafka
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import EventT, StreamT, TopicT
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from schema.db import TenantDatabase
+from schema.errors import InvalidTenantId, TenantNotActive, UnknownTenant
+from schema.settings import PostgresSettings
+from streams.decode import UndecodablePing, decode_pings
+from streams.location_store import BatchOutcome, LocationStore
+from streams.records import DeadLetter, DriverPing
+from streams.settings import StreamSettings
+
+log = logging.getLogger("wakala.streams")
+
+PG_FLUSH_EVERY_S = 1.0
+PG_FLUSH_TIMEOUT_S = 10.0
+UNKNOWN_TENANT_SKIP_S = 60.0    # positions of an unknown or inactive tenant are dropped this long
+STATS_LOG_INTERVAL_S = 10.0
+REDIS_BACKOFF_MAX_S = 5.0
+SHUTDOWN_GRACE_S = 5.0
+DEAD_LETTER_PREVIEW = 512
+LATENCY_SAMPLES_ENV = "WAKALA_INGEST_LATENCY_SAMPLES"
+SESSION_TIMEOUT_ENV = "WAKALA_KAFKA_SESSION_TIMEOUT_S"
+# A dead worker's partitions wait this long before another worker takes them over; drivers
+# vanish from the index after location_ttl_s of silence, so keep it well below that (faust's
+# default is 60 s). The bundled tansu also holds every group join for half of it.
+DEFAULT_SESSION_TIMEOUT_S = 10.0
+# faust hard-codes fetch_max_wait_ms=1500. Kafka answers a fetch as soon as data arrive, but
+# the bundled tansu holds every fetch for the full wait, which put up to 1.5 s on every ping.
+FETCH_MAX_WAIT_MS = 50
+
+UPDATE_LOCATIONS_SQL = """
+UPDATE drivers AS d
+SET current_location = ST_SetSRID(ST_MakePoint(u.lng, u.lat), 4326)::geography
+FROM unnest($1::uuid[], $2::float8[], $3::float8[]) AS u(id, lat, lng)
+WHERE d.id = u.id
+"""
+
+
+class PipelineClosed(RuntimeError):
+    """The worker is shutting down; the batch in hand stays unacknowledged and is replayed."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError
+                  | redis_errors.TryAgainError | OSError):
+        return True  # BusyLoadingError is a ConnectionError
+    return isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("OOM", "MASTERDOWN"))
+
+
+class PgLocationWriter:
+    """Throttled ``drivers.current_location`` writes: latest position, at most once per interval.
+
+    ``note`` is called with every batch's accepted pings (cheap: a dict update per ping);
+    ``flush`` writes the drivers whose last write (or attempt) is at least ``interval_s`` old,
+    one statement per tenant. State is per process: a driver whose partition moves to another
+    worker is written by that worker at its first ping.
+    """
+
+    def __init__(self, db: TenantDatabase, interval_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.db = db
+        self.interval_s = interval_s
+        self.clock = clock
+        self._pending: dict[str, tuple[str, float, float]] = {}   # driver -> (tenant, lat, lng)
+        self._last: dict[str, float] = {}                         # driver -> last write/attempt
+        self._unknown: dict[str, float] = {}                      # tenant -> skip until
+
+    def note(self, pings: Sequence[DriverPing]) -> None:
+        pending = self._pending
+        for p in pings:
+            pending[p.driver_id] = (p.tenant_id, p.lat, p.lng)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def flush(self, *, force: bool = False) -> tuple[int, int]:
+        """Write what is due; returns (rows updated, positions that failed)."""
+        now = self.clock()
+        horizon = now - self.interval_s
+        last = self._last
+        due: dict[str, list[tuple[str, float, float]]] = {}
+        for driver, (tenant, lat, lng) in list(self._pending.items()):
+            if force or last.get(driver, -1e18) <= horizon:
+                due.setdefault(tenant, []).append((driver, lat, lng))
+                del self._pending[driver]
+                last[driver] = now
+        for driver in [d for d, t in last.items() if t < horizon and d not in self._pending]:
+            del last[driver]   # forget drivers that went quiet (and keep the dict bounded)
+        if not due:
+            return 0, 0
+        results = await asyncio.gather(*(self._write_tenant(t, rows) for t, rows in due.items()))
+        return sum(r[0] for r in results), sum(r[1] for r in results)
+
+    async def _write_tenant(self, tenant: str, rows: list[tuple[str, float, float]]) -> tuple[int, int]:
+        if self._unknown.get(tenant, -1e18) > self.clock():
+            return 0, len(rows)    # refused recently: do not ask the control plane every second
+        rows.sort()   # same lock order in every statement
+        ids = [r[0] for r in rows]
+        lats = [r[1] for r in rows]
+        lngs = [r[2] for r in rows]
+        try:
+            async with asyncio.timeout(PG_FLUSH_TIMEOUT_S):
+                async with self.db.tenant_transaction(tenant) as conn:
+                    status = await conn.execute(UPDATE_LOCATIONS_SQL, ids, lats, lngs)
+            return int(status.rsplit(" ", 1)[-1]), 0
+        except (UnknownTenant, TenantNotActive, InvalidTenantId) as exc:
+            log.warning("dropping driver positions of tenant %s for %.0f s: %s",
+                        tenant, UNKNOWN_TENANT_SKIP_S, exc)
+            self._unknown[tenant] = self.clock() + UNKNOWN_TENANT_SKIP_S
+            return 0, len(rows)
+        except Exception as exc:  # noqa: BLE001 - any PG failure: count, retry next interval
+            log.warning("writing %d driver position(s) of tenant %s failed (%s: %s); "
+                        "retrying in %.0f s", len(rows), tenant, type(exc).__name__, exc,
+                        self.interval_s)
+            for driver, lat, lng in rows:
+                self._pending.setdefault(driver, (tenant, lat, lng))   # a newer one wins
+            return 0, len(rows)
+
+
+class IngestPipeline:
+    """What the agent does with a batch of events; owns the Redis client and the PG writer."""
+
+    def __init__(self, app: faust.App, settings: StreamSettings, pg: PostgresSettings | None,
+                 dead_letters: TopicT, *, latency_samples: bool) -> None:
+        self.app = app
+        self.settings = settings
+        self.pg_settings = pg
+        self.dead_letters = dead_letters
+        self.latency_samples = latency_samples
+        self.stats: Counter[str] = Counter()
+        self.redis: Redis | None = None
+        self.store: LocationStore | None = None
+        self.db: TenantDatabase | None = None
+        self.pg_writer: PgLocationWriter | None = None
+        self.closing = False
+        self._open_lock = asyncio.Lock()
+        self._batch_lock = asyncio.Lock()
+        self._last_stats: tuple[float, Counter[str]] = (time.monotonic(), Counter())
+
+    async def open(self) -> None:
+        async with self._open_lock:
+            if self.store is not None:
+                return
+            self.redis = Redis.from_url(self.settings.redis_url, socket_timeout=10,
+                                        socket_connect_timeout=5, health_check_interval=30)
+            self.store = LocationStore(self.redis, self.settings)
+            if self.pg_settings is not None:
+                self.db = TenantDatabase(self.pg_settings)
+                self.pg_writer = PgLocationWriter(self.db, self.settings.pg_write_interval_s)
+
+    async def close(self) -> None:
+        self.closing = True
+        try:   # let a batch in flight finish (and be acknowledged) before the client goes
+            async with asyncio.timeout(SHUTDOWN_GRACE_S):
+                await self._batch_lock.acquire()
+            self._batch_lock.release()
+        except TimeoutError:
+            log.warning("a batch was still in flight at shutdown; it will be replayed")
+        if self.pg_writer is not None and self.pg_writer.pending:
+            with _suppress_all("final Postgres flush"):
+                await self.flush_pg(force=True)
+        if self.redis is not None:
+            with _suppress_all("closing Redis"):
+                await self.redis.aclose()
+        if self.db is not None:
+            with _suppress_all("closing Postgres pools"):
+                await self.db.close()
+        self.store = None
+
+    async def process(self, events: Sequence[EventT]) -> None:
+        """Land a batch in Redis; returns only when it may be acknowledged, else raises."""
+        async with self._batch_lock:
+            if self.closing or self.store is None:
+                raise PipelineClosed("the ingest pipeline is closed")
+            store = self.store
+            max_future_s = self.settings.max_future_s
+            pings: list[DriverPing] = []
+            dead: list[tuple[EventT, str]] = []
+            for event in events:
+                try:
+                    pings.extend(decode_pings(event.value, max_future_s=max_future_s))
+                except UndecodablePing as exc:
+                    dead.append((event, exc.reason))
+            if dead:
+                await self._dead_letter(dead)
+            if pings:
+                outcome = await self._write(store, pings)
+                self.stats.update(outcome.counts)
+                if self.pg_writer is not None:
+                    self.pg_writer.note(outcome.accepted_pings)
+                if self.latency_samples:
+                    now_ms = outcome.redis_now_ms
+                    with _suppress_all("recording latency samples"):
+                        await store.record_latencies([now_ms - p.received_at * 1000 for p in pings])
+            self.stats["batches"] += 1
+
+    async def _write(self, store: LocationStore, pings: list[DriverPing]) -> BatchOutcome:
+        delay = 0.05
+        while True:
+            try:
+                return await store.write_batch(pings)
+            except Exception as exc:
+                if not _retryable(exc):
+                    raise
+                if self.closing:
+                    raise PipelineClosed("shutting down while Redis is failing") from exc
+                self.stats["redis_retries"] += 1
+                log.warning("Redis write of %d pings failed (%s: %s); retrying in %.2f s",
+                            len(pings), type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REDIS_BACKOFF_MAX_S)
+
+    async def _dead_letter(self, dead: list[tuple[EventT, str]]) -> None:
+        sent = []
+        for event, reason in dead:
+            message = event.message
+            raw = event.value
+            if isinstance(raw, bytes | bytearray):
+                preview = bytes(raw[: DEAD_LETTER_PREVIEW * 4]).decode("utf-8", "replace")
+            else:
+                preview = "" if raw is None else repr(raw)
+            key = event.key
+            if isinstance(key, bytes | bytearray):
+                key = bytes(key).decode("utf-8", "replace")
+            letter = DeadLetter(
+                topic=message.topic, partition=message.partition, offset=message.offset,
+                reason=reason, key=key, value_preview=preview[:DEAD_LETTER_PREVIEW],
+            )
+            sent.append(await self.dead_letters.send(key=event.key, value=letter))
+            log.info("dead letter %s[%d]@%d: %s", message.topic, message.partition,
+                     message.offset, reason)
+        await asyncio.gather(*sent)   # delivered before the originals are acknowledged
+        self.stats["dead_letter"] += len(dead)
+        if self.store is not None:
+            with _suppress_all("counting dead letters"):
+                await self.store.count(dead_letter=len(dead))
+
+    async def flush_pg(self, *, force: bool = False) -> None:
+        if self.pg_writer is None:
+            return
+        written, failed = await self.pg_writer.flush(force=force)
+        if written or failed:
+            self.stats["pg_written"] += written
+            self.stats["pg_failed"] += failed
+            if self.store is not None:
+                with _suppress_all("counting Postgres writes"):
+                    await self.store.count(pg_written=written, pg_failed=failed)
+
+    def log_stats(self) -> None:
+        now = time.monotonic()
+        then, before = self._last_stats
+        if now - then < STATS_LOG_INTERVAL_S:
+            return
+        delta = self.stats - before
+        self._last_stats = (now, self.stats.copy())
+        if delta:
+            rate = (delta["accepted"] + delta["out_of_order"] + delta["implausible_jump"]) / (now - then)
+            log.info("ingest: %.0f pings/s; last %.0f s %s; total %s", rate, now - then,
+                     dict(delta), dict(self.stats))
+
+
+class _suppress_all:
+    """Log and swallow an exception (for best-effort steps in shutdown and bookkeeping)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is not None and isinstance(exc, Exception):
+            log.warning("%s failed: %s: %s", self.what, type(exc).__name__, exc)
+            return True
+        return False
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        if not hasattr(consumer, "_fetch_max_wait_ms"):   # an aiokafka upgrade renamed it
+            raise RuntimeError("cannot set fetch_max_wait_ms on this aiokafka version")
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class IngestApp(faust.App):
+    """faust.App that creates its topics first and whose consumer waits FETCH_MAX_WAIT_MS at most."""
+
+    declare_on_start: Sequence[TopicT] = ()
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        # Before the consumer subscribes: otherwise the broker auto-creates the locations
+        # topic with its default partition count instead of locations_partitions.
+        for topic in self.declare_on_start:
+            await topic.maybe_declare()
+
+
+def _broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
+
+
+def create_app(settings: StreamSettings, pg: PostgresSettings | None = None, *,
+               web_port: int | None = None, latency_samples: bool | None = None,
+               session_timeout_s: float | None = None) -> faust.App:
+    """The ingest app: topics, the agent, the PG timer. ``pg=None`` skips Postgres writes.
+
+    ``web_port=None`` disables faust's web server. ``latency_samples`` defaults to
+    ``WAKALA_INGEST_LATENCY_SAMPLES=1``; ``session_timeout_s`` (Kafka consumer group session)
+    to ``WAKALA_KAFKA_SESSION_TIMEOUT_S`` or DEFAULT_SESSION_TIMEOUT_S. The pipeline is
+    ``app.ingest`` and its counters ``app.ingest_stats``.
+    """
+    if latency_samples is None:
+        latency_samples = os.environ.get(LATENCY_SAMPLES_ENV) == "1"
+    if session_timeout_s is None:
+        session_timeout_s = float(os.environ.get(SESSION_TIMEOUT_ENV) or DEFAULT_SESSION_TIMEOUT_S)
+    state_dir = os.environ.get("WAKALA_STATE_DIR") or os.path.join(os.getcwd(), ".wakala")
+    os.makedirs(os.path.join(state_dir, "faust"), exist_ok=True)
+    app = IngestApp(
+        settings.app_id,
+        datadir=os.path.join(state_dir, "faust", "{conf.name}-data"),  # not the working directory
+        broker=_broker_url(settings.kafka_bootstrap),
+        store="memory://",
+        topic_partitions=settings.locations_partitions,
+        topic_replication_factor=1,
+        processing_guarantee="at_least_once",   # the bundled tansu refuses InitProducerId
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=min(3.0, session_timeout_s / 4),
+        web_enabled=web_port is not None,
+        web_port=web_port or 6066,
+        web_bind="127.0.0.1",
+        producer_linger=0.005,
+        stream_buffer_maxsize=max(4096, settings.batch_size * 2),
+    )
+    locations = app.topic(
+        settings.locations_topic, key_serializer="raw", value_serializer="raw",
+        partitions=settings.locations_partitions,
+    )
+    dead_letters = app.topic(
+        settings.dead_letters_topic, key_serializer="raw", value_type=DeadLetter,
+        partitions=settings.locations_partitions,
+    )
+    app.declare_on_start = (locations, dead_letters)
+    pipeline = IngestPipeline(app, settings, pg, dead_letters, latency_samples=latency_samples)
+    app.ingest = pipeline                 # type: ignore[attr-defined]
+    app.ingest_stats = pipeline.stats     # type: ignore[attr-defined]
+    batch_size = settings.batch_size
+    within = settings.batch_within_s
+
+    @app.agent(locations, name="wakala.streams.ingest", concurrency=1)
+    async def ingest(stream: StreamT) -> None:
+        await pipeline.open()
+
+        def event_of(value: Any) -> Any:
+            return stream.current_event   # the buffer then holds events, which we ack ourselves
+
+        stream.add_processor(event_of)   # each actor (re)start gets a new stream
+        async for events in stream.noack_take(batch_size, within=within):
+            try:
+                await pipeline.process(events)
+            except PipelineClosed:
+                return
+            except Exception as exc:
+                log.exception("ingest batch failed; crashing without acknowledging it")
+                await app.crash(exc)
+                return
+            for event in events:
+                await stream.ack(event)
+
+    @app.timer(PG_FLUSH_EVERY_S)
+    async def flush_and_report() -> None:
+        if pipeline.store is None:
+            return
+        try:
+            await pipeline.flush_pg()
+        except Exception:  # noqa: BLE001 - never let the timer die
+            log.exception("Postgres location flush failed")
+        pipeline.log_stats()
+
+    @app.on_before_shutdown.connect
+    async def close_pipeline(sender: Any, **kwargs: Any) -> None:
+        await pipeline.close()
+
+    return app
+
+
+def run_worker(settings: StreamSettings | None = None, pg: PostgresSettings | None = None, *,
+               loglevel: str = "info", web_port: int | None = None, use_uvloop: bool = True) -> None:
+    """Run the ingest worker in the foreground until SIGINT/SIGTERM (what `wakala engine worker` calls).
+
+    uvloop, when installed, makes faust's per-event path about 20% faster.
+    """
+    if use_uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    settings = settings or StreamSettings.from_env()
+    app = create_app(settings, pg, web_port=web_port)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m streams.app worker -l info`` (faust's CLI) with settings from WAKALA_*.
+
+    ``WAKALA_STREAMS_PG=0`` disables the Postgres writer.
+    """
+    settings = StreamSettings.from_env()
+    pg = None if os.environ.get("WAKALA_STREAMS_PG") == "0" else PostgresSettings.from_env()
+    app = create_app(settings, pg)
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

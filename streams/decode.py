@@ -1,0 +1,184 @@
+"""Decoding a `driver-locations` message into a DriverPing: pure, strict, and cheap.
+
+The gateway validated the ping already, but the agent trusts nothing on the topic: a producer
+with a bug, an old gateway or a hand-typed message must not crash ingestion or poison Redis.
+``decode_ping`` is the only way from bytes to a ``DriverPing``; what it refuses goes to the
+dead-letter topic with the reason.
+
+Reasons are short machine-friendly strings, ``kind`` or ``kind:field``:
+
+==========================  ========================================================
+``too_large``               a ping object over MAX_PING_BYTES, a message over
+                            MAX_MESSAGE_BYTES or an array over MAX_PINGS_PER_MESSAGE
+``bad_json``                not UTF-8 JSON, or not a JSON object (or array of them)
+``empty_batch``             an empty array
+``mixed_drivers``           an array holding pings of more than one driver or tenant
+``schema_version``          ``v`` is not SCHEMA_VERSION
+``missing_field:<f>``       a required field is absent (``null`` counts as absent)
+``wrong_type:<f>``          a number that is not a number (``true`` is not a number)
+                            or a string that is not a string
+``not_finite:<f>``          NaN or ±Infinity (Python's json accepts them)
+``out_of_range:<f>``        outside the physical bounds below; for vehicle_type, longer
+                            than 50 or outside ``[A-Za-z0-9_.- ]``
+``bad_uuid:<f>``            driver_id / tenant_id is not a UUID
+``future_timestamp:ts``     the fix is stamped more than ``max_future_s`` after the
+                            gateway received it (a wrong device clock would otherwise
+                            freeze the driver: every honest ping after it looks old)
+==========================  ========================================================
+
+Unknown fields are ignored (a tolerant reader, so that a newer gateway adding an optional
+field does not dead-letter everything during a rolling upgrade); UUIDs are normalised to
+canonical lower-case text, because they become Redis keys.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from typing import Any
+
+from streams.records import SCHEMA_VERSION, DriverPing
+
+MAX_PING_BYTES = 4096          # a ping is ~330 bytes of JSON; anything near this is not a ping
+MAX_PINGS_PER_MESSAGE = 500    # the gateway's largest batch
+MAX_MESSAGE_BYTES = MAX_PINGS_PER_MESSAGE * MAX_PING_BYTES // 4
+MAX_VEHICLE_TYPE_LEN = 50      # drivers.vehicle_type is VARCHAR(50)
+# Same physical bounds as the gateway's validation (dispatch/pings.py).
+BOUNDS: dict[str, tuple[float, float]] = {
+    "lat": (-90.0, 90.0),
+    "lng": (-180.0, 180.0),
+    "accuracy_m": (0.0, 10_000.0),
+    "speed_mps": (0.0, 100.0),
+    "heading_deg": (0.0, 360.0),
+    "battery": (0.0, 100.0),
+    "ts": (1.0, 4_102_444_800.0),           # epoch seconds, before 2100
+    "received_at": (1.0, 4_102_444_800.0),
+}
+_VEHICLE_TYPE = re.compile(r"[A-Za-z0-9_.\- ]+")
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_json_loads = json.loads
+_isfinite = math.isfinite
+
+
+class UndecodablePing(ValueError):
+    """A message on the locations topic is not a valid ping; ``reason`` says why (see module)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _number(obj: dict[str, Any], field: str) -> float:
+    value = obj.get(field)
+    if value is None:
+        raise UndecodablePing(f"missing_field:{field}")
+    # bool is an int subclass: true is not a coordinate.
+    if value.__class__ is not float and (value.__class__ is not int):
+        raise UndecodablePing(f"wrong_type:{field}")
+    try:
+        value = float(value)
+    except OverflowError:  # an integer literal with hundreds of digits
+        raise UndecodablePing(f"out_of_range:{field}") from None
+    if not _isfinite(value):
+        raise UndecodablePing(f"not_finite:{field}")
+    lo, hi = BOUNDS[field]
+    if not lo <= value <= hi:
+        raise UndecodablePing(f"out_of_range:{field}")
+    return value
+
+
+def _uuid(obj: dict[str, Any], field: str) -> str:
+    value = obj.get(field)
+    if value is None:
+        raise UndecodablePing(f"missing_field:{field}")
+    if value.__class__ is not str:
+        raise UndecodablePing(f"wrong_type:{field}")
+    if len(value) == 36 and _CANONICAL_UUID.fullmatch(value):
+        return value
+    if len(value) > 45:  # longest accepted spelling is "urn:uuid:" + 36
+        raise UndecodablePing(f"bad_uuid:{field}")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise UndecodablePing(f"bad_uuid:{field}") from None
+
+
+def decode_ping(raw: bytes | bytearray | memoryview | None, *, max_future_s: float = 60.0) -> DriverPing:
+    """Decode one message value holding one ping object, or raise UndecodablePing(reason)."""
+    if raw is None:
+        raise UndecodablePing("bad_json")
+    if len(raw) > MAX_PING_BYTES:
+        raise UndecodablePing("too_large")
+    try:
+        obj = _json_loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise UndecodablePing("bad_json") from None
+    return _decode_object(obj, max_future_s)
+
+
+def decode_pings(raw: bytes | bytearray | memoryview | None, *, max_future_s: float = 60.0) -> list[DriverPing]:
+    """Decode a message value: one ping object, or a JSON array of one driver's pings.
+
+    The gateway sends each upload (one driver's batch of fixes) as one message: a Kafka
+    message per fix would cost the broker, the gateway and the agent 5-10x more per ping. All
+    pings of an array must belong to one driver and tenant (the message key); one bad ping
+    dead-letters the whole message, as the gateway would have refused the whole upload.
+    """
+    if raw is None:
+        raise UndecodablePing("bad_json")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise UndecodablePing("too_large")
+    try:
+        obj = _json_loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise UndecodablePing("bad_json") from None
+    if obj.__class__ is not list:
+        if len(raw) > MAX_PING_BYTES:
+            raise UndecodablePing("too_large")
+        return [_decode_object(obj, max_future_s)]
+    if not obj:
+        raise UndecodablePing("empty_batch")
+    if len(obj) > MAX_PINGS_PER_MESSAGE:
+        raise UndecodablePing("too_large")
+    pings = [_decode_object(item, max_future_s) for item in obj]
+    first = pings[0]
+    for ping in pings:
+        if ping.driver_id != first.driver_id or ping.tenant_id != first.tenant_id:
+            raise UndecodablePing("mixed_drivers")
+    return pings
+
+
+def _decode_object(obj: Any, max_future_s: float) -> DriverPing:
+    if obj.__class__ is not dict:
+        raise UndecodablePing("bad_json")
+    version = obj.get("v")
+    if version is None:
+        raise UndecodablePing("missing_field:v")
+    if version.__class__ is not int or version != SCHEMA_VERSION:
+        raise UndecodablePing("schema_version")
+    driver_id = _uuid(obj, "driver_id")
+    tenant_id = _uuid(obj, "tenant_id")
+    lat = _number(obj, "lat")
+    lng = _number(obj, "lng")
+    accuracy = _number(obj, "accuracy_m")
+    speed = _number(obj, "speed_mps")
+    heading = _number(obj, "heading_deg")
+    ts = _number(obj, "ts")
+    received_at = _number(obj, "received_at")
+    vehicle_type = obj.get("vehicle_type")
+    if vehicle_type is None:
+        raise UndecodablePing("missing_field:vehicle_type")
+    if vehicle_type.__class__ is not str:
+        raise UndecodablePing("wrong_type:vehicle_type")
+    if len(vehicle_type) > MAX_VEHICLE_TYPE_LEN or not _VEHICLE_TYPE.fullmatch(vehicle_type):
+        raise UndecodablePing("out_of_range:vehicle_type")
+    battery = _number(obj, "battery") if obj.get("battery") is not None else None
+    if ts > received_at + max_future_s:
+        raise UndecodablePing("future_timestamp:ts")
+    return DriverPing(
+        v=SCHEMA_VERSION, driver_id=driver_id, tenant_id=tenant_id, lat=lat, lng=lng,
+        accuracy_m=accuracy, speed_mps=speed, heading_deg=heading, ts=ts,
+        received_at=received_at, vehicle_type=vehicle_type, battery=battery,
+    )

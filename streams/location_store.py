@@ -1,0 +1,457 @@
+"""Live driver locations, status and availability in Redis: the contract and its only writer.
+
+The gateway reads positions, the matcher reads the availability index and changes status, the
+ingest agent writes positions. All of them go through ``LocationStore``; the key layout below
+is the contract between them.
+
+Keys
+----
+
+``driver:location:{driver_id}`` HASH, ``PEXPIRE`` location_ttl_s on every accepted ping
+    ``lat``, ``lng`` (degrees), ``speed`` (m/s), ``heading`` (degrees), ``accuracy`` (m),
+    ``ts`` (device fix time, epoch seconds), ``seen_ms`` (server time of the write, from
+    Redis ``TIME``), ``tenant``, ``vehicle``, ``status`` (copied from the state hash),
+    ``cell`` (H3 cell at the configured resolution), ``battery`` (percent, only when the
+    last ping had one). A silent driver's key expires: no key, no live position.
+
+``driver:state:{driver_id}`` HASH, no TTL (status must survive a silent driver)
+    ``status`` (``offline`` | ``available`` | ``busy``), ``tenant``, ``vehicle``,
+    ``updated_ms``. Created by ``start_shift``; a ping never creates it, and a driver
+    without it is ``offline`` (its location hash says so and it is never indexed).
+
+``drivers:available:{tenant_id}:{cell}`` ZSET, member driver_id, score ``seen_ms``
+    A driver is a fresh member of exactly one cell of its tenant while it is ``available``,
+    its state's tenant is the ping's tenant, and its location key is alive. Moving cells
+    removes it from the old cell (read from the location hash inside the script); status
+    changes away from ``available`` remove it. Nothing removes a member when its location
+    key expires; instead readers keep only ``score > now_ms - ttl_ms``, which is exactly
+    the key's own lifetime (``PEXPIRE`` is set at ``seen_ms``), so an expired driver is
+    never returned. Readers also trim stale members (``ZREMRANGEBYSCORE``) as they go.
+
+``metrics:ingest:counts`` HASH of counters (``accepted``, ``out_of_order``,
+    ``implausible_jump``, ``dead_letter``, ``pg_written``, ``pg_failed``), and
+    ``metrics:ingest:latency_ms`` LIST of per-ping ingest latencies (gateway accept to Redis
+    write, ms; only when the agent samples them), trimmed to LATENCY_SAMPLES_MAX.
+
+Writes
+------
+
+A batch of pings is one ``EVALSHA`` per WRITE_CHUNK pings (the pings travel as one JSON array
+argument, decoded with ``cjson`` in the script), all in one pipeline. For each ping, in order, the script
+compares with the STORED position atomically: a ping whose device ``ts`` is not newer than the
+stored one is ``out_of_order`` (so replaying a ping changes nothing: at-least-once delivery is
+safe); a ping implying a speed above max_speed_kmh from the stored position and ts is an
+``implausible_jump`` and the stored position stays (the stored key still expires on time, so
+a wrong fix heals itself within one TTL). Accepted pings are written with ``HSET`` +
+``PEXPIRE`` and the index is maintained according to ``driver:state``.
+
+Status changes (``start_shift``, ``end_shift``, ``set_status``) are one small script each
+call, so a ping and a status change never interleave.
+
+Scaling
+-------
+
+Single Redis instance for now. The scripts build key names themselves (the old cell comes from
+the location hash), which Redis Cluster does not allow; under Cluster every key of a tenant
+would need a ``{tenant}`` hash tag (``driver:location:{<tenant>}:<driver>``, ...) and one script
+call per tenant and slot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import h3
+from redis.asyncio import Redis
+
+from streams.records import DriverPing
+from streams.settings import StreamSettings
+
+STATUSES = ("offline", "available", "busy")
+WRITE_CHUNK = 500                  # pings per script call: ~5 ms of Redis time, then others run
+LATENCY_SAMPLES_MAX = 200_000
+INGEST_COUNTS_KEY = "metrics:ingest:counts"
+INGEST_LATENCY_KEY = "metrics:ingest:latency_ms"
+OUTCOMES = {"a": "accepted", "o": "out_of_order", "j": "implausible_jump"}
+
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def location_key(driver_id: str) -> str:
+    return f"driver:location:{driver_id}"
+
+
+def state_key(driver_id: str) -> str:
+    return f"driver:state:{driver_id}"
+
+
+def available_key(tenant_id: str, cell: str) -> str:
+    return f"drivers:available:{tenant_id}:{cell}"
+
+
+class UnknownDriverState(LookupError):
+    """A status change for a driver that never started a shift (no driver:state hash)."""
+
+
+class InvalidStatus(ValueError):
+    """A status other than offline, available or busy."""
+
+
+# The key prefixes in the scripts below must match the functions above.
+WRITE_SCRIPT = """
+local ttl_ms = tonumber(ARGV[1])
+local max_mps = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local seen = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+local sin, cos, asin, sqrt, min = math.sin, math.cos, math.asin, math.sqrt, math.min
+local rad = math.pi / 180
+local A = cjson.decode(ARGV[3])
+local out = {}
+local accepted, ooo, jumps = 0, 0, 0
+for i = 1, #A, 11 do
+  local id, tenant = A[i], A[i + 1]
+  local lat, lng = tonumber(A[i + 2]), tonumber(A[i + 3])
+  local ts = tonumber(A[i + 7])
+  local cell, battery = A[i + 9], A[i + 10]
+  local lkey = 'driver:location:' .. id
+  local prev = redis.call('HMGET', lkey, 'ts', 'lat', 'lng', 'tenant', 'cell', 'battery')
+  local outcome = 'a'
+  local prev_ts = tonumber(prev[1])
+  if prev_ts then
+    if ts <= prev_ts then
+      outcome = 'o'
+    else
+      local plat, plng = tonumber(prev[2]), tonumber(prev[3])
+      if plat and plng then
+        local s1 = sin((lat - plat) * rad / 2)
+        local s2 = sin((lng - plng) * rad / 2)
+        local h = s1 * s1 + cos(plat * rad) * cos(lat * rad) * s2 * s2
+        local metres = 12742017.6 * asin(sqrt(min(1, h)))
+        if metres > max_mps * (ts - prev_ts) then outcome = 'j' end
+      end
+    end
+  end
+  if outcome == 'a' then
+    accepted = accepted + 1
+    local st = redis.call('HMGET', 'driver:state:' .. id, 'status', 'tenant')
+    local status = st[1] or 'offline'
+    local indexed = status == 'available' and st[2] == tenant
+    if battery ~= '' then
+      redis.call('HSET', lkey, 'lat', A[i + 2], 'lng', A[i + 3], 'speed', A[i + 4],
+        'heading', A[i + 5], 'accuracy', A[i + 6], 'ts', A[i + 7], 'seen_ms', seen,
+        'tenant', tenant, 'vehicle', A[i + 8], 'status', status, 'cell', cell,
+        'battery', battery)
+    else
+      redis.call('HSET', lkey, 'lat', A[i + 2], 'lng', A[i + 3], 'speed', A[i + 4],
+        'heading', A[i + 5], 'accuracy', A[i + 6], 'ts', A[i + 7], 'seen_ms', seen,
+        'tenant', tenant, 'vehicle', A[i + 8], 'status', status, 'cell', cell)
+      if prev[6] then redis.call('HDEL', lkey, 'battery') end
+    end
+    redis.call('PEXPIRE', lkey, ttl_ms)
+    if prev[4] and prev[5] and (prev[5] ~= cell or prev[4] ~= tenant) then
+      redis.call('ZREM', 'drivers:available:' .. prev[4] .. ':' .. prev[5], id)
+    end
+    if indexed then
+      redis.call('ZADD', 'drivers:available:' .. tenant .. ':' .. cell, seen, id)
+    elseif prev[5] and prev[5] == cell and prev[4] == tenant then
+      redis.call('ZREM', 'drivers:available:' .. tenant .. ':' .. cell, id)
+    end
+  elseif outcome == 'o' then
+    ooo = ooo + 1
+  else
+    jumps = jumps + 1
+  end
+  out[#out + 1] = outcome
+end
+if accepted > 0 then redis.call('HINCRBY', KEYS[1], 'accepted', accepted) end
+if ooo > 0 then redis.call('HINCRBY', KEYS[1], 'out_of_order', ooo) end
+if jumps > 0 then redis.call('HINCRBY', KEYS[1], 'implausible_jump', jumps) end
+return {table.concat(out), seen}
+"""
+
+# ARGV: driver_id, new status, expected status ('' = any), tenant ('' = keep),
+# vehicle ('' = keep), '1' to create the state hash when missing.
+# Returns {code, previous status or '', indexed}: code 1 applied, 0 expectation failed,
+# -1 no state hash.
+STATUS_SCRIPT = """
+local id, status, expect, tenant, vehicle = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local skey = 'driver:state:' .. id
+local cur = redis.call('HMGET', skey, 'status', 'tenant')
+if not cur[1] and ARGV[6] ~= '1' then return {-1, '', 0} end
+local previous = cur[1] or ''
+if expect ~= '' and (cur[1] or 'offline') ~= expect then return {0, previous, 0} end
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+redis.call('HSET', skey, 'status', status, 'updated_ms', now)
+if tenant ~= '' then redis.call('HSET', skey, 'tenant', tenant) else tenant = cur[2] end
+if vehicle ~= '' then redis.call('HSET', skey, 'vehicle', vehicle) end
+local lkey = 'driver:location:' .. id
+local loc = redis.call('HMGET', lkey, 'tenant', 'cell', 'seen_ms')
+local indexed = 0
+if loc[1] and loc[2] and loc[3] then
+  redis.call('HSET', lkey, 'status', status)
+  local zkey = 'drivers:available:' .. loc[1] .. ':' .. loc[2]
+  if status == 'available' and loc[1] == tenant then
+    redis.call('ZADD', zkey, loc[3], id)
+    indexed = 1
+  else
+    redis.call('ZREM', zkey, id)
+  end
+end
+return {1, previous, indexed}
+"""
+
+# ARGV: ttl_ms, tenant, cells... Returns a flat list: id, lat, lng, vehicle, seen_ms, ...
+AVAILABLE_SCRIPT = """
+local ttl_ms, tenant = tonumber(ARGV[1]), ARGV[2]
+local t = redis.call('TIME')
+local stale = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - ttl_ms
+local out = {}
+for i = 3, #ARGV do
+  local zkey = 'drivers:available:' .. tenant .. ':' .. ARGV[i]
+  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', stale)
+  local ids = redis.call('ZRANGEBYSCORE', zkey, '(' .. stale, '+inf')
+  for _, id in ipairs(ids) do
+    local h = redis.call('HMGET', 'driver:location:' .. id,
+      'lat', 'lng', 'vehicle', 'seen_ms', 'status', 'tenant')
+    if h[1] and h[5] == 'available' and h[6] == tenant then
+      out[#out + 1] = id
+      out[#out + 1] = h[1]
+      out[#out + 1] = h[2]
+      out[#out + 1] = h[3]
+      out[#out + 1] = h[4]
+    end
+  end
+end
+return out
+"""
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_FLOAT_FIELDS = frozenset({"lat", "lng", "speed", "heading", "accuracy", "ts", "battery"})
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def canonical_uuid(value: object, what: str = "id") -> str:
+    """Canonical lower-case UUID text (the form used in every key), or ValueError."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, str):
+        if len(value) == 36 and _CANONICAL_UUID.fullmatch(value):
+            return value
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            pass
+    raise ValueError(f"{what} must be a UUID, got {value!r:.60}")
+
+
+@dataclass
+class BatchOutcome:
+    """What happened to each ping of a batch (``outcomes[i]`` is for ``pings[i]``)."""
+
+    accepted: int = 0
+    out_of_order: int = 0
+    implausible_jump: int = 0
+    accepted_pings: list[DriverPing] = field(default_factory=list)
+    outcomes: list[str] = field(default_factory=list)   # accepted | out_of_order | implausible_jump
+    redis_now_ms: int = 0                                # Redis TIME at the (last) write
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "accepted": self.accepted,
+            "out_of_order": self.out_of_order,
+            "implausible_jump": self.implausible_jump,
+        }
+
+
+class LocationStore:
+    """Live positions, status and the availability index (see the module doc for the keys)."""
+
+    def __init__(self, redis: Redis, settings: StreamSettings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.ttl_ms = int(settings.location_ttl_s * 1000)
+        self.resolution = settings.h3_resolution
+        self._max_mps = repr(settings.max_speed_kmh / 3.6)
+        self._write = redis.register_script(WRITE_SCRIPT)
+        self._status = redis.register_script(STATUS_SCRIPT)
+        self._available = redis.register_script(AVAILABLE_SCRIPT)
+
+    # -- ingest -------------------------------------------------------------------------------
+
+    async def write_batch(self, pings: Sequence[DriverPing]) -> BatchOutcome:
+        """Apply pings in order; one script call per WRITE_CHUNK pings, all in one round trip.
+
+        Raises redis errors unchanged: then nothing is known about which pings landed, and the
+        caller retries the whole batch (replays are harmless: see the module doc).
+        """
+        result = BatchOutcome()
+        if not pings:
+            return result
+        to_cell = h3.latlng_to_cell
+        res = self.resolution
+        ttl = str(self.ttl_ms)
+        keys = [INGEST_COUNTS_KEY]
+        pipe = self.redis.pipeline(transaction=False)
+        for start in range(0, len(pings), WRITE_CHUNK):
+            fields: list[str] = []
+            extend = fields.extend
+            for p in pings[start:start + WRITE_CHUNK]:
+                lat = p.lat
+                lng = p.lng
+                battery = p.battery
+                extend((
+                    p.driver_id, p.tenant_id, repr(lat), repr(lng), repr(p.speed_mps),
+                    repr(p.heading_deg), repr(p.accuracy_m), repr(p.ts), p.vehicle_type,
+                    to_cell(lat, lng, res), "" if battery is None else repr(battery),
+                ))
+            # One JSON argument (cjson in the script) instead of 11 per ping: redis-py's
+            # per-argument encoding was a third of the Python time of a batch.
+            await self._write(keys=keys, args=[ttl, self._max_mps, _dumps(fields)], client=pipe)
+        replies = await pipe.execute()
+        codes = "".join(_text(reply[0]) for reply in replies)
+        result.redis_now_ms = int(_text(replies[-1][1]))
+        accepted = result.accepted_pings
+        outcomes = result.outcomes
+        for ping, code in zip(pings, codes, strict=True):
+            outcomes.append(OUTCOMES[code])
+            if code == "a":
+                accepted.append(ping)
+        result.accepted = len(accepted)
+        result.out_of_order = codes.count("o")
+        result.implausible_jump = codes.count("j")
+        return result
+
+    async def record_latencies(self, latencies_ms: Iterable[float]) -> None:
+        """Append ingest latency samples (ms) to INGEST_LATENCY_KEY, keeping the newest ones."""
+        samples = [f"{x:.1f}" for x in latencies_ms]
+        if not samples:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.lpush(INGEST_LATENCY_KEY, *samples)
+        pipe.ltrim(INGEST_LATENCY_KEY, 0, LATENCY_SAMPLES_MAX - 1)
+        await pipe.execute()
+
+    async def count(self, **increments: int) -> None:
+        """Add to the ingest counters (``dead_letter=3``, ``pg_written=10``...)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name, n in increments.items():
+            if n:
+                pipe.hincrby(INGEST_COUNTS_KEY, name, n)
+        if len(pipe):
+            await pipe.execute()
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def get(self, driver_id: str) -> dict[str, Any] | None:
+        """The live location hash, typed (floats, ``seen_ms`` int), or None when expired."""
+        raw = await self.redis.hgetall(location_key(canonical_uuid(driver_id, "driver_id")))
+        if not raw:
+            return None
+        out: dict[str, Any] = {}
+        for k, v in raw.items():
+            name, value = _text(k), _text(v)
+            if name in _FLOAT_FIELDS:
+                out[name] = float(value)
+            elif name == "seen_ms":
+                out[name] = int(value)
+            else:
+                out[name] = value
+        return out
+
+    async def status(self, driver_id: str) -> str:
+        """offline | available | busy (``offline`` for a driver that never started a shift)."""
+        value = await self.redis.hget(state_key(canonical_uuid(driver_id, "driver_id")), "status")
+        return "offline" if value is None else _text(value)
+
+    async def available_in_cells(
+        self, tenant_id: str, cells: Iterable[str]
+    ) -> list[tuple[str, float, float, str, int]]:
+        """Available, fresh drivers of a tenant in these cells: (driver_id, lat, lng, vehicle, seen_ms).
+
+        One script call (one round trip, Redis's own clock for freshness); stale index members
+        are trimmed on the way.
+        """
+        cells = list(cells)
+        if not cells:
+            return []
+        tenant = canonical_uuid(tenant_id, "tenant_id")
+        flat = await self._available(args=[self.ttl_ms, tenant, *cells])
+        return [
+            (_text(flat[i]), float(flat[i + 1]), float(flat[i + 2]), _text(flat[i + 3]),
+             int(flat[i + 4]))
+            for i in range(0, len(flat), 5)
+        ]
+
+    def cell_of(self, lat: float, lng: float) -> str:
+        """The index cell of a position (H3 at the configured resolution)."""
+        return h3.latlng_to_cell(lat, lng, self.resolution)
+
+    def cells_around(self, lat: float, lng: float, k: int = 1) -> list[str]:
+        """The index cell of a position and its k rings, for ``available_in_cells``."""
+        return list(h3.grid_disk(self.cell_of(lat, lng), k))
+
+    # -- status -------------------------------------------------------------------------------
+
+    async def start_shift(self, tenant_id: str, driver_id: str, vehicle_type: str) -> bool:
+        """The driver is available for the tenant; indexed at once if it has a fresh location.
+
+        Returns whether it is in the availability index now.
+        """
+        tenant = canonical_uuid(tenant_id, "tenant_id")
+        if not isinstance(vehicle_type, str) or not vehicle_type:
+            raise ValueError("vehicle_type must be a non-empty string")
+        _, _, indexed = await self._change(driver_id, "available", tenant=tenant,
+                                           vehicle=vehicle_type, create=True)
+        return bool(indexed)
+
+    async def end_shift(self, driver_id: str) -> None:
+        """The driver is offline and out of the index (no-op for a driver never on shift)."""
+        await self._change(driver_id, "offline")
+
+    async def set_status(self, driver_id: str, status: str, *, expect: str | None = None) -> bool:
+        """Change status (``busy`` leaves the index, ``available`` re-enters it when fresh).
+
+        With ``expect``, the change is a compare-and-set: it happens only when the current
+        status is ``expect`` (e.g. ``set_status(d, "busy", expect="available")`` assigns a
+        driver at most once). Returns whether the change was applied. Raises
+        UnknownDriverState when the driver never started a shift.
+        """
+        if expect is not None and expect not in STATUSES:
+            raise InvalidStatus(f"expect must be one of {', '.join(STATUSES)}, got {expect!r}")
+        code, _, _ = await self._change(driver_id, status, expect=expect or "")
+        if code == -1:
+            raise UnknownDriverState(
+                f"driver {driver_id} has no status yet; it becomes available with start_shift"
+            )
+        return code == 1
+
+    async def _change(self, driver_id: str, status: str, *, expect: str = "", tenant: str = "",
+                      vehicle: str = "", create: bool = False) -> tuple[int, str, int]:
+        if status not in STATUSES:
+            raise InvalidStatus(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+        driver = canonical_uuid(driver_id, "driver_id")
+        code, previous, indexed = await self._status(
+            args=[driver, status, expect, tenant, vehicle, "1" if create else "0"]
+        )
+        return int(code), _text(previous), int(indexed)
+
+
+def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
+    """Great-circle distance in metres (the same formula as the write script's jump check)."""
+    rad = math.pi / 180
+    s1 = math.sin((lat2 - lat1) * rad / 2)
+    s2 = math.sin((lng2 - lng1) * rad / 2)
+    h = s1 * s1 + math.cos(lat1 * rad) * math.cos(lat2 * rad) * s2 * s2
+    return 12742017.6 * math.asin(math.sqrt(min(1.0, h)))
