@@ -93,7 +93,9 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
 def uvicorn_config(app: FastAPI | str, engine: EngineSettings, **overrides) -> uvicorn.Config:
     options = dict(
         host=engine.host, port=engine.port, ws="websockets-sansio", http="httptools", loop="uvloop",
-        ws_max_size=1 << 20, ws_ping_interval=20, ws_ping_timeout=20, log_level="warning",
+        ws_max_size=1 << 20, ws_ping_interval=engine.ws_ping_interval_s,
+        ws_ping_timeout=engine.ws_ping_interval_s, ws_per_message_deflate=engine.ws_compression,
+        log_level="warning",
         access_log=False, lifespan="on",
     )
     options.update(overrides)
@@ -107,6 +109,7 @@ def run_gateway(engine: EngineSettings, workers: int = 1) -> None:
         options = uvicorn_config("dispatch.app:create_app", engine).__dict__
         uvicorn.run("dispatch.app:create_app", factory=True, workers=workers, **{
             k: options[k] for k in ("host", "port", "ws", "http", "loop", "ws_max_size", "ws_ping_interval",
-                                    "ws_ping_timeout", "log_level", "access_log", "lifespan")})
+                                    "ws_ping_timeout", "ws_per_message_deflate", "log_level", "access_log",
+                                    "lifespan")})
     else:
         uvicorn.Server(uvicorn_config(create_app(engine), engine)).run()

@@ -33,6 +33,8 @@ class EngineSettings:
     max_batch_pings: int = 500
     auth_timeout_s: int = 10             # websocket: time to present a token
     token_cache_s: int = 60
+    ws_compression: bool = False         # permessage-deflate: see README ("Websocket compression")
+    ws_ping_interval_s: int = 20         # server keepalive pings find dead connections
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
@@ -47,4 +49,6 @@ class EngineSettings:
             max_batch_pings=_int(env, "WAKALA_MAX_BATCH_PINGS", cls.max_batch_pings, 1, 100_000),
             auth_timeout_s=_int(env, "WAKALA_WS_AUTH_TIMEOUT_S", cls.auth_timeout_s, 1, 300),
             token_cache_s=_int(env, "WAKALA_TOKEN_CACHE_S", cls.token_cache_s, 0, 3600),
+            ws_compression=(env.get("WAKALA_WS_COMPRESSION", "").lower() in ("1", "true", "yes")),
+            ws_ping_interval_s=_int(env, "WAKALA_WS_PING_INTERVAL_S", cls.ws_ping_interval_s, 1, 3600),
         )

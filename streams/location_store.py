@@ -60,7 +60,6 @@ call per tenant and slot.
 from __future__ import annotations
 
 import json
-import math
 import re
 import uuid
 from collections.abc import Iterable, Sequence
@@ -70,6 +69,7 @@ from typing import Any
 import h3
 from redis.asyncio import Redis
 
+from geo import cell_of, disk
 from streams.records import DriverPing
 from streams.settings import StreamSettings
 
@@ -396,11 +396,11 @@ class LocationStore:
 
     def cell_of(self, lat: float, lng: float) -> str:
         """The index cell of a position (H3 at the configured resolution)."""
-        return h3.latlng_to_cell(lat, lng, self.resolution)
+        return cell_of(lat, lng, self.resolution)
 
     def cells_around(self, lat: float, lng: float, k: int = 1) -> list[str]:
         """The index cell of a position and its k rings, for ``available_in_cells``."""
-        return list(h3.grid_disk(self.cell_of(lat, lng), k))
+        return disk(self.cell_of(lat, lng), k)
 
     # -- status -------------------------------------------------------------------------------
 
@@ -446,12 +446,3 @@ class LocationStore:
             args=[driver, status, expect, tenant, vehicle, "1" if create else "0"]
         )
         return int(code), _text(previous), int(indexed)
-
-
-def haversine_m(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
-    """Great-circle distance in metres (the same formula as the write script's jump check)."""
-    rad = math.pi / 180
-    s1 = math.sin((lat2 - lat1) * rad / 2)
-    s2 = math.sin((lng2 - lng1) * rad / 2)
-    h = s1 * s1 + math.cos(lat1 * rad) * math.cos(lat2 * rad) * s2 * s2
-    return 12742017.6 * math.asin(math.sqrt(min(1.0, h)))

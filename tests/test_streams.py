@@ -27,6 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from geo import distance_m
 from schema.db import TenantDatabase
 from schema.settings import DSN, PostgresSettings
 from schema.tenants import create_tenant
@@ -39,7 +40,6 @@ from streams.location_store import (
     LocationStore,
     UnknownDriverState,
     available_key,
-    haversine_m,
     location_key,
     state_key,
 )
@@ -494,7 +494,7 @@ async def test_an_implausible_jump_is_rejected_and_counted(worker, producer, red
     driver, tenant = new_ids()
     forget(drivers_=(driver,), tenants_=(tenant,))
     now = time.time()
-    assert haversine_m(*JOBURG, *CAPE_TOWN) / 60 * 3.6 > settings.max_speed_kmh
+    assert distance_m(*JOBURG, *CAPE_TOWN) / 60 * 3.6 > settings.max_speed_kmh
     before = app.ingest_stats["implausible_jump"]
     await send(producer, settings.locations_topic, driver, ping(driver, tenant, *JOBURG, now - 1300))
     await send(producer, settings.locations_topic, driver, ping(driver, tenant, *CAPE_TOWN, now - 1240))
