@@ -79,6 +79,41 @@ class IngestBench:
     baseline_pings: int = 200_000
 
 
+def _cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes, from /proc (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def _pids_of(name: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as f:
+                    if f.read().strip() == name:
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,8 +149,11 @@ async def _prepare(pg: PostgresSettings, streams: StreamSettings, n: int) -> tup
 
 def _client_process(addr: str, drivers: list[tuple[str, str]], bench: IngestBench, stop_at: float,
                     results: mp.Queue) -> None:
+    import gc
+
     import uvloop
 
+    gc.set_threshold(50_000, 20, 100)   # 10k live websockets: as in the gateway
     uvloop.run(_client_main(addr, drivers, bench, stop_at, results))
 
 
@@ -124,44 +162,54 @@ async def _client_main(addr: str, drivers, bench: IngestBench, stop_at: float, r
 
     counts = {"connected": 0, "acked": 0, "errors": 0, "failed": 0, "sent": 0}
     rng = random.Random(os.getpid())
+    connected: set[str] = set()
 
     async def one(driver_id: str, token: str) -> None:
         lat = CENTRE[0] + rng.uniform(-SPREAD_DEG, SPREAD_DEG)
         lng = CENTRE[1] + rng.uniform(-SPREAD_DEG, SPREAD_DEG)
         heading = rng.uniform(0, 360)
         await asyncio.sleep(rng.uniform(0, bench.upload_every_s))   # phones do not start in step
-        try:
-            async with websockets.connect(f"ws://{addr}/v1/drivers/stream", open_timeout=60,
-                                          additional_headers={"Authorization": f"Bearer {token}"},
-                                          ping_interval=None, max_queue=4) as ws:
-                if json.loads(await ws.recv()).get("type") != "ready":
+        for attempt in range(6):   # a driver app reconnects with backoff, as phones on bad networks do
+            try:
+                await session(driver_id, token, lat, lng, heading)
+                return
+            except (TimeoutError, OSError, websockets.WebSocketException) as exc:
+                reason = f"failed:{type(exc).__name__}"
+                counts[reason] = counts.get(reason, 0) + 1
+                if attempt == 5 or time.time() > stop_at:
                     counts["failed"] += 1
                     return
-                counts["connected"] += 1
-                per_upload = max(1, round(bench.hz * bench.upload_every_s))
-                seq = 0
-                while time.time() < stop_at:
-                    now = time.time()
-                    pings = []
-                    for k in range(per_upload):
-                        nonlocal_lat = lat + 0.00004 * k   # ~4 m per fix: a motorbike in traffic
-                        pings.append({"driver_id": driver_id, "lat": nonlocal_lat, "lng": lng, "accuracy": 6.0,
-                                      "speed": 4.5, "heading": heading,
-                                      "timestamp": now - (per_upload - 1 - k) / bench.hz})
-                    lat += 0.00004 * per_upload
-                    seq += 1
-                    await ws.send(json.dumps({"type": "pings", "seq": seq, "pings": pings}))
-                    counts["sent"] += per_upload
-                    reply = json.loads(await ws.recv())
-                    if reply.get("type") == "ack":
-                        counts["acked"] += reply["accepted"]
-                    else:
-                        counts["errors"] += 1
-                    await asyncio.sleep(max(0.0, bench.upload_every_s - (time.time() - now)))
-        except (TimeoutError, OSError, websockets.WebSocketException):
-            counts["failed"] += 1
+                counts["reconnects"] = counts.get("reconnects", 0) + 1
+                await asyncio.sleep(min(8.0, 0.5 * 2 ** attempt) * rng.uniform(0.5, 1.5))
+
+    async def session(driver_id: str, token: str, lat: float, lng: float, heading: float) -> None:
+        async with websockets.connect(f"ws://{addr}/v1/drivers/stream", open_timeout=60,
+                                      additional_headers={"Authorization": f"Bearer {token}"},
+                                      ping_interval=None, max_queue=4) as ws:
+            if json.loads(await ws.recv()).get("type") != "ready":
+                raise websockets.InvalidMessage("no ready frame")
+            connected.add(driver_id)
+            per_upload = max(1, round(bench.hz * bench.upload_every_s))
+            seq = 0
+            while time.time() < stop_at:
+                now = time.time()
+                pings = [{"driver_id": driver_id, "lat": lat + 0.00004 * k, "lng": lng, "accuracy": 6.0,
+                          "speed": 4.5, "heading": heading,
+                          "timestamp": now - (per_upload - 1 - k) / bench.hz}
+                         for k in range(per_upload)]   # ~4 m per fix: a motorbike in traffic
+                lat += 0.00004 * per_upload
+                seq += 1
+                await ws.send(json.dumps({"type": "pings", "seq": seq, "pings": pings}))
+                counts["sent"] += per_upload
+                reply = json.loads(await ws.recv())
+                if reply.get("type") == "ack":
+                    counts["acked"] += reply["accepted"]
+                else:
+                    counts["errors"] += 1
+                await asyncio.sleep(max(0.0, bench.upload_every_s - (time.time() - now)))
 
     await asyncio.gather(*(one(d, t) for d, t in drivers))
+    counts["connected"] = len(connected)
     results.put(counts)
 
 
@@ -219,6 +267,24 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+async def _delete_topics(streams: StreamSettings) -> None:
+    """The bundled broker keeps topics in memory: give back what this run created."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=streams.kafka_bootstrap)
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        doomed = [t for t in existing if streams.app_id in t or t in (
+            streams.locations_topic, streams.dead_letters_topic)]
+        if doomed:
+            await admin.delete_topics(doomed)
+    except Exception as exc:  # noqa: BLE001 - cleanup is best effort; say so
+        print(f"note: could not delete the bench topics ({exc})", flush=True)
+    finally:
+        await admin.close()
+
+
 async def _wait_http(addr: str, limit_s: float = 30) -> None:
     host, port = addr.split(":")
     deadline = time.monotonic() + limit_s
@@ -268,24 +334,32 @@ async def run_ingest_bench(bench: IngestBench) -> dict[str, object]:
             if proc.poll() is not None:
                 raise RuntimeError(f"the {name} process exited ({proc.returncode}); see .wakala/bench-{name}.log")
         await redis.delete(INGEST_LATENCY_KEY)
+        groups = {
+            "gateway": [api.pid, *_children(api.pid)], "worker": [worker.pid],
+            "load clients": [p.pid for p in procs if p.pid], "redis": _pids_of("redis-server"),
+            "broker": _pids_of("tansu"), "postgres": _pids_of("postgres"),
+        }
+        cpu0 = {name: _cpu_seconds(pids) for name, pids in groups.items()}
         start_count = int(await redis.hget(INGEST_COUNTS_KEY, "accepted") or 0)
         t0 = time.perf_counter()
         await asyncio.sleep(bench.duration_s)
         end_count = int(await redis.hget(INGEST_COUNTS_KEY, "accepted") or 0)
         elapsed = time.perf_counter() - t0
+        cpu_share = {name: round((_cpu_seconds(pids) - cpu0[name]) / elapsed, 2) for name, pids in groups.items()}
         latencies = [float(x) for x in await redis.lrange(INGEST_LATENCY_KEY, 0, -1)]
         client_counts = {"connected": 0, "acked": 0, "errors": 0, "failed": 0, "sent": 0}
         for proc in procs:
             proc.join(timeout=bench.upload_every_s + 60)
         while not results.empty():
             for k, v in results.get().items():
-                client_counts[k] += v
+                client_counts[k] = client_counts.get(k, 0) + v
     finally:
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
         _stop(api)
         _stop(worker)
+        await _delete_topics(streams)
     e2e = (end_count - start_count) / elapsed
     print("running the in-process baseline ...", flush=True)
     baseline = await _baseline(streams, tenant_id, bench.drivers, bench.baseline_pings)
@@ -298,7 +372,9 @@ async def run_ingest_bench(bench: IngestBench) -> dict[str, object]:
         "ratio_vs_baseline": round(e2e / baseline, 3) if baseline else None,
         "latency_samples": len(latencies), **lat,
         "client_errors": client_counts["errors"], "client_failures": client_counts["failed"],
+        "client_failure_kinds": {k: v for k, v in client_counts.items() if k.startswith("failed:")},
         "window_s": round(elapsed, 1), "gateways": bench.gateways, "cpus": os.cpu_count(),
+        "cpu_cores_used": cpu_share,
     }
     emit("wakala bench ingest", [
         ("drivers (connected)", f"{bench.drivers} ({client_counts['connected']})"),
@@ -308,5 +384,6 @@ async def run_ingest_bench(bench: IngestBench) -> dict[str, object]:
         ("ratio end to end / baseline", figures["ratio_vs_baseline"]),
         ("latency gateway accept -> Redis p50 / p99", f"{lat['p50_ms']} / {lat['p99_ms']} ms ({len(latencies)} samples)"),
         ("client errors / failed connections", f"{client_counts['errors']} / {client_counts['failed']}"),
+        *((f"CPU cores used: {name}", share) for name, share in cpu_share.items()),
     ], figures)
     return figures
