@@ -16,7 +16,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.auth import DriverAuthenticator
-from dispatch.gateway import Ingest, close_revoked, router
+from dispatch.gateway import DriverStreamRoute, Ingest, close_revoked, router
 from dispatch.ratelimit import SlidingWindowLimiter
 from dispatch.settings import EngineSettings
 from schema.db import TenantDatabase
@@ -26,7 +26,7 @@ from streams.settings import StreamSettings
 
 
 def create_app(engine: EngineSettings | None = None, streams: StreamSettings | None = None,
-               pg: PostgresSettings | None = None) -> FastAPI:
+               pg: PostgresSettings | None = None) -> DriverStreamRoute:
     engine = engine or EngineSettings.from_env()
     streams = streams or StreamSettings.from_env()
     pg = pg or PostgresSettings.from_env()
@@ -93,7 +93,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return DriverStreamRoute(app)
 
 
 def uvicorn_config(app: FastAPI | str, engine: EngineSettings, **overrides) -> uvicorn.Config:
