@@ -128,6 +128,18 @@ class Ingest:
         return len(pings)
 
 
+def parse_json(raw: str | bytes | bytearray | None, limit: int, channel: str, what: str) -> Any:
+    """Size limit, then JSON: the same refusal, counted the same way, on both channels."""
+    if raw is None or len(raw) > limit:
+        PINGS_REJECTED.labels(channel, TOO_LARGE).inc()
+        raise Refused(413, TOO_LARGE, f"{what} over {limit} bytes")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        PINGS_REJECTED.labels(channel, BAD_JSON).inc()
+        raise Refused(400, BAD_JSON, f"the {what} is not valid JSON") from None
+
+
 def bearer(value: str | None) -> str | None:
     if value and value[:7].lower() == "bearer ":
         return value[7:].strip()
@@ -162,13 +174,8 @@ async def post_locations(request: Request) -> JSONResponse:
         async for chunk in request.stream():
             body += chunk
             if len(body) > ingest.engine.max_body_bytes:
-                PINGS_REJECTED.labels("http", TOO_LARGE).inc()
-                raise Refused(413, TOO_LARGE, f"body over {ingest.engine.max_body_bytes} bytes")
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            PINGS_REJECTED.labels("http", BAD_JSON).inc()
-            raise Refused(400, BAD_JSON, "the body is not valid JSON") from None
+                break  # refused by parse_json below, without reading the rest
+        payload = parse_json(body, ingest.engine.max_body_bytes, "http", "body")
         if not isinstance(payload, dict) or "pings" not in payload:
             PINGS_REJECTED.labels("http", "missing_field").inc()
             raise Refused(422, "missing_field", 'the body must be {"pings": [...]}', field="pings")
@@ -272,14 +279,7 @@ async def _handle_frame(ws: WebSocket, ingest: Ingest, driver: AuthDriver, raw: 
     received_at = time.time()
     seq = None
     try:
-        if raw is None or len(raw) > ingest.engine.max_message_bytes:
-            PINGS_REJECTED.labels("ws", TOO_LARGE).inc()
-            raise Refused(413, TOO_LARGE, f"message over {ingest.engine.max_message_bytes} bytes")
-        try:
-            payload = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            PINGS_REJECTED.labels("ws", BAD_JSON).inc()
-            raise Refused(400, BAD_JSON, "the message is not valid JSON") from None
+        payload = parse_json(raw, ingest.engine.max_message_bytes, "ws", "message")
         if isinstance(payload, dict):
             seq = payload.get("seq") if isinstance(payload.get("seq"), int) else None
             if payload.get("type") == "pings":

@@ -6,20 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from schema.errors import ConfigError
-
-
-def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
+from schema.settings import env_int as _int
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from schema.errors import WakalaError
 
@@ -87,25 +87,27 @@ _ABORTS = {
 TRANSITIONS: Mapping[tuple[DeliveryState, DeliveryEvent], DeliveryState] = MappingProxyType(
     _FORWARD | _ABORTS
 )
-_ALLOWED: Mapping[DeliveryState, frozenset[DeliveryEvent]] = MappingProxyType({
-    state: frozenset(event for (source, event) in TRANSITIONS if source is state) for state in S
-})
+_ALLOWED: Mapping[DeliveryState, frozenset[DeliveryEvent]] = MappingProxyType(
+    {state: frozenset(event for (source, event) in TRANSITIONS if source is state) for state in S}
+)
 
 # orders.status to set when a delivery enters a state; None leaves the order as it is
 # (before a driver is committed the order is still confirmed/preparing/ready, which the
 # vendor side owns). A failure after pick-up may end as 'returned': that is decided when
 # the goods are back, not by the delivery state alone.
-ORDER_STATUS: Mapping[DeliveryState, str | None] = MappingProxyType({
-    S.PENDING: None,
-    S.OFFERED: None,
-    S.UNASSIGNED: None,
-    S.ASSIGNED: "dispatched",
-    S.AT_PICKUP: None,
-    S.PICKED_UP: "picked_up",
-    S.DELIVERED: "delivered",
-    S.FAILED: "failed",
-    S.CANCELLED: "cancelled",
-})
+ORDER_STATUS: Mapping[DeliveryState, str | None] = MappingProxyType(
+    {
+        S.PENDING: None,
+        S.OFFERED: None,
+        S.UNASSIGNED: None,
+        S.ASSIGNED: "dispatched",
+        S.AT_PICKUP: None,
+        S.PICKED_UP: "picked_up",
+        S.DELIVERED: "delivered",
+        S.FAILED: "failed",
+        S.CANCELLED: "cancelled",
+    }
+)
 
 
 class UnknownStateOrEvent(WakalaError, ValueError):
@@ -129,14 +131,15 @@ class InvalidFact(WakalaError, ValueError):
     """An event lacks a fact it needs, or was given one it does not take or a bad value."""
 
 
-def _coerce[T: StrEnum](kind: type[T], value: T | str, label: str) -> T:
+_Enum = TypeVar("_Enum", DeliveryState, DeliveryEvent)
+
+
+def _coerce(kind: type[_Enum], value: _Enum | str, label: str) -> _Enum:
     try:
         return kind(value)
     except ValueError:
         known = ", ".join(kind)
-        raise UnknownStateOrEvent(
-            f"unknown delivery {label} {value!r}; known: {known}"
-        ) from None
+        raise UnknownStateOrEvent(f"unknown delivery {label} {value!r}; known: {known}") from None
 
 
 def next_state(state: DeliveryState | str, event: DeliveryEvent | str) -> DeliveryState:
@@ -201,8 +204,9 @@ _FACTS: Mapping[DeliveryEvent, tuple[frozenset[str], frozenset[str]]] = {
 _NEEDS_REASON = frozenset({E.FAIL, E.CANCEL, E.GIVE_UP})
 
 
-def _check_facts(event: DeliveryEvent, at: datetime, reason: str | None,
-                 facts: dict[str, Any]) -> None:
+def _check_facts(
+    event: DeliveryEvent, at: datetime, reason: str | None, facts: dict[str, Any]
+) -> None:
     required, optional = _FACTS.get(event, (frozenset(), frozenset()))
     if missing := required - facts.keys():
         raise InvalidFact(f"{event.value!r} needs {', '.join(sorted(missing))}")
@@ -222,6 +226,12 @@ def _check_facts(event: DeliveryEvent, at: datetime, reason: str | None,
         value = facts[name]
         if value is not None and (type(value) is not int or value < 0):
             raise InvalidFact(f"{name} must be a non-negative int or None")
+
+
+def _seconds_since(start: datetime | None, end: datetime) -> int | None:
+    # None rather than an error for a row missing its start: bad history must not block a
+    # real delivery; max(0, ...) likewise for a clock that stepped backwards.
+    return None if start is None else max(0, round((end - start).total_seconds()))
 
 
 def apply(
@@ -262,17 +272,21 @@ def apply(
         case E.PICK_UP:
             changes.update(picked_up_at=at)
         case E.DELIVER:
-            assert delivery.picked_up_at is not None  # only picked_up can deliver
-            # max(0, ...): a clock step backwards must not block a real delivery
-            elapsed = round((at - delivery.picked_up_at).total_seconds())
-            changes.update(delivered_at=at, actual_duration_s=max(0, elapsed),
-                           proof_of_delivery=dict(facts["proof_of_delivery"]))
+            changes.update(
+                delivered_at=at,
+                actual_duration_s=_seconds_since(delivery.picked_up_at, at),
+                proof_of_delivery=dict(facts["proof_of_delivery"]),
+            )
         case E.FAIL | E.CANCEL | E.GIVE_UP:
             changes.update(failure_reason=reason)
             if delivery.assigned_at is None:
                 # an offer still open is withdrawn; a driver who accepted stays on record
                 changes.update(driver_id=None)
     return replace(delivery, **changes), Transition(
-        from_state=delivery.state, to_state=target, event=event, at=at, actor=actor,
+        from_state=delivery.state,
+        to_state=target,
+        event=event,
+        at=at,
+        actor=actor,
         reason=reason,
     )

@@ -15,17 +15,26 @@ DEFAULT_SHARD_DATABASES = ("wakala_shard_0", "wakala_shard_1")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def env_number(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
+    """A numeric WAKALA_* setting within [lo, hi]; ConfigError naming the variable otherwise."""
     raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = float(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")
     return value
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    """An integer WAKALA_* setting within [lo, hi]."""
+    value = env_number(env, name, default, lo, hi)
+    if value != int(value):
+        raise ConfigError(f"{name} must be an integer, got {env.get(name)!r}")
+    return int(value)
 
 
 def _identifier(name: str, value: str) -> str:
@@ -96,7 +105,10 @@ class PostgresSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PostgresSettings:
         env = os.environ if env is None else env
-        control = DSN.parse(env.get("WAKALA_CONTROL_DSN") or DEFAULT_CONTROL_DSN)
+        try:
+            control = DSN.parse(env.get("WAKALA_CONTROL_DSN") or DEFAULT_CONTROL_DSN)
+        except ConfigError as exc:
+            raise ConfigError(f"WAKALA_CONTROL_DSN: {exc}") from None
         shards_raw = env.get("WAKALA_SHARD_DATABASES")
         shards = (
             tuple(s.strip() for s in shards_raw.split(",") if s.strip())
@@ -114,7 +126,7 @@ class PostgresSettings:
             shard_databases=shards,
             app_role=_identifier("WAKALA_APP_ROLE", env.get("WAKALA_APP_ROLE") or "wakala_app"),
             app_password=env.get("WAKALA_APP_PASSWORD") or None,
-            write_pool_size=_int(env, "WAKALA_PG_WRITE_POOL_SIZE", 10, minimum=1),
-            read_pool_size=_int(env, "WAKALA_PG_READ_POOL_SIZE", 10, minimum=1),
+            write_pool_size=env_int(env, "WAKALA_PG_WRITE_POOL_SIZE", 10, 1, 1000),
+            read_pool_size=env_int(env, "WAKALA_PG_READ_POOL_SIZE", 10, 1, 1000),
             pgbouncer=(env.get("WAKALA_PGBOUNCER", "").lower() in ("1", "true", "yes")),
         )

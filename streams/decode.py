@@ -105,17 +105,20 @@ def _uuid(obj: dict[str, Any], field: str) -> str:
         raise UndecodablePing(f"bad_uuid:{field}") from None
 
 
-def decode_ping(raw: bytes | bytearray | memoryview | None, *, max_future_s: float = 60.0) -> DriverPing:
-    """Decode one message value holding one ping object, or raise UndecodablePing(reason)."""
+def _load(raw: bytes | bytearray | memoryview | None, limit: int) -> Any:
     if raw is None:
         raise UndecodablePing("bad_json")
-    if len(raw) > MAX_PING_BYTES:
+    if len(raw) > limit:
         raise UndecodablePing("too_large")
     try:
-        obj = _json_loads(raw)
+        return _json_loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise UndecodablePing("bad_json") from None
-    return _decode_object(obj, max_future_s)
+
+
+def decode_ping(raw: bytes | bytearray | memoryview | None, *, max_future_s: float = 60.0) -> DriverPing:
+    """Decode one message value holding one ping object, or raise UndecodablePing(reason)."""
+    return _decode_object(_load(raw, MAX_PING_BYTES), max_future_s)
 
 
 def decode_pings(raw: bytes | bytearray | memoryview | None, *, max_future_s: float = 60.0) -> list[DriverPing]:
@@ -126,14 +129,7 @@ def decode_pings(raw: bytes | bytearray | memoryview | None, *, max_future_s: fl
     pings of an array must belong to one driver and tenant (the message key); one bad ping
     dead-letters the whole message, as the gateway would have refused the whole upload.
     """
-    if raw is None:
-        raise UndecodablePing("bad_json")
-    if len(raw) > MAX_MESSAGE_BYTES:
-        raise UndecodablePing("too_large")
-    try:
-        obj = _json_loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise UndecodablePing("bad_json") from None
+    obj = _load(raw, MAX_MESSAGE_BYTES)
     if obj.__class__ is not list:
         if len(raw) > MAX_PING_BYTES:
             raise UndecodablePing("too_large")

@@ -6,20 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from schema.errors import ConfigError
-
-
-def _num(env: Mapping[str, str], name: str, default: float, lo: float, hi: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
+from schema.settings import env_number as _num
 
 
 @dataclass(frozen=True)
