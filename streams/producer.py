@@ -9,6 +9,7 @@ ack means the ping is durable in the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 
@@ -60,8 +61,28 @@ class PingProducer:
         )
         self._started = False
 
+    async def ensure_topic(self) -> None:
+        """Create the locations topic with the configured partitions if it does not exist yet.
+
+        Whichever starts first, gateway or worker, must not let the broker auto-create the
+        topic with its own default partition count.
+        """
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.errors import TopicAlreadyExistsError
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        try:
+            await admin.start()
+            if self.settings.locations_topic not in set(await admin.list_topics()):
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([NewTopic(self.settings.locations_topic,
+                                                        self.settings.locations_partitions, 1)])
+        finally:
+            await admin.close()
+
     async def start(self) -> None:
         try:
+            await self.ensure_topic()
             await self._producer.start()
         except KafkaError as exc:
             await self._producer.stop()

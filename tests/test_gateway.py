@@ -5,6 +5,7 @@ import json
 import math
 import time
 import uuid
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -72,6 +73,7 @@ def rejected(channel, reason):
 
 async def test_http_batch_is_produced_keyed_by_driver(platform, stream_settings, drivers):
     tenant, ids, tokens = drivers
+    stream_settings = replace(stream_settings, locations_partitions=3)
     async with running_engine(platform, stream_settings) as addr, httpx.AsyncClient(base_url=f"http://{addr}") as http:
         resp = await http.post("/v1/drivers/locations", headers={"Authorization": f"Bearer {tokens[0].token}"},
                                json={"pings": [ping(ids[0]), ping(ids[0], lat=-26.2486)]})
@@ -81,6 +83,13 @@ async def test_http_batch_is_produced_keyed_by_driver(platform, stream_settings,
     values = await _topic_values(stream_settings, 2, messages=messages)
     assert messages == [str(ids[0]).encode()]   # one message per upload, keyed by driver
     assert [k for k, _ in values] == [str(ids[0]).encode()] * 2
+    consumer = AIOKafkaConsumer(bootstrap_servers=stream_settings.kafka_bootstrap)
+    await consumer.start()
+    try:  # the gateway created the topic with the configured partitions, not the broker's default
+        assert stream_settings.locations_topic in await consumer.topics()
+        assert consumer.partitions_for_topic(stream_settings.locations_topic) == {0, 1, 2}
+    finally:
+        await consumer.stop()
     first = values[0][1]
     assert first["tenant_id"] == str(tenant.id) and first["vehicle_type"] == "motorbike"
     assert first["lat"] == SOWETO[0] and first["v"] == 1 and first["received_at"] > 0
