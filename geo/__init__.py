@@ -25,10 +25,14 @@ from geo.distance import (
     implied_speed_kmh,
     pairwise_distances_m,
 )
+from geo.eta import CIRCUITY, EtaCalibration, UnknownVehicleType, eta_seconds, etas_seconds
 
 __all__ = [
+    "CIRCUITY",
     "DEFAULT_RES",
     "EARTH_RADIUS_M",
+    "EtaCalibration",
+    "UnknownVehicleType",
     "bearing_deg",
     "cell_center",
     "cell_of",
@@ -37,6 +41,8 @@ __all__ = [
     "disk",
     "distance_m",
     "distances_m",
+    "eta_seconds",
+    "etas_seconds",
     "implied_speed_kmh",
     "is_valid_cell",
     "k_for_radius",
