@@ -16,16 +16,12 @@ Measured, over a window after every driver is connected:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import multiprocessing as mp
 import os
 import random
 import secrets
-import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -33,6 +29,7 @@ from dataclasses import dataclass, replace
 import redis.asyncio as aioredis
 
 from dispatch.auth import hash_token
+from dispatch.processes import spawn_wakala, stop
 from loadtest.report import emit, percentiles_ms
 from schema.db import TenantDatabase
 from schema.errors import TenantExists
@@ -250,23 +247,6 @@ async def _baseline(streams: StreamSettings, tenant_id: str, n_drivers: int, n: 
         await redis.aclose()
 
 
-def _spawn(args: list[str], env: dict[str, str], log_path: str) -> subprocess.Popen:
-    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen([sys.executable, "-m", "dispatch.cli", *args], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 async def _delete_topics(streams: StreamSettings) -> None:
     """The bundled broker keeps topics in memory: give back what this run created."""
     from aiokafka.admin import AIOKafkaAdminClient
@@ -311,8 +291,8 @@ async def run_ingest_bench(bench: IngestBench) -> dict[str, object]:
                WAKALA_INGEST_LATENCY_SAMPLES="1",
                WAKALA_PING_RATE_LIMIT=str(int(bench.hz * bench.upload_every_s * 4 + 10)))
     os.makedirs(".wakala", exist_ok=True)
-    worker = _spawn(["engine", "worker"], env, ".wakala/bench-worker.log")
-    api = _spawn(["engine", "api", "--workers", str(bench.gateways)], env, ".wakala/bench-api.log")
+    worker = spawn_wakala(["engine", "worker"], env, ".wakala/bench-worker.log")
+    api = spawn_wakala(["engine", "api", "--workers", str(bench.gateways)], env, ".wakala/bench-api.log")
     redis = aioredis.from_url(streams.redis_url)
     procs: list[mp.Process] = []
     try:
@@ -357,8 +337,8 @@ async def run_ingest_bench(bench: IngestBench) -> dict[str, object]:
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()
-        _stop(api)
-        _stop(worker)
+        stop(api)
+        stop(worker)
         await _delete_topics(streams)
     e2e = (end_count - start_count) / elapsed
     print("running the in-process baseline ...", flush=True)

@@ -1,0 +1,30 @@
+"""Starting and stopping `wakala engine ...` as child processes (demo, benchmarks)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+
+
+def spawn_wakala(args: list[str], env: dict[str, str], log_path: str) -> subprocess.Popen:
+    """Run ``wakala ARGS`` in its own session (so a stop reaches its workers), output to a log."""
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    with open(log_path, "w") as log:
+        return subprocess.Popen([sys.executable, "-m", "dispatch.cli", *args], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM the process group, SIGKILL after ``grace_s``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
