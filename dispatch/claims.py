@@ -1,0 +1,292 @@
+"""Claiming drivers atomically: open offers and active deliveries in Redis.
+
+Under any concurrency (many matcher tasks, many engine processes) a driver holds at most one
+open offer and at most ``capacity`` active deliveries, and a delivery is offered to at most
+one driver and active with at most one. Every operation is one Lua script, so checks and writes
+never interleave with another claim, a ping or a status change (see
+``streams.location_store``). Nothing lives in a Python dict: a restarted engine sees every open
+offer and active delivery, and an offer left behind by a crashed engine expires by itself.
+
+Keys
+----
+
+``driver:offer:{driver_id}`` STRING = delivery_id, ``PX`` offer_ttl
+    The driver's one open offer. Its expiry is the offer timeout.
+``delivery:offer:{delivery_id}`` STRING = driver_id, same ``PX`` (set in the same script)
+    The delivery's one open offer, so two matchers cannot offer one delivery to two drivers.
+``driver:deliveries:{driver_id}`` SET of delivery ids, no TTL
+    The driver's active (accepted, not yet released) deliveries; never more than capacity.
+``delivery:driver:{delivery_id}`` STRING = driver_id, no TTL
+    Who holds an active delivery, so it cannot be offered again until released.
+
+Status and the availability index follow the ``streams.location_store`` contract, written the
+way its ``set_status`` writes them: the accept that fills the driver's last slot sets
+``driver:state`` status ``busy`` (and ``updated_ms``), copies the status into the live
+location hash and removes the driver from ``drivers:available:{tenant}:{cell}`` (tenant and
+cell read from the location hash). The release that frees a slot of a ``busy`` driver sets it
+``available`` and re-indexes it at once when its location is alive and of its state's tenant
+(score = the location's ``seen_ms``, so freshness is unchanged); with no live location the next
+ping indexes it. A driver without a ``driver:state`` hash is ``offline`` by that contract and
+is never offered (unless ``require_shift=False``, for drivers not managed by LocationStore).
+
+Offer timeouts: Redis expires both offer keys together; ``accept`` after that returns False.
+The engine's own timer (which records ``offer_timeout`` on the delivery) may call ``decline``:
+it returns False when the keys are already gone, so the two never conflict.
+
+Scaling: the scripts touch keys of one driver and one delivery and build the index key name
+themselves; under Redis Cluster these would need a common hash tag (as noted for
+``streams.location_store``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from redis.asyncio import Redis
+
+from schema.errors import WakalaError
+from streams.location_store import canonical_uuid, location_key, state_key
+
+__all__ = [
+    "DriverClaims",
+    "InvalidClaimId",
+    "InvalidClaimSettings",
+    "deliveries_key",
+    "delivery_driver_key",
+    "delivery_offer_key",
+    "offer_key",
+]
+
+_MAX_ID_CHARS = 45   # the longest UUID spelling ("urn:uuid:" + 36); longer input is refused unread
+
+
+class InvalidClaimId(WakalaError, ValueError):
+    """A driver or delivery id that is not a UUID; nothing was read or written."""
+
+    def __init__(self, field: str, value: object) -> None:
+        super().__init__(f"{field} must be a UUID like 3f2b8c1e-9a4d-4c1b-8e2f-0a1b2c3d4e5f, "
+                         f"got {value!r:.60}")
+        self.field = field
+
+
+class InvalidClaimSettings(WakalaError, ValueError):
+    """capacity or offer_ttl_s out of range."""
+
+
+def offer_key(driver_id: str) -> str:
+    return f"driver:offer:{driver_id}"
+
+
+def deliveries_key(driver_id: str) -> str:
+    return f"driver:deliveries:{driver_id}"
+
+
+def delivery_offer_key(delivery_id: str) -> str:
+    return f"delivery:offer:{delivery_id}"
+
+
+def delivery_driver_key(delivery_id: str) -> str:
+    return f"delivery:driver:{delivery_id}"
+
+
+# Script result codes (the public methods return bools; the codes say why, for debugging).
+OK = 1
+DRIVER_HAS_OFFER = 0       # offer: the driver already has an open offer; accept/decline: no such offer
+DRIVER_FULL = -1           # capacity active deliveries already
+DELIVERY_OFFERED = -2      # the delivery has an open offer (to anyone)
+DELIVERY_ACTIVE = -3       # the delivery is active with a driver
+DRIVER_NOT_AVAILABLE = -4  # status is not 'available' (offer) / is 'offline' (accept)
+
+# KEYS: driver offer, driver deliveries, delivery offer, delivery driver, driver state.
+# ARGV: driver_id, delivery_id, ttl_ms, capacity, '1' = a driver without state is offline.
+OFFER_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return -2 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return -3 end
+local status = redis.call('HGET', KEYS[5], 'status')
+if status then
+  if status ~= 'available' then return -4 end
+elseif ARGV[5] == '1' then
+  return -4
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
+return 1
+"""
+
+# The index key prefix below must match streams.location_store.available_key.
+# KEYS: driver offer, driver deliveries, delivery offer, delivery driver, driver state,
+# driver location. ARGV: driver_id, delivery_id, capacity.
+# An offer that exists but cannot be accepted any more is withdrawn (the codes < 0).
+ACCEPT_SCRIPT = """
+local id, delivery = ARGV[1], ARGV[2]
+if redis.call('GET', KEYS[1]) ~= delivery then return 0 end
+redis.call('DEL', KEYS[1])
+if redis.call('GET', KEYS[3]) == id then redis.call('DEL', KEYS[3]) end
+local st = redis.call('HMGET', KEYS[5], 'status', 'tenant')
+if st[1] == 'offline' then return -4 end
+local holder = redis.call('GET', KEYS[4])
+if holder and holder ~= id then return -3 end
+local capacity = tonumber(ARGV[3])
+if redis.call('SCARD', KEYS[2]) >= capacity then return -1 end
+redis.call('SADD', KEYS[2], delivery)
+redis.call('SET', KEYS[4], id)
+if st[1] == 'available' and redis.call('SCARD', KEYS[2]) >= capacity then
+  local t = redis.call('TIME')
+  local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+  redis.call('HSET', KEYS[5], 'status', 'busy', 'updated_ms', now)
+  local loc = redis.call('HMGET', KEYS[6], 'tenant', 'cell', 'seen_ms')
+  if loc[1] and loc[2] and loc[3] then
+    redis.call('HSET', KEYS[6], 'status', 'busy')
+    redis.call('ZREM', 'drivers:available:' .. loc[1] .. ':' .. loc[2], id)
+  end
+end
+return 1
+"""
+
+# KEYS: driver offer, delivery offer. ARGV: driver_id, delivery_id.
+DECLINE_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+# KEYS: driver deliveries, delivery driver, driver state, driver location.
+# ARGV: driver_id, delivery_id, capacity. Returns 0 not active, 1 released, 2 released and
+# the driver is available again.
+RELEASE_SCRIPT = """
+local id = ARGV[1]
+if redis.call('SREM', KEYS[1], ARGV[2]) == 0 then return 0 end
+if redis.call('GET', KEYS[2]) == id then redis.call('DEL', KEYS[2]) end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 1 end
+local st = redis.call('HMGET', KEYS[3], 'status', 'tenant')
+if st[1] ~= 'busy' then return 1 end
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+redis.call('HSET', KEYS[3], 'status', 'available', 'updated_ms', now)
+local loc = redis.call('HMGET', KEYS[4], 'tenant', 'cell', 'seen_ms')
+if loc[1] and loc[2] and loc[3] then
+  redis.call('HSET', KEYS[4], 'status', 'available')
+  local zkey = 'drivers:available:' .. loc[1] .. ':' .. loc[2]
+  if loc[1] == st[2] then
+    redis.call('ZADD', zkey, loc[3], id)
+  else
+    redis.call('ZREM', zkey, id)
+  end
+end
+return 2
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _uuid(value: object, field: str) -> str:
+    if isinstance(value, str) and len(value) > _MAX_ID_CHARS:
+        raise InvalidClaimId(field, value)
+    try:
+        return canonical_uuid(value, field)
+    except ValueError:
+        raise InvalidClaimId(field, value) from None
+
+
+class DriverClaims:
+    """Offers, accepts, declines and releases of drivers, each one atomic Redis script.
+
+    ``capacity``: active deliveries a driver may hold (1 today; more for multi-drop).
+    ``offer_ttl_s``: how long an offer stays open. Every engine process sharing a Redis should
+    use the same values; each call checks against the capacity of the process making it.
+    """
+
+    def __init__(self, redis: Redis, *, capacity: int = 1, offer_ttl_s: float = 20.0,
+                 require_shift: bool = True) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= 100:
+            raise InvalidClaimSettings(f"capacity must be an integer from 1 to 100, got {capacity!r}")
+        if (not isinstance(offer_ttl_s, int | float) or not math.isfinite(offer_ttl_s)
+                or not 0.001 <= offer_ttl_s <= 86_400):
+            raise InvalidClaimSettings(
+                f"offer_ttl_s must be between 0.001 and 86400 seconds, got {offer_ttl_s!r}")
+        self.redis = redis
+        self.capacity = capacity
+        self.offer_ttl_s = float(offer_ttl_s)
+        self._ttl_ms = str(max(1, round(offer_ttl_s * 1000)))
+        self._capacity = str(capacity)
+        self._require_shift = "1" if require_shift else "0"
+        self._offer = redis.register_script(OFFER_SCRIPT)
+        self._accept = redis.register_script(ACCEPT_SCRIPT)
+        self._decline = redis.register_script(DECLINE_SCRIPT)
+        self._release = redis.register_script(RELEASE_SCRIPT)
+
+    async def offer(self, driver_id: str, delivery_id: str) -> bool:
+        """Open an offer of the delivery to the driver, for offer_ttl_s.
+
+        Refused (False) when the driver has an open offer, is at capacity or is not
+        ``available``, or the delivery is already offered or active with anyone.
+        """
+        driver, delivery = _uuid(driver_id, "driver_id"), _uuid(delivery_id, "delivery_id")
+        code = await self._offer(
+            keys=[offer_key(driver), deliveries_key(driver), delivery_offer_key(delivery),
+                  delivery_driver_key(delivery), state_key(driver)],
+            args=[driver, delivery, self._ttl_ms, self._capacity, self._require_shift],
+        )
+        return int(code) == OK
+
+    async def accept(self, driver_id: str, delivery_id: str) -> bool:
+        """The driver takes the delivery it was offered: it becomes one of its active ones.
+
+        False when this offer is not open (never made, declined, expired). An open offer that
+        can no longer be honoured (the driver went offline meanwhile) is withdrawn and False
+        returned. The accept that fills the driver's last slot makes it ``busy`` and takes it
+        out of the availability index.
+        """
+        driver, delivery = _uuid(driver_id, "driver_id"), _uuid(delivery_id, "delivery_id")
+        code = await self._accept(
+            keys=[offer_key(driver), deliveries_key(driver), delivery_offer_key(delivery),
+                  delivery_driver_key(delivery), state_key(driver), location_key(driver)],
+            args=[driver, delivery, self._capacity],
+        )
+        return int(code) == OK
+
+    async def decline(self, driver_id: str, delivery_id: str) -> bool:
+        """Withdraw the open offer (declined, or timed out by the engine's timer).
+
+        False when that offer is not open (already expired, accepted or declined).
+        """
+        driver, delivery = _uuid(driver_id, "driver_id"), _uuid(delivery_id, "delivery_id")
+        code = await self._decline(keys=[offer_key(driver), delivery_offer_key(delivery)],
+                                   args=[driver, delivery])
+        return int(code) == OK
+
+    async def release(self, driver_id: str, delivery_id: str) -> bool:
+        """The delivery is over for this driver (delivered, failed, cancelled).
+
+        Frees its slot; a ``busy`` driver below capacity becomes ``available`` and is indexed at
+        once if its location is live (else by its next ping). False when the delivery was not
+        active with the driver (so repeating a release is harmless).
+        """
+        driver, delivery = _uuid(driver_id, "driver_id"), _uuid(delivery_id, "delivery_id")
+        code = await self._release(
+            keys=[deliveries_key(driver), delivery_driver_key(delivery), state_key(driver),
+                  location_key(driver)],
+            args=[driver, delivery, self._capacity],
+        )
+        return int(code) > 0
+
+    async def offer_of(self, driver_id: str) -> str | None:
+        """The delivery id the driver has an open offer for, or None."""
+        value = await self.redis.get(offer_key(_uuid(driver_id, "driver_id")))
+        return None if value is None else _text(value)
+
+    async def active_deliveries(self, driver_id: str) -> set[str]:
+        """The driver's active delivery ids."""
+        members = await self.redis.smembers(deliveries_key(_uuid(driver_id, "driver_id")))
+        return {_text(m) for m in members}
+
+    async def driver_of(self, delivery_id: str) -> str | None:
+        """The driver the delivery is active with, or None."""
+        value = await self.redis.get(delivery_driver_key(_uuid(delivery_id, "delivery_id")))
+        return None if value is None else _text(value)
