@@ -159,6 +159,12 @@ async def _bench(args: argparse.Namespace) -> int:
         await run_ingest_bench(IngestBench(
             drivers=args.drivers, hz=args.hz, upload_every_s=args.upload_every, duration_s=args.duration,
             gateways=args.gateways, clients=args.clients))
+    elif args.bench == "nearest":
+        from loadtest.nearest import NearestBench, run_nearest_bench
+
+        await run_nearest_bench(NearestBench(
+            drivers=args.drivers, queries=args.queries, warmup=args.warmup, k=args.k,
+            radius_m=args.radius))
     return 0
 
 
@@ -239,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--duration", type=float, default=30.0, help="measured window, seconds")
     ingest.add_argument("--gateways", type=int, default=2, help="gateway processes")
     ingest.add_argument("--clients", type=int, default=2, help="load-generator processes")
+    near = bsub.add_parser("nearest", help="k nearest available drivers: our Redis index vs GEOSEARCH vs PostGIS")
+    near.add_argument("--drivers", type=int, default=50_000)
+    near.add_argument("--queries", type=int, default=2_000, help="measured queries per method")
+    near.add_argument("--warmup", type=int, default=200, help="unmeasured queries per method first")
+    near.add_argument("-k", type=int, default=10, help="drivers per answer")
+    near.add_argument("--radius", type=float, default=5_000.0, help="search radius, great-circle metres")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("demo", help="show the running system")
