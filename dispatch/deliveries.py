@@ -1,0 +1,318 @@
+"""The Postgres shell of the delivery state machine: one transition, one transaction.
+
+``transition`` locks the ``deliveries`` row, runs the pure ``dispatch.state.apply`` on it and
+writes everything the transition implies in the same tenant transaction: the delivery row,
+the order's status and its ``order_status_history`` row, the driver's and vendor's counters
+on delivery, and one ``delivery_events_outbox`` row. Either all of it commits or none of it
+does; an illegal event or a missing fact raises before any write.
+
+Events are not sent to Kafka here. A relay publishes unpublished outbox rows to the
+``delivery-events`` topic after commit, in ``seq`` order, and sets ``published_at``, so an
+event is published if and only if its transition committed (at least once: consumers
+deduplicate on the outbox row's id).
+
+Lock order: the delivery row, then its order row. Code that locks both must do the same.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from dispatch.state import (
+    DeliveryEvent,
+    DeliverySnapshot,
+    DeliveryState,
+    InvalidFact,
+    Transition,
+    apply,
+    order_status_for,
+)
+from schema.db import TenantDatabase
+from schema.errors import WakalaError
+
+__all__ = [
+    "InvalidDeliveryInput",
+    "UnknownDelivery",
+    "UnknownDriver",
+    "UnknownOrder",
+    "create_delivery",
+    "transition",
+]
+
+
+class UnknownDelivery(WakalaError):
+    """No delivery with this id is visible to the tenant (absent, or another tenant's)."""
+
+
+class UnknownDriver(WakalaError):
+    """An event names a driver the tenant does not have."""
+
+
+class UnknownOrder(WakalaError):
+    """A delivery was requested for an order the tenant does not have."""
+
+
+class InvalidDeliveryInput(WakalaError, ValueError):
+    """An id is not a UUID, or a coordinate is out of range."""
+
+
+SNAPSHOT_SQL = """
+SELECT order_id, status, driver_id, offer_attempts, assigned_at, picked_up_at, delivered_at,
+       failure_reason, estimated_duration_s, actual_duration_s, distance_meters, proof_of_delivery
+FROM deliveries
+WHERE id = $1
+FOR UPDATE
+"""
+# Minutes are the seed's columns, kept in step with the seconds (rounded) for its readers.
+# cancelled_at/failed_at are set once, by the event that enters that (terminal) state.
+UPDATE_DELIVERY_SQL = """
+UPDATE deliveries SET
+    status = $2,
+    driver_id = $3,
+    offer_attempts = $4,
+    assigned_at = $5,
+    picked_up_at = $6,
+    delivered_at = $7,
+    failure_reason = $8,
+    estimated_duration_s = $9::int,
+    estimated_duration_minutes = round($9::int / 60.0)::int,
+    actual_duration_s = $10::int,
+    actual_duration_minutes = round($10::int / 60.0)::int,
+    distance_meters = $11,
+    proof_of_delivery = $12::jsonb,
+    cancelled_at = COALESCE($13, cancelled_at),
+    failed_at = COALESCE($14, failed_at),
+    updated_at = now()
+WHERE id = $1
+"""
+ORDER_FOR_UPDATE_SQL = "SELECT status, vendor_id FROM orders WHERE id = $1 FOR UPDATE"
+UPDATE_ORDER_SQL = """
+UPDATE orders
+SET status = $2, actual_delivery_time = COALESCE($3, actual_delivery_time), updated_at = now()
+WHERE id = $1
+"""
+# changed_by references users: an actor that is a user's id goes there; any other actor
+# (a driver id, "system:matcher", ...) is kept as text in metadata instead.
+INSERT_ORDER_HISTORY_SQL = """
+WITH actor_user AS (SELECT id FROM users WHERE id = $5::uuid)
+INSERT INTO order_status_history (order_id, from_status, to_status, reason, changed_by, metadata)
+SELECT $1::uuid, $2::text, $3::text, $4::text, (SELECT id FROM actor_user),
+       CASE WHEN $6::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM actor_user)
+            THEN $7::jsonb || jsonb_build_object('actor', $6::text)
+            ELSE $7::jsonb
+       END
+"""
+COUNT_DRIVER_DELIVERY_SQL = """
+UPDATE drivers SET total_deliveries = COALESCE(total_deliveries, 0) + 1, updated_at = now()
+WHERE id = $1
+"""
+COUNT_VENDOR_ORDER_SQL = """
+UPDATE vendors SET total_orders = COALESCE(total_orders, 0) + 1, updated_at = now()
+WHERE id = $1
+"""
+INSERT_OUTBOX_SQL = """
+INSERT INTO delivery_events_outbox (delivery_id, event_type, payload) VALUES ($1, $2, $3::jsonb)
+"""
+INSERT_DELIVERY_SQL = """
+INSERT INTO deliveries (order_id, status, pickup_location, pickup_address,
+                        dropoff_location, dropoff_address, distance_meters,
+                        estimated_duration_s, estimated_duration_minutes)
+VALUES ($1, 'pending',
+        ST_SetSRID(ST_MakePoint($3, $2), 4326)::geography, $4::jsonb,
+        ST_SetSRID(ST_MakePoint($6, $5), 4326)::geography, $7::jsonb,
+        $8, $9::int, round($9::int / 60.0)::int)
+RETURNING id
+"""
+
+
+def _uuid(value: object, label: str) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise InvalidDeliveryInput(f"{label} must be a UUID, got {value!r}") from None
+
+
+def _as_user_id(actor: str | None) -> uuid.UUID | None:
+    if actor is None:
+        return None
+    try:
+        return uuid.UUID(actor)
+    except ValueError:
+        return None
+
+
+def _snapshot(row: asyncpg.Record) -> DeliverySnapshot:
+    proof = row["proof_of_delivery"]
+    return DeliverySnapshot(
+        state=DeliveryState(row["status"]),
+        driver_id=None if row["driver_id"] is None else str(row["driver_id"]),
+        offer_attempts=row["offer_attempts"],
+        assigned_at=row["assigned_at"],
+        picked_up_at=row["picked_up_at"],
+        delivered_at=row["delivered_at"],
+        failure_reason=row["failure_reason"],
+        estimated_duration_s=row["estimated_duration_s"],
+        actual_duration_s=row["actual_duration_s"],
+        distance_m=row["distance_meters"],
+        proof_of_delivery=None if proof is None else json.loads(proof),
+    )
+
+
+def _outbox_payload(
+    delivery_id: uuid.UUID, order_id: uuid.UUID, new: DeliverySnapshot, step: Transition
+) -> str:
+    return json.dumps(
+        {
+            "delivery_id": str(delivery_id),
+            "order_id": str(order_id),
+            "event": step.event.value,
+            "from_state": step.from_state.value,
+            "to_state": step.to_state.value,
+            "driver_id": new.driver_id,
+            "at": step.at.isoformat(),
+            "actor": step.actor,
+            "reason": step.reason,
+        }
+    )
+
+
+async def transition(
+    db: TenantDatabase,
+    tenant_id: object,
+    delivery_id: uuid.UUID | str,
+    event: DeliveryEvent | str,
+    *,
+    actor: str | None = None,
+    reason: str | None = None,
+    at: datetime | None = None,
+    **facts: Any,
+) -> DeliverySnapshot:
+    """Apply ``event`` to a delivery and record everything it implies; return the new snapshot.
+
+    Facts are those of ``dispatch.state.apply`` (``driver_id`` for ``offer``, route facts for
+    ``offer``/``accept``, ``proof_of_delivery`` for ``deliver``). ``at`` defaults to now (UTC).
+
+    Raises, with nothing written: InvalidDeliveryInput (``delivery_id`` not a UUID),
+    InvalidFact (a fact missing or malformed, ``driver_id`` not a UUID), UnknownDelivery (no
+    such delivery for this tenant), IllegalTransition (``event`` not allowed from the
+    delivery's state, e.g. when a concurrent transition got there first), UnknownDriver.
+    """
+    delivery_uuid = _uuid(delivery_id, "delivery_id")
+    if isinstance(facts.get("driver_id"), str) and facts["driver_id"]:
+        try:
+            facts["driver_id"] = str(uuid.UUID(facts["driver_id"]))
+        except ValueError:
+            raise InvalidFact(f"driver_id must be a UUID, got {facts['driver_id']!r}") from None
+    when = at if at is not None else datetime.now(UTC)
+
+    async with db.tenant_transaction(tenant_id) as tx:
+        row = await tx.fetchrow(SNAPSHOT_SQL, delivery_uuid)
+        if row is None:
+            raise UnknownDelivery(f"no delivery {delivery_uuid} in tenant {tenant_id}")
+        order_id: uuid.UUID = row["order_id"]
+        new, step = apply(_snapshot(row), event, at=when, actor=actor, reason=reason, **facts)
+
+        entered = step.to_state
+        try:
+            await tx.execute(
+                UPDATE_DELIVERY_SQL,
+                delivery_uuid,
+                entered.value,
+                new.driver_id,
+                new.offer_attempts,
+                new.assigned_at,
+                new.picked_up_at,
+                new.delivered_at,
+                new.failure_reason,
+                new.estimated_duration_s,
+                new.actual_duration_s,
+                new.distance_m,
+                None if new.proof_of_delivery is None else json.dumps(new.proof_of_delivery),
+                when if entered is DeliveryState.CANCELLED else None,
+                when if entered is DeliveryState.FAILED else None,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise UnknownDriver(f"no driver {new.driver_id} in tenant {tenant_id}") from None
+
+        if entered is DeliveryState.DELIVERED and new.driver_id is not None:
+            # delivered is terminal and the row is locked: this runs once per delivery
+            await tx.execute(COUNT_DRIVER_DELIVERY_SQL, new.driver_id)
+
+        order_status = order_status_for(entered)
+        if order_status is not None:
+            order = await tx.fetchrow(ORDER_FOR_UPDATE_SQL, order_id)
+            if order["status"] != order_status:
+                delivered = order_status == "delivered"
+                await tx.execute(UPDATE_ORDER_SQL, order_id, order_status, when if delivered else None)
+                await tx.execute(
+                    INSERT_ORDER_HISTORY_SQL,
+                    order_id,
+                    order["status"],
+                    order_status,
+                    step.reason,
+                    _as_user_id(actor),
+                    actor,
+                    json.dumps({"delivery_id": str(delivery_uuid), "event": step.event.value}),
+                )
+                if delivered:
+                    # once per order, even if an earlier delivery of it was also completed
+                    await tx.execute(COUNT_VENDOR_ORDER_SQL, order["vendor_id"])
+
+        await tx.execute(
+            INSERT_OUTBOX_SQL,
+            delivery_uuid,
+            step.event.value,
+            _outbox_payload(delivery_uuid, order_id, new, step),
+        )
+    return new
+
+
+def _point(value: tuple[float, float], label: str) -> tuple[float, float]:
+    try:
+        lat, lng = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise InvalidDeliveryInput(f"{label} must be (lat, lng), got {value!r}") from None
+    if not (-90 <= lat <= 90 and -180 <= lng <= 180):
+        raise InvalidDeliveryInput(f"{label} {value!r} is not a (lat, lng) on Earth")
+    return lat, lng
+
+
+async def create_delivery(
+    db: TenantDatabase,
+    tenant_id: object,
+    order_id: uuid.UUID | str,
+    pickup: tuple[float, float],
+    dropoff: tuple[float, float],
+    *,
+    pickup_address: dict[str, Any] | None = None,
+    dropoff_address: dict[str, Any] | None = None,
+    distance_m: int | None = None,
+    estimated_duration_s: int | None = None,
+) -> uuid.UUID:
+    """Insert a ``pending`` delivery for an order; ``pickup``/``dropoff`` are (lat, lng)."""
+    order_uuid = _uuid(order_id, "order_id")
+    pickup_lat, pickup_lng = _point(pickup, "pickup")
+    dropoff_lat, dropoff_lng = _point(dropoff, "dropoff")
+    async with db.tenant_transaction(tenant_id) as tx:
+        try:
+            return await tx.fetchval(
+                INSERT_DELIVERY_SQL,
+                order_uuid,
+                pickup_lat,
+                pickup_lng,
+                None if pickup_address is None else json.dumps(pickup_address),
+                dropoff_lat,
+                dropoff_lng,
+                None if dropoff_address is None else json.dumps(dropoff_address),
+                distance_m,
+                estimated_duration_s,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise UnknownOrder(f"no order {order_uuid} in tenant {tenant_id}") from None
