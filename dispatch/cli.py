@@ -165,6 +165,12 @@ async def _bench(args: argparse.Namespace) -> int:
         await run_nearest_bench(NearestBench(
             drivers=args.drivers, queries=args.queries, warmup=args.warmup, k=args.k,
             radius_m=args.radius))
+    elif args.bench == "matching":
+        from loadtest.matching import MatchingBench, run_matching_bench
+
+        await run_matching_bench(MatchingBench(
+            seed=args.seed, minutes=args.minutes, orders_per_min=args.orders_per_min,
+            drivers=args.drivers, window_s=args.window, radius_m=args.radius))
     return 0
 
 
@@ -251,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     near.add_argument("--warmup", type=int, default=200, help="unmeasured queries per method first")
     near.add_argument("-k", type=int, default=10, help="drivers per answer")
     near.add_argument("--radius", type=float, default=5_000.0, help="search radius, great-circle metres")
+    match = bsub.add_parser("matching", help="batch assignment vs greedy nearest-first, simulated")
+    match.add_argument("--seed", type=int, default=7)
+    match.add_argument("--minutes", type=float, default=60.0, help="order arrival period")
+    match.add_argument("--orders-per-min", type=float, default=40.0)
+    match.add_argument("--drivers", type=int, default=800)
+    match.add_argument("--window", type=float, default=2.0, help="batch window, seconds")
+    match.add_argument("--radius", type=float, default=5_000.0, help="pickup radius, great-circle metres")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("demo", help="show the running system")
