@@ -6,6 +6,7 @@ library (``ws="websockets"``). See README, "Why FastAPI + uvicorn".
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator
@@ -16,7 +17,9 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.auth import DriverAuthenticator
+from dispatch.claims import DriverClaims
 from dispatch.gateway import DriverStreamRoute, Ingest, close_revoked, router
+from dispatch.offers import OfferEngine, PostgresTransitions, WebsocketNotifier
 from dispatch.ratelimit import SlidingWindowLimiter
 from dispatch.settings import EngineSettings
 from schema.db import TenantDatabase
@@ -56,9 +59,18 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
         from streams.location_store import LocationStore
 
         app.state.locations = LocationStore(redis, streams)
+        app.state.driver_ids = {}
+        app.state.offers = OfferEngine(
+            DriverClaims(redis, offer_ttl_s=engine.offer_timeout_s), WebsocketNotifier(app.state), redis,
+            transitions=PostgresTransitions(db), app_id=streams.app_id,
+            offer_timeout_s=engine.offer_timeout_s, max_attempts=engine.offer_max_attempts)
+        sweeper = asyncio.create_task(app.state.offers.run_sweeper(), name="offer-sweeper")
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await auth.stop()
             await producer.stop()
             await db.close()

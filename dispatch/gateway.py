@@ -19,6 +19,13 @@ from pydantic import BaseModel, Field
 
 from dispatch.auth import AuthDriver, DriverAuthenticator, TokenRejected
 from dispatch.metrics import GATEWAY_PRODUCE_SECONDS, PINGS_ACCEPTED, PINGS_REJECTED
+from dispatch.offers import (
+    OFFER_NOT_HELD,
+    InvalidOfferReply,
+    OfferEngine,
+    OfferNotHeld,
+    parse_offer_reply,
+)
 from dispatch.pings import (
     BAD_JSON,
     BOUNDS,
@@ -261,6 +268,9 @@ async def driver_stream(ws: WebSocket, state) -> None:
         await ws.close(CLOSE_UNAUTHORISED, exc.reason)
         return
     sockets.setdefault(driver.token_hash, set()).add(ws)
+    by_driver: dict[str, set[WebSocket]] = state.driver_ids   # where offers are sent
+    by_driver.setdefault(driver.driver_id, set()).add(ws)
+    offers: OfferEngine | None = getattr(state, "offers", None)
     await ws.send_json({"type": "ready", "driver_id": driver.driver_id})
     try:
         while True:
@@ -268,14 +278,20 @@ async def driver_stream(ws: WebSocket, state) -> None:
             if message["type"] == "websocket.disconnect":
                 return
             raw = message.get("text") if message.get("text") is not None else message.get("bytes")
-            await _handle_frame(ws, ingest, driver, raw)
+            await _handle_frame(ws, ingest, driver, raw, offers)
     except WebSocketDisconnect:
         return
     finally:
         sockets.get(driver.token_hash, set()).discard(ws)
+        mine = by_driver.get(driver.driver_id)
+        if mine is not None:
+            mine.discard(ws)
+            if not mine:
+                by_driver.pop(driver.driver_id, None)
 
 
-async def _handle_frame(ws: WebSocket, ingest: Ingest, driver: AuthDriver, raw: str | bytes | None) -> None:
+async def _handle_frame(ws: WebSocket, ingest: Ingest, driver: AuthDriver, raw: str | bytes | None,
+                        offers: OfferEngine | None = None) -> None:
     received_at = time.time()
     seq = None
     try:
@@ -287,12 +303,34 @@ async def _handle_frame(ws: WebSocket, ingest: Ingest, driver: AuthDriver, raw: 
         if driver.expires_at <= received_at:
             PINGS_REJECTED.labels("ws", "expired_token").inc()
             raise Refused(401, "expired_token", "the token has expired")
+        if isinstance(payload, dict) and payload.get("type") == "offer_reply":
+            await ws.send_json({"seq": seq, **await _offer_reply(offers, driver, payload)})
+            return
         pings = ingest.validate(payload, received_at, "ws")
         accepted = await ingest.accept(driver, pings, received_at, "ws")
     except Refused as exc:
         await ws.send_json({"type": "error", "seq": seq, **exc.body()["error"]})
         return
     await ws.send_json({"type": "ack", "seq": seq, "accepted": accepted})
+
+
+async def _offer_reply(offers: OfferEngine | None, driver: AuthDriver, payload: dict[str, Any]) -> dict[str, Any]:
+    """``{"type": "offer_reply", "delivery_id": <uuid>, "accept": <bool>}`` -> the reply frame."""
+    try:
+        reply = parse_offer_reply(payload)
+    except InvalidOfferReply as exc:
+        raise Refused(422, exc.reason, exc.message, field=exc.field) from None
+    if offers is None:
+        raise Refused(409, OFFER_NOT_HELD, "this engine makes no offers", field="delivery_id")
+    try:
+        outcome = await offers.reply(driver.driver_id, reply.delivery_id, reply.accept)
+    except OfferNotHeld as exc:
+        raise Refused(409, OFFER_NOT_HELD, str(exc), field="delivery_id") from None
+    if reply.accept and outcome.status != "assigned":   # e.g. the delivery was cancelled meanwhile
+        raise Refused(409, "offer_withdrawn", outcome.reason or "the delivery can no longer be assigned",
+                      field="delivery_id")
+    return {"type": "offer_reply", "delivery_id": reply.delivery_id,
+            "status": "assigned" if reply.accept else "declined"}
 
 
 def close_revoked(app_state, token_hash: str) -> None:

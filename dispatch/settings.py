@@ -22,6 +22,8 @@ class EngineSettings:
     token_cache_s: int = 60
     ws_compression: bool = False         # permessage-deflate: see README ("Websocket compression")
     ws_ping_interval_s: int = 20         # server keepalive pings find dead connections
+    offer_timeout_s: int = 20            # a driver's time to accept an offer
+    offer_max_attempts: int = 5          # offers per round before the delivery is unassigned
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
@@ -38,4 +40,6 @@ class EngineSettings:
             token_cache_s=_int(env, "WAKALA_TOKEN_CACHE_S", cls.token_cache_s, 0, 3600),
             ws_compression=(env.get("WAKALA_WS_COMPRESSION", "").lower() in ("1", "true", "yes")),
             ws_ping_interval_s=_int(env, "WAKALA_WS_PING_INTERVAL_S", cls.ws_ping_interval_s, 1, 3600),
+            offer_timeout_s=_int(env, "WAKALA_OFFER_TIMEOUT_S", cls.offer_timeout_s, 1, 3600),
+            offer_max_attempts=_int(env, "WAKALA_OFFER_MAX_ATTEMPTS", cls.offer_max_attempts, 1, 100),
         )
