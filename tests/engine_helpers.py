@@ -22,6 +22,13 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def running_engine(pg, streams, **engine_overrides) -> AsyncIterator[str]:
+    async with running_app(pg, streams, **engine_overrides) as (addr, _state):
+        yield addr
+
+
+@contextlib.asynccontextmanager
+async def running_app(pg, streams, **engine_overrides) -> AsyncIterator[tuple[str, object]]:
+    """The engine on a free port; yields its address and its app.state."""
     engine = replace(EngineSettings(), port=free_port(), **engine_overrides)
     app = create_app(engine, streams, pg)
     server = uvicorn.Server(uvicorn_config(app, engine))
@@ -36,7 +43,7 @@ async def running_engine(pg, streams, **engine_overrides) -> AsyncIterator[str]:
             await asyncio.sleep(0.05)
         else:
             raise TimeoutError("the engine did not start within 10 s")
-        yield f"127.0.0.1:{engine.port}"
+        yield f"127.0.0.1:{engine.port}", app.state
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)

@@ -8,15 +8,13 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
 import websockets
 
-from dispatch.app import create_app, uvicorn_config
 from dispatch.auth import issue_driver_token
 from dispatch.claims import (
     DriverClaims,
@@ -41,11 +39,10 @@ from dispatch.offers import (
     unassigned_key,
 )
 from dispatch.ranking import Job
-from dispatch.settings import EngineSettings
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.location_store import LocationStore, location_key, state_key
-from tests.engine_helpers import free_port
+from tests.engine_helpers import running_app
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -141,25 +138,11 @@ async def standalone(w: World, *, app_id: str | None = None, notifier: Recording
 
 @contextlib.asynccontextmanager
 async def engine_and_state(pg, streams) -> AsyncIterator[tuple[str, object]]:
-    """The real engine, like tests.engine_helpers.running_engine, also yielding its app.state."""
-    engine = replace(EngineSettings(), port=free_port())
-    app = create_app(engine, streams, pg)
-    server = uvicorn.Server(uvicorn_config(app, engine))
-    server.config.loop = "asyncio"
-    task = asyncio.create_task(server.serve())
+    """The real engine and its app.state; forgets this test's offer deadlines afterwards."""
     try:
-        for _ in range(200):
-            if server.started:
-                break
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
-        else:
-            raise TimeoutError("the engine did not start within 10 s")
-        yield f"127.0.0.1:{engine.port}", app.state
+        async with running_app(pg, streams) as running:
+            yield running
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
         redis = aioredis.from_url(streams.redis_url)
         await redis.delete(deadlines_key(streams.app_id))
         await redis.aclose()
