@@ -435,17 +435,27 @@ def create_app(settings: StreamSettings, pg: PostgresSettings | None = None, *,
             return stream.current_event   # the buffer then holds events, which we ack ourselves
 
         stream.add_processor(event_of)   # each actor (re)start gets a new stream
-        async for events in stream.noack_take(batch_size, within=within):
-            try:
-                await pipeline.process(events)
-            except PipelineClosed:
-                return
-            except Exception as exc:
-                log.exception("ingest batch failed; crashing without acknowledging it")
-                await app.crash(exc)
-                return
-            for event in events:
-                await stream.ack(event)
+        batches = stream.noack_take(batch_size, within=within)
+        try:
+            async for events in batches:
+                try:
+                    await pipeline.process(events)
+                except PipelineClosed:
+                    return
+                except Exception as exc:
+                    log.exception("ingest batch failed; crashing without acknowledging it")
+                    await app.crash(exc)
+                    return
+                for event in events:
+                    await stream.ack(event)
+        finally:
+            # noack_take turns the stream's auto-acks back on when it is closed, and a generator
+            # left by `return` is closed whenever the loop gets to it: events still flowing
+            # through the stream while the worker stops would then be acknowledged, and their
+            # offsets committed, without ever reaching Redis (seen once under load in
+            # test_a_failing_batch_is_not_acknowledged). Close it now and keep acks off.
+            await batches.aclose()
+            stream.enable_acks = False
 
     @app.timer(PG_FLUSH_EVERY_S)
     async def flush_and_report() -> None:
