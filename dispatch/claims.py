@@ -41,12 +41,11 @@ themselves; under Redis Cluster these would need a common hash tag (as noted for
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from redis.asyncio import Redis
 
 from schema.errors import WakalaError
-from streams.location_store import canonical_uuid, location_key, state_key
+from streams.location_store import as_text, canonical_uuid, location_key, state_key
 
 __all__ = [
     "DriverClaims",
@@ -181,10 +180,6 @@ return 2
 """
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _uuid(value: object, field: str) -> str:
     if isinstance(value, str) and len(value) > _MAX_ID_CHARS:
         raise InvalidClaimId(field, value)
@@ -279,14 +274,14 @@ class DriverClaims:
     async def offer_of(self, driver_id: str) -> str | None:
         """The delivery id the driver has an open offer for, or None."""
         value = await self.redis.get(offer_key(_uuid(driver_id, "driver_id")))
-        return None if value is None else _text(value)
+        return None if value is None else as_text(value)
 
     async def active_deliveries(self, driver_id: str) -> set[str]:
         """The driver's active delivery ids."""
         members = await self.redis.smembers(deliveries_key(_uuid(driver_id, "driver_id")))
-        return {_text(m) for m in members}
+        return {as_text(m) for m in members}
 
     async def driver_of(self, delivery_id: str) -> str | None:
         """The driver the delivery is active with, or None."""
         value = await self.redis.get(delivery_driver_key(_uuid(delivery_id, "delivery_id")))
-        return None if value is None else _text(value)
+        return None if value is None else as_text(value)

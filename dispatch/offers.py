@@ -50,6 +50,7 @@ from dispatch.ranking import Job
 from dispatch.state import DeliveryEvent, IllegalTransition
 from schema.db import TenantDatabase
 from schema.errors import WakalaError
+from streams.location_store import as_text, canonical_uuid
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -232,13 +233,9 @@ def _job_from_json(raw: str) -> Job:
     return Job(**fields)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _canonical(value: object, field: str) -> str:
     try:
-        return str(value) if isinstance(value, uuid.UUID) else str(uuid.UUID(str(value)))
+        return canonical_uuid(value if isinstance(value, str | uuid.UUID) else str(value), field)
     except ValueError:
         raise InvalidOffer(f"{field} must be a UUID, got {value!r:.60}") from None
 
@@ -396,7 +393,7 @@ class OfferEngine:
         due = await self._pop_due(keys=[self.deadlines], args=[now_ms, limit])
         outcomes = []
         for raw in due:
-            delivery, _, driver = _text(raw).partition("|")
+            delivery, _, driver = as_text(raw).partition("|")
             try:
                 await self.claims.decline(driver, delivery)
                 await self._closed(delivery, driver, DeliveryEvent.OFFER_TIMEOUT)
@@ -423,12 +420,12 @@ class OfferEngine:
         rows = await self.redis.zrange(self.deadlines, 0, -1, withscores=True)
         out = []
         for member, score in rows:
-            delivery, _, driver = _text(member).partition("|")
+            delivery, _, driver = as_text(member).partition("|")
             out.append((delivery, driver, score / 1000))
         return out
 
     async def unassigned(self, tenant_id: str) -> set[str]:
-        return {_text(m) for m in await self.redis.smembers(unassigned_key(_canonical(tenant_id, "tenant_id")))}
+        return {as_text(m) for m in await self.redis.smembers(unassigned_key(_canonical(tenant_id, "tenant_id")))}
 
     async def retry_unassigned(
         self, tenant_id: str,
@@ -444,7 +441,7 @@ class OfferEngine:
         popped = await self.redis.spop(unassigned_key(tenant), limit)
         outcomes = []
         for raw in popped or ():
-            delivery = _text(raw)
+            delivery = as_text(raw)
             stored = await self._round(delivery)
             if stored is None:
                 log.warning("unassigned delivery %s has no stored round; not retried", delivery)
@@ -533,13 +530,13 @@ class OfferEngine:
 
     async def _tenant(self, delivery: str) -> str | None:
         value = await self.redis.hget(round_key(delivery), "tenant")
-        return None if value is None else _text(value)
+        return None if value is None else as_text(value)
 
     async def _round(self, delivery: str) -> _Round | None:
         raw = await self.redis.hgetall(round_key(delivery))
         if not raw:
             return None
-        fields = {_text(k): _text(v) for k, v in raw.items()}
+        fields = {as_text(k): as_text(v) for k, v in raw.items()}
         return _Round(
             tenant_id=fields["tenant"],
             job=_job_from_json(fields["job"]),

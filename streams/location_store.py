@@ -237,7 +237,8 @@ _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _FLOAT_FIELDS = frozenset({"lat", "lng", "speed", "heading", "accuracy", "ts", "battery"})
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A Redis reply value as text (bytes without decode_responses, str with it)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -320,8 +321,8 @@ class LocationStore:
             # per-argument encoding was a third of the Python time of a batch.
             await self._write(keys=keys, args=[ttl, self._max_mps, _dumps(fields)], client=pipe)
         replies = await pipe.execute()
-        codes = "".join(_text(reply[0]) for reply in replies)
-        result.redis_now_ms = int(_text(replies[-1][1]))
+        codes = "".join(as_text(reply[0]) for reply in replies)
+        result.redis_now_ms = int(as_text(replies[-1][1]))
         accepted = result.accepted_pings
         outcomes = result.outcomes
         for ping, code in zip(pings, codes, strict=True):
@@ -361,7 +362,7 @@ class LocationStore:
             return None
         out: dict[str, Any] = {}
         for k, v in raw.items():
-            name, value = _text(k), _text(v)
+            name, value = as_text(k), as_text(v)
             if name in _FLOAT_FIELDS:
                 out[name] = float(value)
             elif name == "seen_ms":
@@ -373,7 +374,7 @@ class LocationStore:
     async def status(self, driver_id: str) -> str:
         """offline | available | busy (``offline`` for a driver that never started a shift)."""
         value = await self.redis.hget(state_key(canonical_uuid(driver_id, "driver_id")), "status")
-        return "offline" if value is None else _text(value)
+        return "offline" if value is None else as_text(value)
 
     async def available_in_cells(
         self, tenant_id: str, cells: Iterable[str]
@@ -389,7 +390,7 @@ class LocationStore:
         tenant = canonical_uuid(tenant_id, "tenant_id")
         flat = await self._available(args=[self.ttl_ms, tenant, *cells])
         return [
-            (_text(flat[i]), float(flat[i + 1]), float(flat[i + 2]), _text(flat[i + 3]),
+            (as_text(flat[i]), float(flat[i + 1]), float(flat[i + 2]), as_text(flat[i + 3]),
              int(flat[i + 4]))
             for i in range(0, len(flat), 5)
         ]
@@ -445,4 +446,4 @@ class LocationStore:
         code, previous, indexed = await self._status(
             args=[driver, status, expect, tenant, vehicle, "1" if create else "0"]
         )
-        return int(code), _text(previous), int(indexed)
+        return int(code), as_text(previous), int(indexed)
