@@ -45,7 +45,7 @@ import math
 from redis.asyncio import Redis
 
 from schema.errors import WakalaError
-from streams.location_store import as_text, canonical_uuid, location_key, state_key
+from streams.location_store import SET_STATUS_LUA, as_text, canonical_uuid, location_key, state_key
 
 __all__ = [
     "DriverClaims",
@@ -115,11 +115,11 @@ redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
 return 1
 """
 
-# The index key prefix below must match streams.location_store.available_key.
+# Status changes go through streams.location_store.SET_STATUS_LUA (one writer of the index).
 # KEYS: driver offer, driver deliveries, delivery offer, delivery driver, driver state,
 # driver location. ARGV: driver_id, delivery_id, capacity.
 # An offer that exists but cannot be accepted any more is withdrawn (the codes < 0).
-ACCEPT_SCRIPT = """
+ACCEPT_SCRIPT = SET_STATUS_LUA + """
 local id, delivery = ARGV[1], ARGV[2]
 if redis.call('GET', KEYS[1]) ~= delivery then return 0 end
 redis.call('DEL', KEYS[1])
@@ -133,14 +133,7 @@ if redis.call('SCARD', KEYS[2]) >= capacity then return -1 end
 redis.call('SADD', KEYS[2], delivery)
 redis.call('SET', KEYS[4], id)
 if st[1] == 'available' and redis.call('SCARD', KEYS[2]) >= capacity then
-  local t = redis.call('TIME')
-  local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-  redis.call('HSET', KEYS[5], 'status', 'busy', 'updated_ms', now)
-  local loc = redis.call('HMGET', KEYS[6], 'tenant', 'cell', 'seen_ms')
-  if loc[1] and loc[2] and loc[3] then
-    redis.call('HSET', KEYS[6], 'status', 'busy')
-    redis.call('ZREM', 'drivers:available:' .. loc[1] .. ':' .. loc[2], id)
-  end
+  set_status(id, 'busy', st[2])
 end
 return 1
 """
@@ -156,26 +149,14 @@ return 1
 # KEYS: driver deliveries, delivery driver, driver state, driver location.
 # ARGV: driver_id, delivery_id, capacity. Returns 0 not active, 1 released, 2 released and
 # the driver is available again.
-RELEASE_SCRIPT = """
+RELEASE_SCRIPT = SET_STATUS_LUA + """
 local id = ARGV[1]
 if redis.call('SREM', KEYS[1], ARGV[2]) == 0 then return 0 end
 if redis.call('GET', KEYS[2]) == id then redis.call('DEL', KEYS[2]) end
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 1 end
 local st = redis.call('HMGET', KEYS[3], 'status', 'tenant')
 if st[1] ~= 'busy' then return 1 end
-local t = redis.call('TIME')
-local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-redis.call('HSET', KEYS[3], 'status', 'available', 'updated_ms', now)
-local loc = redis.call('HMGET', KEYS[4], 'tenant', 'cell', 'seen_ms')
-if loc[1] and loc[2] and loc[3] then
-  redis.call('HSET', KEYS[4], 'status', 'available')
-  local zkey = 'drivers:available:' .. loc[1] .. ':' .. loc[2]
-  if loc[1] == st[2] then
-    redis.call('ZADD', zkey, loc[3], id)
-  else
-    redis.call('ZREM', zkey, id)
-  end
-end
+set_status(id, 'available', st[2])
 return 2
 """
 

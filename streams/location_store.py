@@ -176,36 +176,45 @@ if jumps > 0 then redis.call('HINCRBY', KEYS[1], 'implausible_jump', jumps) end
 return {table.concat(out), seen}
 """
 
+# The one place a driver's status is written in Redis. Every script that changes a status
+# (the status script below, and the claim scripts of dispatch.claims, which must change it
+# inside their own atomic step) starts with this fragment and calls ``set_status``: it stamps
+# the state hash, mirrors the status into the live location hash and keeps the driver's cell
+# of the availability index in step (in the index only when 'available' and the location is
+# the state's tenant). Returns 1 when the driver is now in the index.
+SET_STATUS_LUA = """
+local function set_status(id, status, tenant)
+  local t = redis.call('TIME')
+  local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+  redis.call('HSET', 'driver:state:' .. id, 'status', status, 'updated_ms', now)
+  local lkey = 'driver:location:' .. id
+  local loc = redis.call('HMGET', lkey, 'tenant', 'cell', 'seen_ms')
+  if not (loc[1] and loc[2] and loc[3]) then return 0 end
+  redis.call('HSET', lkey, 'status', status)
+  local zkey = 'drivers:available:' .. loc[1] .. ':' .. loc[2]
+  if status == 'available' and loc[1] == tenant then
+    redis.call('ZADD', zkey, loc[3], id)
+    return 1
+  end
+  redis.call('ZREM', zkey, id)
+  return 0
+end
+"""
+
 # ARGV: driver_id, new status, expected status ('' = any), tenant ('' = keep),
 # vehicle ('' = keep), '1' to create the state hash when missing.
 # Returns {code, previous status or '', indexed}: code 1 applied, 0 expectation failed,
 # -1 no state hash.
-STATUS_SCRIPT = """
+STATUS_SCRIPT = SET_STATUS_LUA + """
 local id, status, expect, tenant, vehicle = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local skey = 'driver:state:' .. id
 local cur = redis.call('HMGET', skey, 'status', 'tenant')
 if not cur[1] and ARGV[6] ~= '1' then return {-1, '', 0} end
 local previous = cur[1] or ''
 if expect ~= '' and (cur[1] or 'offline') ~= expect then return {0, previous, 0} end
-local t = redis.call('TIME')
-local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-redis.call('HSET', skey, 'status', status, 'updated_ms', now)
 if tenant ~= '' then redis.call('HSET', skey, 'tenant', tenant) else tenant = cur[2] end
 if vehicle ~= '' then redis.call('HSET', skey, 'vehicle', vehicle) end
-local lkey = 'driver:location:' .. id
-local loc = redis.call('HMGET', lkey, 'tenant', 'cell', 'seen_ms')
-local indexed = 0
-if loc[1] and loc[2] and loc[3] then
-  redis.call('HSET', lkey, 'status', status)
-  local zkey = 'drivers:available:' .. loc[1] .. ':' .. loc[2]
-  if status == 'available' and loc[1] == tenant then
-    redis.call('ZADD', zkey, loc[3], id)
-    indexed = 1
-  else
-    redis.call('ZREM', zkey, id)
-  end
-end
-return {1, previous, indexed}
+return {1, previous, set_status(id, status, tenant)}
 """
 
 # ARGV: ttl_ms, tenant, cells... Returns a flat list: id, lat, lng, vehicle, seen_ms, ...
