@@ -40,9 +40,15 @@ __all__ = [
     "UnknownDelivery",
     "UnknownDriver",
     "UnknownOrder",
+    "CREATED_EVENT",
+    "OUTBOX_CHANNEL",
     "create_delivery",
+    "record_event",
     "transition",
 ]
+
+
+CREATED_EVENT = "created"
 
 
 class UnknownDelivery(WakalaError):
@@ -118,6 +124,21 @@ WHERE id = $1
 INSERT_OUTBOX_SQL = """
 INSERT INTO delivery_events_outbox (delivery_id, event_type, payload) VALUES ($1, $2, $3::jsonb)
 """
+# Wakes the outbox relays (dispatch.outbox) when the transaction commits; delivered only on
+# commit, so a relay never looks for rows that were rolled back. The payload is the tenant.
+NOTIFY_OUTBOX_SQL = "SELECT pg_notify('wakala_outbox', $1::text)"
+OUTBOX_CHANNEL = "wakala_outbox"
+# An event that is not a state change (a geofence arrival at the dropoff): recorded only while
+# the delivery is in one of the given states, so a late or replayed fact cannot be attached to
+# a delivery that has moved on.
+INSERT_NOTE_SQL = """
+INSERT INTO delivery_events_outbox (delivery_id, event_type, payload)
+SELECT d.id, $2, jsonb_build_object('delivery_id', d.id::text, 'order_id', d.order_id::text,
+                                    'event', $2::text, 'state', d.status,
+                                    'driver_id', d.driver_id::text) || $3::jsonb
+FROM deliveries d WHERE d.id = $1 AND d.status = ANY($4::text[])
+RETURNING id
+"""
 INSERT_DELIVERY_SQL = """
 INSERT INTO deliveries (order_id, status, pickup_location, pickup_address,
                         dropoff_location, dropoff_address, distance_meters,
@@ -126,7 +147,7 @@ VALUES ($1, 'pending',
         ST_SetSRID(ST_MakePoint($3, $2), 4326)::geography, $4::jsonb,
         ST_SetSRID(ST_MakePoint($6, $5), 4326)::geography, $7::jsonb,
         $8, $9::int, round($9::int / 60.0)::int)
-RETURNING id
+RETURNING id, order_id
 """
 
 
@@ -271,6 +292,7 @@ async def transition(
             step.event.value,
             _outbox_payload(delivery_uuid, order_id, new, step),
         )
+        await tx.execute(NOTIFY_OUTBOX_SQL, str(tenant_id))
     return new
 
 
@@ -302,7 +324,7 @@ async def create_delivery(
     dropoff_lat, dropoff_lng = _point(dropoff, "dropoff")
     async with db.tenant_transaction(tenant_id) as tx:
         try:
-            return await tx.fetchval(
+            row = await tx.fetchrow(
                 INSERT_DELIVERY_SQL,
                 order_uuid,
                 pickup_lat,
@@ -316,3 +338,31 @@ async def create_delivery(
             )
         except asyncpg.ForeignKeyViolationError:
             raise UnknownOrder(f"no order {order_uuid} in tenant {tenant_id}") from None
+        # The matcher learns of new deliveries from this event (dispatch.dispatcher).
+        await tx.execute(INSERT_OUTBOX_SQL, row["id"], CREATED_EVENT, json.dumps({
+            "delivery_id": str(row["id"]), "order_id": str(row["order_id"]), "event": CREATED_EVENT,
+            "from_state": None, "to_state": DeliveryState.PENDING.value,
+            "at": datetime.now(UTC).isoformat(),
+        }))
+        await tx.execute(NOTIFY_OUTBOX_SQL, str(tenant_id))
+        return row["id"]
+
+
+async def record_event(
+    db: TenantDatabase,
+    tenant_id: object,
+    delivery_id: uuid.UUID | str,
+    event_type: str,
+    payload: dict[str, Any],
+    *,
+    while_in: tuple[DeliveryState, ...],
+) -> bool:
+    """Emit an event that changes no state (``arrived_dropoff``), only while the delivery is
+    in one of ``while_in``. True when recorded; False (nothing written) otherwise."""
+    delivery_uuid = _uuid(delivery_id, "delivery_id")
+    async with db.tenant_transaction(tenant_id) as tx:
+        recorded = await tx.fetchval(INSERT_NOTE_SQL, delivery_uuid, event_type, json.dumps(payload),
+                                     [s.value for s in while_in])
+        if recorded is not None:
+            await tx.execute(NOTIFY_OUTBOX_SQL, str(tenant_id))
+    return recorded is not None

@@ -117,15 +117,17 @@ async def test_a_delivery_walks_from_pending_to_delivered_recording_every_step(w
     assert (d["estimated_duration_s"], d["estimated_duration_minutes"], d["distance_meters"]) == (
         890, 15, 4200)
     assert t["order"]["status"] == "ready" and t["history"] == []
-    assert _events(t) == [("offer", "pending", "offered")]
-    payload = json.loads(t["outbox"][0]["payload"])
+    assert _events(t) == [("created", None, "pending"), ("offer", "pending", "offered")]
+    created = json.loads(t["outbox"][0]["payload"])
+    assert (created["delivery_id"], created["order_id"]) == (str(did), str(w.order_id))
+    payload = json.loads(t["outbox"][1]["payload"])
     assert payload == {
         "delivery_id": str(did), "order_id": str(w.order_id), "event": "offer",
         "from_state": "pending", "to_state": "offered", "driver_id": w.driver_id,
         "at": T0.isoformat(), "actor": "system:matcher", "reason": None,
     }
-    assert t["outbox"][0]["published_at"] is None
-    assert t["outbox"][0]["tenant_id"] == tid
+    assert t["outbox"][1]["published_at"] is None
+    assert t["outbox"][1]["tenant_id"] == tid
 
     await transition(db, tid, did, "accept", actor=w.driver_id, at=T0 + timedelta(seconds=20))
     t = await _tables(db, w)
@@ -162,6 +164,7 @@ async def test_a_delivery_walks_from_pending_to_delivered_recording_every_step(w
     assert _history(t) == [
         ("ready", "dispatched"), ("dispatched", "picked_up"), ("picked_up", "delivered")]
     assert _events(t) == [
+        ("created", None, "pending"),
         ("offer", "pending", "offered"),
         ("accept", "offered", "assigned"),
         ("arrive_pickup", "assigned", "at_pickup"),
@@ -230,8 +233,9 @@ async def test_cancel_from_offered_records_reason_and_cancels_the_order(world):
     assert _history(t) == [("ready", "cancelled")]
     assert t["history"][0]["reason"] == "customer changed their mind"
     assert t["history"][0]["changed_by"] == w.user_id
-    assert _events(t) == [("offer", "pending", "offered"), ("cancel", "offered", "cancelled")]
-    assert json.loads(t["outbox"][1]["payload"])["reason"] == "customer changed their mind"
+    assert _events(t) == [("created", None, "pending"), ("offer", "pending", "offered"),
+                          ("cancel", "offered", "cancelled")]
+    assert json.loads(t["outbox"][2]["payload"])["reason"] == "customer changed their mind"
     assert (t["driver_deliveries"], t["vendor_orders"]) == (0, 0)
 
 
@@ -250,7 +254,7 @@ async def test_another_tenant_cannot_see_or_transition_the_delivery(world, platf
     conn = await asyncpg.connect(dsn.with_user(platform.app_role, platform.app_password).url())
     try:
         outbox = f'"{w.tenant.schema_name}".delivery_events_outbox'
-        for tenant, expected in ((other, 0), (w.tenant, 1)):
+        for tenant, expected in ((other, 0), (w.tenant, 2)):   # created + offer
             async with conn.transaction():
                 await conn.execute("SELECT set_config('app.current_tenant_id', $1, true)",
                                    str(tenant.id))
@@ -276,7 +280,7 @@ async def test_concurrent_accepts_exactly_one_wins(world):
     t = await _tables(db, w)
     assert t["delivery"]["assigned_at"] == won[0].assigned_at
     assert _history(t) == [("ready", "dispatched")]
-    assert [e[0] for e in _events(t)] == ["offer", "accept"]
+    assert [e[0] for e in _events(t)] == ["created", "offer", "accept"]
 
 
 async def test_migrate_brings_a_tenant_created_before_0010_up_to_date(platform, monkeypatch):

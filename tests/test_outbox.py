@@ -44,15 +44,15 @@ async def test_events_are_published_in_order_once_and_marked(world, stream_setti
     await producer.start()
     try:
         relay = OutboxRelay(db, producer, stream_settings.delivery_events_topic)
-        assert await relay.publish_all([w.tenant.id]) == 3
+        assert await relay.publish_all([w.tenant.id]) == 4
         assert await relay.publish_all([w.tenant.id]) == 0   # nothing twice
     finally:
         await producer.stop()
-    events = await _events(stream_settings.kafka_bootstrap, stream_settings.delivery_events_topic, 3)
-    assert [k for k, _ in events] == [str(w.delivery_id)] * 3
-    assert [e["type"] for _, e in events] == ["offer", "accept", "arrive_pickup"]
-    assert [e["payload"]["to_state"] for _, e in events] == ["offered", "assigned", "at_pickup"]
-    assert len({e["id"] for _, e in events}) == 3 and all(e["tenant_id"] == str(w.tenant.id) for _, e in events)
+    events = await _events(stream_settings.kafka_bootstrap, stream_settings.delivery_events_topic, 4)
+    assert [k for k, _ in events] == [str(w.delivery_id)] * 4
+    assert [e["type"] for _, e in events] == ["created", "offer", "accept", "arrive_pickup"]
+    assert [e["payload"]["to_state"] for _, e in events] == ["pending", "offered", "assigned", "at_pickup"]
+    assert len({e["id"] for _, e in events}) == 4 and all(e["tenant_id"] == str(w.tenant.id) for _, e in events)
     assert await _unpublished(db, w.tenant.id) == 0
 
 
@@ -69,13 +69,13 @@ async def test_a_broker_failure_loses_nothing(world, stream_settings):  # noqa: 
     relay = OutboxRelay(db, UnreachableBroker(), stream_settings.delivery_events_topic)
     with pytest.raises(KafkaError):
         await relay.publish_tenant(w.tenant.id)
-    assert await _unpublished(db, w.tenant.id) == 1   # rolled back: still waiting
+    assert await _unpublished(db, w.tenant.id) == 2   # created + offer, rolled back: still waiting
     assert await relay.publish_all([w.tenant.id]) == 0   # logged, retried next pass
     producer = AIOKafkaProducer(bootstrap_servers=stream_settings.kafka_bootstrap)
     await producer.start()
     try:
-        assert await OutboxRelay(db, producer, stream_settings.delivery_events_topic).publish_all([w.tenant.id]) == 1
+        assert await OutboxRelay(db, producer, stream_settings.delivery_events_topic).publish_all([w.tenant.id]) == 2
     finally:
         await producer.stop()
-    events = await _events(stream_settings.kafka_bootstrap, stream_settings.delivery_events_topic, 1)
-    assert [e["type"] for _, e in events] == ["offer"]
+    events = await _events(stream_settings.kafka_bootstrap, stream_settings.delivery_events_topic, 2)
+    assert [e["type"] for _, e in events] == ["created", "offer"]
