@@ -113,8 +113,12 @@ SELECT $1::uuid, $2::text, $3::text, $4::text, (SELECT id FROM actor_user),
             ELSE $7::jsonb
        END
 """
+# The driver earns the order's delivery fee (the pay offered, see dispatch.dispatcher).
 COUNT_DRIVER_DELIVERY_SQL = """
-UPDATE drivers SET total_deliveries = COALESCE(total_deliveries, 0) + 1, updated_at = now()
+UPDATE drivers SET total_deliveries = COALESCE(total_deliveries, 0) + 1,
+                   total_earnings = COALESCE(total_earnings, 0)
+                                    + COALESCE((SELECT delivery_fee FROM orders WHERE id = $2), 0),
+                   updated_at = now()
 WHERE id = $1
 """
 COUNT_VENDOR_ORDER_SQL = """
@@ -213,6 +217,7 @@ async def transition(
     actor: str | None = None,
     reason: str | None = None,
     at: datetime | None = None,
+    driver_must_be: str | None = None,
     **facts: Any,
 ) -> DeliverySnapshot:
     """Apply ``event`` to a delivery and record everything it implies; return the new snapshot.
@@ -224,6 +229,8 @@ async def transition(
     InvalidFact (a fact missing or malformed, ``driver_id`` not a UUID), UnknownDelivery (no
     such delivery for this tenant), IllegalTransition (``event`` not allowed from the
     delivery's state, e.g. when a concurrent transition got there first), UnknownDriver.
+    ``driver_must_be`` (a driver acting on their own job): UnknownDelivery unless the
+    delivery's driver is this one, checked under the row lock.
     """
     delivery_uuid = _uuid(delivery_id, "delivery_id")
     if isinstance(facts.get("driver_id"), str) and facts["driver_id"]:
@@ -237,6 +244,9 @@ async def transition(
         row = await tx.fetchrow(SNAPSHOT_SQL, delivery_uuid)
         if row is None:
             raise UnknownDelivery(f"no delivery {delivery_uuid} in tenant {tenant_id}")
+        if driver_must_be is not None and str(row["driver_id"]) != driver_must_be:
+            # the same answer as an absent delivery: a driver learns nothing of others' jobs
+            raise UnknownDelivery(f"no delivery {delivery_uuid} of driver {driver_must_be}")
         order_id: uuid.UUID = row["order_id"]
         new, step = apply(_snapshot(row), event, at=when, actor=actor, reason=reason, **facts)
 
@@ -264,7 +274,7 @@ async def transition(
 
         if entered is DeliveryState.DELIVERED and new.driver_id is not None:
             # delivered is terminal and the row is locked: this runs once per delivery
-            await tx.execute(COUNT_DRIVER_DELIVERY_SQL, new.driver_id)
+            await tx.execute(COUNT_DRIVER_DELIVERY_SQL, new.driver_id, order_id)
 
         order_status = order_status_for(entered)
         if order_status is not None:

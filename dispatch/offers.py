@@ -23,6 +23,8 @@ Keys
     the due members, so an offer times out once however many engines sweep.
 ``deliveries:unassigned:{tenant_id}`` SET of delivery ids
     Deliveries given up, for ``retry_unassigned`` when drivers free up.
+``deliveries:unassigned:tenants`` SET of tenant ids
+    Tenants that may have unassigned deliveries (the dispatcher's periodic retry reads it).
 
 Order of writes for one offer: deadline, claim, transition, notification. A crash after the
 deadline is written is therefore always found by a sweep, which tolerates the steps that did
@@ -67,6 +69,7 @@ __all__ = [
     "PostgresTransitions",
     "RoundInProgress",
     "RoundOutcome",
+    "UNASSIGNED_TENANTS_KEY",
     "WebsocketNotifier",
     "deadlines_key",
     "parse_offer_reply",
@@ -100,12 +103,26 @@ def unassigned_key(tenant_id: str) -> str:
     return f"deliveries:unassigned:{tenant_id}"
 
 
+UNASSIGNED_TENANTS_KEY = "deliveries:unassigned:tenants"
+
+# Called once a driver's accept is recorded: (tenant_id, delivery_id, driver_id, job).
+OnAssigned = Callable[[str, str, str, Job], Awaitable[None]]
+
+
 # KEYS: deadlines. ARGV: now (ms), max members. Read and remove in one step: a member is
 # returned to exactly one caller.
 POP_DUE_SCRIPT = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
 return due
+"""
+
+
+# KEYS: a tenant's unassigned set, the tenants set. ARGV: tenant. 1 if it has deliveries waiting.
+_KEEP_IF_WAITING = """
+if redis.call('SCARD', KEYS[1]) > 0 then return 1 end
+redis.call('SREM', KEYS[2], ARGV[1])
+return 0
 """
 
 
@@ -282,15 +299,16 @@ class WebsocketNotifier:
         self.state = state
 
     async def send_offer(self, driver_id: str, offer: Offer) -> bool:
-        sockets = list(self.state.driver_ids.get(driver_id, ()))
-        frame = offer.frame()
+        return await self.send_frame(driver_id, offer.frame())
+
+    async def send_frame(self, driver_id: str, frame: dict[str, Any]) -> bool:
         sent = False
-        for ws in sockets:
+        for ws in list(self.state.driver_ids.get(driver_id, ())):
             try:
                 await ws.send_json(frame)
                 sent = True
             except Exception:  # a socket closing under us is "not connected", not an error
-                log.debug("offer to %s not sent on a closing socket", driver_id, exc_info=True)
+                log.debug("frame to %s not sent on a closing socket", driver_id, exc_info=True)
         return sent
 
 
@@ -313,7 +331,8 @@ class OfferEngine:
     def __init__(self, claims: DriverClaims, notifier: Notifier, redis: Redis, *,
                  transitions: DeliveryTransitions | None = None,
                  offer_timeout_s: float = DEFAULT_OFFER_TIMEOUT_S,
-                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, app_id: str = "wakala") -> None:
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, app_id: str = "wakala",
+                 on_assigned: OnAssigned | None = None) -> None:
         if (not isinstance(offer_timeout_s, int | float) or not math.isfinite(offer_timeout_s)
                 or not 0.01 <= offer_timeout_s <= 3600):
             raise InvalidOffer(f"offer_timeout_s must be between 0.01 and 3600 s, got {offer_timeout_s!r}")
@@ -324,6 +343,7 @@ class OfferEngine:
                                f"offer_timeout_s ({offer_timeout_s} s): offers would vanish early")
         self.claims, self.notifier, self.redis = claims, notifier, redis
         self.transitions = transitions
+        self.on_assigned = on_assigned
         self.offer_timeout_s = float(offer_timeout_s)
         self.max_attempts = max_attempts
         self.deadlines = deadlines_key(app_id)
@@ -375,6 +395,10 @@ class OfferEngine:
                 except _ABANDON as exc:
                     await self.claims.release(driver, delivery)
                     return RoundOutcome(delivery, "abandoned", driver, str(exc))
+                if self.on_assigned is not None and tenant is not None:
+                    stored = await self._round(delivery)
+                    if stored is not None:
+                        await self.on_assigned(tenant, delivery, driver, stored.job)
                 await self.redis.delete(round_key(delivery), tried_key(delivery))
                 log.info("delivery %s assigned to %s (tenant %s)", delivery, driver, tenant)
                 return RoundOutcome(delivery, "assigned", driver)
@@ -440,22 +464,42 @@ class OfferEngine:
         tenant = _canonical(tenant_id, "tenant_id")
         popped = await self.redis.spop(unassigned_key(tenant), limit)
         outcomes = []
+        waiting = []
         for raw in popped or ():
             delivery = as_text(raw)
             stored = await self._round(delivery)
             if stored is None:
                 log.warning("unassigned delivery %s has no stored round; not retried", delivery)
                 continue
+            candidates = await candidates_for(stored.job)
+            if not candidates:
+                waiting.append(delivery)  # nobody to offer it to yet: no churn of transitions
+                continue
             try:
                 await self._transition(tenant, delivery, DeliveryEvent.RETRY, actor=SYSTEM_ACTOR)
             except _ABANDON as exc:
+                await self.redis.delete(round_key(delivery), tried_key(delivery))
                 outcomes.append(RoundOutcome(delivery, "abandoned", None, str(exc)))
                 continue
+            # A fresh round: every driver may be asked again, and max_attempts counts anew
+            # (deliveries.offer_attempts keeps the total across rounds).
             await self.redis.delete(tried_key(delivery))
             await self.redis.hset(round_key(delivery), "attempts", "0")
-            outcomes.append(await self.start_round(stored.job, delivery, await candidates_for(stored.job),
+            outcomes.append(await self.start_round(stored.job, delivery, candidates,
                                                    pay=stored.pay, dropoff_eta_s=stored.dropoff_eta_s))
+        if waiting:
+            await self.redis.sadd(unassigned_key(tenant), *waiting)
         return outcomes
+
+    async def unassigned_tenants(self) -> list[str]:
+        """Tenants that may have unassigned deliveries; a tenant whose set is empty is dropped."""
+        out = []
+        for raw in await self.redis.smembers(UNASSIGNED_TENANTS_KEY):
+            tenant = as_text(raw)
+            # check-and-remove in one step: a give_up landing in between keeps the tenant listed
+            if await self.redis.eval(_KEEP_IF_WAITING, 2, unassigned_key(tenant), UNASSIGNED_TENANTS_KEY, tenant):
+                out.append(tenant)
+        return out
 
     # -- steps ----------------------------------------------------------------------------------
 
@@ -509,6 +553,7 @@ class OfferEngine:
             await self.redis.delete(round_key(delivery), tried_key(delivery))
             return RoundOutcome(delivery, "abandoned", None, str(exc))
         await self.redis.sadd(unassigned_key(tenant), delivery)
+        await self.redis.sadd(UNASSIGNED_TENANTS_KEY, tenant)
         log.info("delivery %s unassigned: %s", delivery, reason)
         return RoundOutcome(delivery, "unassigned", None, reason)
 

@@ -7,6 +7,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import asyncpg
 import pytest
@@ -52,7 +53,8 @@ async def _populate(db: TenantDatabase, tenant: Tenant) -> World:
             "INSERT INTO customers (first_name) VALUES ('Thandi') RETURNING id")
         order_id = await tx.fetchval(
             "INSERT INTO orders (order_number, customer_id, vendor_id, status, subtotal, "
-            "total_amount, delivery_address) VALUES ('ORD-1', $1, $2, 'ready', 100, 110, '{}') "
+            "total_amount, delivery_fee, delivery_address) "
+            "VALUES ('ORD-1', $1, $2, 'ready', 100, 110, 17.50, '{}') "
             "RETURNING id", customer_id, vendor_id)
         driver_id = await tx.fetchval(
             "INSERT INTO drivers (first_name, last_name, license_number, vehicle_type, "
@@ -85,6 +87,8 @@ async def _tables(db: TenantDatabase, w: World) -> dict:
                 "SELECT total_deliveries FROM drivers WHERE id = $1", uuid.UUID(w.driver_id)),
             "vendor_orders": await tx.fetchval(
                 "SELECT total_orders FROM vendors WHERE id = $1", w.vendor_id),
+            "driver_earnings": await tx.fetchval(
+                "SELECT total_earnings FROM drivers WHERE id = $1", uuid.UUID(w.driver_id)),
         }
 
 
@@ -172,6 +176,7 @@ async def test_a_delivery_walks_from_pending_to_delivered_recording_every_step(w
         ("deliver", "picked_up", "delivered"),
     ]
     assert (t["driver_deliveries"], t["vendor_orders"]) == (1, 1)
+    assert t["driver_earnings"] == Decimal("17.50")   # the order's delivery fee, once
 
     # delivered is terminal: a repeat changes nothing and counts nothing twice
     with pytest.raises(IllegalTransition):
@@ -343,3 +348,17 @@ async def _a_driver(db: TenantDatabase, tenant: Tenant) -> str:
         return str(await tx.fetchval(
             "INSERT INTO drivers (first_name, last_name, license_number, vehicle_type, "
             "vehicle_registration) VALUES ('A', 'B', 'L-0', 'car', 'GP-0') RETURNING id"))
+
+
+async def test_a_driver_can_only_move_their_own_delivery(world):
+    db, w = world
+    tid, did = w.tenant.id, w.delivery_id
+    await transition(db, tid, did, "offer", at=T0, driver_id=w.driver_id)
+    await transition(db, tid, did, "accept", at=T0)
+    await transition(db, tid, did, "arrive_pickup", at=T0)
+    before = await _tables(db, w)
+    with pytest.raises(UnknownDelivery):
+        await transition(db, tid, did, "pick_up", at=T0, driver_must_be=str(uuid.uuid4()))
+    assert await _tables(db, w) == before
+    snap = await transition(db, tid, did, "pick_up", at=T0, driver_must_be=w.driver_id)
+    assert snap.state is DeliveryState.PICKED_UP
