@@ -137,7 +137,7 @@ OUTBOX_CHANNEL = "wakala_outbox"
 # a delivery that has moved on.
 INSERT_NOTE_SQL = """
 INSERT INTO delivery_events_outbox (delivery_id, event_type, payload)
-SELECT d.id, $2, jsonb_build_object('delivery_id', d.id::text, 'order_id', d.order_id::text,
+SELECT d.id, $2::text, jsonb_build_object('delivery_id', d.id::text, 'order_id', d.order_id::text,
                                     'event', $2::text, 'state', d.status,
                                     'driver_id', d.driver_id::text) || $3::jsonb
 FROM deliveries d WHERE d.id = $1 AND d.status = ANY($4::text[])

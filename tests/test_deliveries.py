@@ -18,6 +18,7 @@ from dispatch.deliveries import (
     UnknownDelivery,
     UnknownDriver,
     create_delivery,
+    record_event,
     transition,
 )
 from dispatch.state import DeliveryState, IllegalTransition, InvalidFact
@@ -286,6 +287,26 @@ async def test_concurrent_accepts_exactly_one_wins(world):
     assert t["delivery"]["assigned_at"] == won[0].assigned_at
     assert _history(t) == [("ready", "dispatched")]
     assert [e[0] for e in _events(t)] == ["created", "offer", "accept"]
+
+
+async def test_a_note_is_recorded_only_while_the_delivery_is_in_the_given_states(world):
+    db, w = world
+    tid, did = w.tenant.id, w.delivery_id
+    fact = {"lat": DROPOFF[0], "lng": DROPOFF[1], "at": T0.isoformat()}
+    picked_up = (DeliveryState.PICKED_UP,)
+    assert not await record_event(db, tid, did, "arrived_dropoff", fact, while_in=picked_up)
+    await transition(db, tid, did, "offer", at=T0, driver_id=w.driver_id)
+    for event in ("accept", "arrive_pickup", "pick_up"):
+        await transition(db, tid, did, event, at=T0)
+    before = await _tables(db, w)
+    assert await record_event(db, tid, did, "arrived_dropoff", fact, while_in=picked_up)
+    t = await _tables(db, w)
+    assert t["delivery"] == before["delivery"] and t["order"] == before["order"]
+    note = t["outbox"][-1]
+    assert note["event_type"] == "arrived_dropoff"
+    assert json.loads(note["payload"]) == {
+        "delivery_id": str(did), "order_id": str(w.order_id), "event": "arrived_dropoff",
+        "state": "picked_up", "driver_id": w.driver_id, **fact}
 
 
 async def test_migrate_brings_a_tenant_created_before_0010_up_to_date(platform, monkeypatch):
