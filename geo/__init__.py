@@ -26,12 +26,14 @@ from geo.distance import (
     pairwise_distances_m,
 )
 from geo.eta import CIRCUITY, EtaCalibration, UnknownVehicleType, eta_seconds, etas_seconds
+from geo.geofence import Geofence
 
 __all__ = [
     "CIRCUITY",
     "DEFAULT_RES",
     "EARTH_RADIUS_M",
     "EtaCalibration",
+    "Geofence",
     "UnknownVehicleType",
     "bearing_deg",
     "cell_center",
