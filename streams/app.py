@@ -6,9 +6,12 @@ Flow per batch (up to ``batch_size`` events, or whatever arrived within ``batch_
    on the dead-letter topic (their delivery is awaited before the batch is acknowledged);
 2. one ``LocationStore.write_batch`` (a Lua script per 500 pings, one round trip) does the
    out-of-order and jump checks against the stored positions, the writes and the index;
-3. only then are the batch's events acknowledged, so faust commits their offsets only after
+3. the landed pings go to the tracker (``dispatch.tracking``): geofence arrivals of assigned
+   deliveries and their live ETAs. Best effort within TRACKING_TIMEOUT_S: a failure is logged
+   and counted (``tracking_errors``) and never holds back step 4;
+4. only then are the batch's events acknowledged, so faust commits their offsets only after
    Redis has the data;
-4. accepted positions are remembered for the throttled Postgres writer, a timer that writes
+5. accepted positions are remembered for the throttled Postgres writer, a timer that writes
    ``drivers.current_location`` at most once per ``pg_write_interval_s`` per driver, one
    ``UPDATE ... FROM unnest(...)`` per tenant. A Postgres failure is logged and counted and the
    positions are retried an interval later; Redis ingestion never waits for Postgres.
@@ -39,8 +42,9 @@ the Redis script it lands ~12-15k pings/s per worker process. Scale by partition
 processes (the write path itself, LocationStore.write_batch, does ~90k pings/s).
 
 Counters: ``app.ingest_stats`` (a Counter: accepted, out_of_order, implausible_jump,
-dead_letter, pg_written, pg_failed, batches, redis_retries), mirrored in Redis
-``metrics:ingest:counts`` and logged every STATS_LOG_INTERVAL_S. With
+dead_letter, pg_written, pg_failed, batches, redis_retries, arrived_pickup, arrived_dropoff,
+etas_written, tracking_errors), logged every STATS_LOG_INTERVAL_S; all but the tracking ones
+are mirrored in Redis ``metrics:ingest:counts``. With
 ``WAKALA_INGEST_LATENCY_SAMPLES=1`` every batch also pushes its per-ping latencies (Redis time
 minus the gateway's ``received_at``, ms) to ``metrics:ingest:latency_ms``.
 """
@@ -56,7 +60,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiokafka
 import faust
@@ -73,6 +77,9 @@ from streams.location_store import BatchOutcome, LocationStore
 from streams.records import DeadLetter, DriverPing
 from streams.settings import StreamSettings
 
+if TYPE_CHECKING:
+    from dispatch.tracking import Tracker
+
 log = logging.getLogger("wakala.streams")
 
 PG_FLUSH_EVERY_S = 1.0
@@ -81,6 +88,7 @@ UNKNOWN_TENANT_SKIP_S = 60.0    # positions of an unknown or inactive tenant are
 STATS_LOG_INTERVAL_S = 10.0
 REDIS_BACKOFF_MAX_S = 5.0
 SHUTDOWN_GRACE_S = 5.0
+TRACKING_TIMEOUT_S = 5.0        # a batch's arrivals and ETAs; the acknowledgement waits for it
 DEAD_LETTER_PREVIEW = 512
 LATENCY_SAMPLES_ENV = "WAKALA_INGEST_LATENCY_SAMPLES"
 SESSION_TIMEOUT_ENV = "WAKALA_KAFKA_SESSION_TIMEOUT_S"
@@ -197,6 +205,7 @@ class IngestPipeline:
         self.store: LocationStore | None = None
         self.db: TenantDatabase | None = None
         self.pg_writer: PgLocationWriter | None = None
+        self.tracker: Tracker | None = None
         self.closing = False
         self._open_lock = asyncio.Lock()
         self._batch_lock = asyncio.Lock()
@@ -212,6 +221,14 @@ class IngestPipeline:
             if self.pg_settings is not None:
                 self.db = TenantDatabase(self.pg_settings)
                 self.pg_writer = PgLocationWriter(self.db, self.settings.pg_write_interval_s)
+            # dispatch imports streams (records, the location store): import it when running
+            from dispatch.offers import PostgresTransitions
+            from dispatch.tracking import Tracker
+
+            self.tracker = Tracker(
+                self.redis, None if self.db is None else PostgresTransitions(self.db), db=self.db,
+                pickup_radius_m=self.settings.geofence_pickup_m,
+                dropoff_radius_m=self.settings.geofence_dropoff_m)
 
     async def close(self) -> None:
         self.closing = True
@@ -231,6 +248,7 @@ class IngestPipeline:
             with _suppress_all("closing Postgres pools"):
                 await self.db.close()
         self.store = None
+        self.tracker = None
 
     async def process(self, events: Sequence[EventT]) -> None:
         """Land a batch in Redis; returns only when it may be acknowledged, else raises."""
@@ -253,11 +271,28 @@ class IngestPipeline:
                 self.stats.update(outcome.counts)
                 if self.pg_writer is not None:
                     self.pg_writer.note(outcome.accepted_pings)
+                await self._track(outcome.accepted_pings)
                 if self.latency_samples:
                     now_ms = outcome.redis_now_ms
                     with _suppress_all("recording latency samples"):
                         await store.record_latencies([now_ms - p.received_at * 1000 for p in pings])
             self.stats["batches"] += 1
+
+    async def _track(self, pings: list[DriverPing]) -> None:
+        """Geofence arrivals and ETAs (dispatch.tracking) of the landed pings. Best effort: the
+        pings are in Redis already, so a failure is logged and counted, never a reason to hold
+        back the acknowledgement; the driver's next ping tries again."""
+        if self.tracker is None or not pings:
+            return
+        try:
+            async with asyncio.timeout(TRACKING_TIMEOUT_S):
+                tracked = await self.tracker.on_pings(pings)
+        except Exception as exc:  # noqa: BLE001 - Redis or Postgres trouble, or a timeout
+            self.stats["tracking_errors"] += 1
+            log.warning("tracking %d ping(s) failed: %s: %s", len(pings), type(exc).__name__, exc)
+            return
+        self.stats.update(arrived_pickup=tracked.arrived_pickup, etas_written=tracked.etas_written,
+                          arrived_dropoff=tracked.arrived_dropoff, tracking_errors=tracked.failed)
 
     async def _write(self, store: LocationStore, pings: list[DriverPing]) -> BatchOutcome:
         delay = 0.05

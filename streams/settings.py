@@ -25,6 +25,8 @@ class StreamSettings:
     batch_size: int = 1000                # agent: events per batch (stream.take)
     batch_within_s: float = 0.05          # agent: max wait to fill a batch
     app_id: str = "wakala"                # faust app id (consumer group)
+    geofence_pickup_m: float = 75.0       # tracker: a driver this close to the pickup has arrived
+    geofence_dropoff_m: float = 75.0      # tracker: ... and to the dropoff
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StreamSettings:
@@ -44,4 +46,6 @@ class StreamSettings:
             batch_size=int(_num(env, "WAKALA_AGENT_BATCH", 1000, 1, 100_000)),
             batch_within_s=_num(env, "WAKALA_AGENT_BATCH_WITHIN_S", 0.05, 0.001, 10),
             app_id=env.get("WAKALA_APP_ID") or cls.app_id,
+            geofence_pickup_m=_num(env, "WAKALA_GEOFENCE_PICKUP_M", 75.0, 5, 5000),
+            geofence_dropoff_m=_num(env, "WAKALA_GEOFENCE_DROPOFF_M", 75.0, 5, 5000),
         )
