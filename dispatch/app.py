@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 import uvicorn
@@ -18,14 +19,32 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.auth import DriverAuthenticator
 from dispatch.claims import DriverClaims
+from dispatch.dispatcher import Dispatcher
 from dispatch.gateway import DriverStreamRoute, Ingest, close_revoked, router
+from dispatch.notify import RoutedNotifier
 from dispatch.offers import OfferEngine, PostgresTransitions, WebsocketNotifier
+from dispatch.outbox import OutboxRelay
 from dispatch.ratelimit import SlidingWindowLimiter
 from dispatch.settings import EngineSettings
 from schema.db import TenantDatabase
 from schema.settings import PostgresSettings
+from streams.location_store import LocationStore
 from streams.producer import PingProducer
 from streams.settings import StreamSettings
+
+log = logging.getLogger(__name__)
+
+
+async def _forever(run: Callable[..., Awaitable[None]], *args: object) -> None:
+    """Run a background loop of the engine; if it fails (a service restarting), start it again."""
+    while True:
+        try:
+            await run(*args)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s stopped; restarting in 2 s", getattr(run, "__qualname__", run))
+            await asyncio.sleep(2)
 
 
 def create_app(engine: EngineSettings | None = None, streams: StreamSettings | None = None,
@@ -56,21 +75,35 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
         app.state.ingest = Ingest(engine, streams, auth,
                                   SlidingWindowLimiter(redis, engine.ping_rate_limit, engine.ping_rate_window_s),
                                   producer)
-        from streams.location_store import LocationStore
-
         app.state.locations = LocationStore(redis, streams)
         app.state.driver_ids = {}
+        notifier = RoutedNotifier(redis, WebsocketNotifier(app.state), app_id=streams.app_id)
+        await notifier.start()
+        app.state.notifier = notifier
         app.state.offers = OfferEngine(
-            DriverClaims(redis, offer_ttl_s=engine.offer_timeout_s), WebsocketNotifier(app.state), redis,
+            DriverClaims(redis, offer_ttl_s=engine.offer_timeout_s), notifier, redis,
             transitions=PostgresTransitions(db), app_id=streams.app_id,
             offer_timeout_s=engine.offer_timeout_s, max_attempts=engine.offer_max_attempts)
-        sweeper = asyncio.create_task(app.state.offers.run_sweeper(), name="offer-sweeper")
+        app.state.dispatcher = Dispatcher(
+            db, redis, app.state.locations, app.state.offers, mode=engine.matching_mode,
+            window_s=engine.batch_window_ms / 1000, retry_interval_s=engine.retry_interval_s)
+        tasks = [asyncio.create_task(app.state.offers.run_sweeper(), name="offer-sweeper")]
+        if engine.dispatcher:
+            await producer.ensure_topic(streams.delivery_events_topic, streams.locations_partitions)
+            relay = OutboxRelay(db, producer.kafka, streams.delivery_events_topic)
+            tasks += [
+                asyncio.create_task(_forever(relay.run, pg), name="outbox-relay"),
+                asyncio.create_task(_forever(app.state.dispatcher.run, streams.kafka_bootstrap,
+                                             streams.delivery_events_topic, f"{streams.app_id}-dispatcher"),
+                                    name="dispatcher"),
+            ]
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await notifier.stop()
             await auth.stop()
             await producer.stop()
             await db.close()

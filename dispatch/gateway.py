@@ -8,6 +8,7 @@ every refusal is counted by reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from dispatch.auth import AuthDriver, DriverAuthenticator, TokenRejected
+from dispatch.dispatcher import Dispatcher, DriverUpdateRefused, parse_driver_update
 from dispatch.metrics import GATEWAY_PRODUCE_SECONDS, PINGS_ACCEPTED, PINGS_REJECTED
 from dispatch.offers import (
     OFFER_NOT_HELD,
@@ -210,6 +212,9 @@ async def post_shift(request: Request, body: ShiftDoc) -> JSONResponse:
     locations = request.app.state.locations
     if body.action == "start":
         await locations.start_shift(driver.tenant_id, driver.driver_id, driver.vehicle_type)
+        dispatcher = getattr(request.app.state, "dispatcher", None)
+        if dispatcher is not None:
+            dispatcher.retry_soon(driver.tenant_id)   # a driver is free: waiting deliveries get a chance
     else:
         await locations.end_shift(driver.driver_id)
     return JSONResponse({"status": await locations.status(driver.driver_id)})
@@ -271,6 +276,9 @@ async def driver_stream(ws: WebSocket, state) -> None:
     by_driver: dict[str, set[WebSocket]] = state.driver_ids   # where offers are sent
     by_driver.setdefault(driver.driver_id, set()).add(ws)
     offers: OfferEngine | None = getattr(state, "offers", None)
+    notifier = getattr(state, "notifier", None)
+    if notifier is not None:
+        await notifier.register(driver.driver_id)   # offers made by other engine processes come here
     await ws.send_json({"type": "ready", "driver_id": driver.driver_id})
     try:
         while True:
@@ -278,7 +286,7 @@ async def driver_stream(ws: WebSocket, state) -> None:
             if message["type"] == "websocket.disconnect":
                 return
             raw = message.get("text") if message.get("text") is not None else message.get("bytes")
-            await _handle_frame(ws, ingest, driver, raw, offers)
+            await _handle_frame(ws, ingest, driver, raw, offers, getattr(state, "dispatcher", None))
     except WebSocketDisconnect:
         return
     finally:
@@ -288,10 +296,13 @@ async def driver_stream(ws: WebSocket, state) -> None:
             mine.discard(ws)
             if not mine:
                 by_driver.pop(driver.driver_id, None)
+                if notifier is not None:
+                    with contextlib.suppress(Exception):   # Redis away: the registration expires
+                        await notifier.unregister(driver.driver_id)
 
 
 async def _handle_frame(ws: WebSocket, ingest: Ingest, driver: AuthDriver, raw: str | bytes | None,
-                        offers: OfferEngine | None = None) -> None:
+                        offers: OfferEngine | None = None, dispatcher: Dispatcher | None = None) -> None:
     received_at = time.time()
     seq = None
     try:
@@ -305,6 +316,9 @@ async def _handle_frame(ws: WebSocket, ingest: Ingest, driver: AuthDriver, raw: 
             raise Refused(401, "expired_token", "the token has expired")
         if isinstance(payload, dict) and payload.get("type") == "offer_reply":
             await ws.send_json({"seq": seq, **await _offer_reply(offers, driver, payload)})
+            return
+        if isinstance(payload, dict) and payload.get("type") == "delivery_update":
+            await ws.send_json({"seq": seq, **await _delivery_update(dispatcher, driver, payload)})
             return
         pings = ingest.validate(payload, received_at, "ws")
         accepted = await ingest.accept(driver, pings, received_at, "ws")
@@ -331,6 +345,36 @@ async def _offer_reply(offers: OfferEngine | None, driver: AuthDriver, payload: 
                       field="delivery_id")
     return {"type": "offer_reply", "delivery_id": reply.delivery_id,
             "status": "assigned" if reply.accept else "declined"}
+
+
+async def _delivery_update(dispatcher: Dispatcher | None, driver: AuthDriver, payload: Any,
+                           delivery_id: str | None = None) -> dict[str, Any]:
+    """A driver's pick_up / deliver / fail of their own delivery -> the reply frame/body."""
+    if dispatcher is None:
+        raise Refused(409, "no_dispatcher", "this engine does not dispatch deliveries")
+    try:
+        update = parse_driver_update(payload, delivery_id)
+        state = await dispatcher.driver_update(driver.tenant_id, driver.driver_id, update)
+    except DriverUpdateRefused as exc:
+        raise Refused(exc.status, exc.reason, exc.message, field=exc.field) from None
+    return {"type": "delivery_update", "delivery_id": update.delivery_id, "status": state.value}
+
+
+@router.post("/v1/drivers/deliveries/{delivery_id}/events", tags=["drivers"],
+             summary="The authenticated driver reports pick-up, delivery (with proof) or failure",
+             responses={401: {"description": "unknown, revoked or expired token"},
+                        404: {"description": "no such delivery assigned to this driver"},
+                        409: {"description": "the delivery is not in a state that allows this event"},
+                        422: {"description": "malformed body; the error names the field"}})
+async def post_delivery_event(request: Request, delivery_id: str) -> JSONResponse:
+    ingest: Ingest = request.app.state.ingest
+    try:
+        driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http")
+        body = parse_json(await request.body(), ingest.engine.max_body_bytes, "http", "body")
+        reply = await _delivery_update(getattr(request.app.state, "dispatcher", None), driver, body, delivery_id)
+    except Refused as exc:
+        return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(reply)
 
 
 def close_revoked(app_state, token_hash: str) -> None:

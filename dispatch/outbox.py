@@ -14,11 +14,18 @@ transaction per tenant batch:
 A crash after 2 and before 3 publishes those rows again on the next pass: delivery is
 at-least-once and every event carries its outbox ``id`` for consumers to deduplicate on.
 A broker failure in 2 rolls back and leaves the rows for the next pass; nothing is lost.
+
+``run`` is the relay of a running engine: it LISTENs on every shard for the
+``wakala_outbox`` notification that a committing transition sends (payload: the tenant), and
+publishes that tenant at once; every ``sweep_s`` it also drains every active tenant, which
+covers notifications lost while a connection was down. The seed has no outbox: see
+docs/schema.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import uuid
@@ -27,7 +34,12 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from dispatch.deliveries import OUTBOX_CHANNEL
+from schema.connect import connect
 from schema.db import TenantDatabase
+from schema.settings import DSN, PostgresSettings
+from schema.shards import list_shards
+from schema.tenants import list_tenants
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +98,46 @@ class OutboxRelay:
             except KafkaError as exc:
                 log.warning("publishing delivery events of tenant %s failed (%s); will retry", tenant_id, exc)
         return total
+
+    async def run(self, settings: PostgresSettings, *, sweep_s: float = 5.0) -> None:
+        """Publish until cancelled: at each notification, and every ``sweep_s`` for all tenants."""
+        woken: set[str] = set()
+        wake = asyncio.Event()
+
+        def notified(_conn, _pid, _channel, payload: str) -> None:
+            woken.add(payload)
+            wake.set()
+
+        listeners = []
+        try:
+            for shard in await list_shards(settings):
+                dsn = DSN(shard.host, shard.port, settings.control.user, shard.database,
+                          settings.control.password)
+                conn = await connect(dsn)
+                await conn.add_listener(OUTBOX_CHANNEL, notified)
+                listeners.append(conn)
+            next_sweep = 0.0
+            loop = asyncio.get_running_loop()
+            while True:
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + sweep_s
+                    try:
+                        tenants = [t.id for t in await list_tenants(settings) if t.status == "active"]
+                        await self.publish_all(tenants)
+                    except Exception:   # Postgres briefly away: the next sweep tries again
+                        log.exception("outbox sweep failed")
+                try:
+                    await asyncio.wait_for(wake.wait(), max(0.0, next_sweep - loop.time()))
+                except TimeoutError:
+                    continue
+                wake.clear()
+                batch = list(woken)
+                woken.clear()
+                try:
+                    await self.publish_all(batch)
+                except Exception:
+                    log.exception("publishing notified tenants failed; the sweep will retry")
+        finally:
+            for conn in listeners:
+                with contextlib.suppress(Exception):
+                    await conn.close()

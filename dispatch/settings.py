@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from schema.errors import ConfigError
 from schema.settings import env_int as _int
 
 
@@ -24,6 +25,10 @@ class EngineSettings:
     ws_ping_interval_s: int = 20         # server keepalive pings find dead connections
     offer_timeout_s: int = 20            # a driver's time to accept an offer
     offer_max_attempts: int = 5          # offers per round before the delivery is unassigned
+    dispatcher: bool = True              # match new deliveries in this process (WAKALA_DISPATCHER=0: gateway only)
+    matching_mode: str = "greedy"        # greedy (each delivery at once) or batch (solved per window)
+    batch_window_ms: int = 2000          # batch mode: how long deliveries gather before a solve
+    retry_interval_s: int = 10           # backstop retry of unassigned deliveries
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
@@ -42,4 +47,14 @@ class EngineSettings:
             ws_ping_interval_s=_int(env, "WAKALA_WS_PING_INTERVAL_S", cls.ws_ping_interval_s, 1, 3600),
             offer_timeout_s=_int(env, "WAKALA_OFFER_TIMEOUT_S", cls.offer_timeout_s, 1, 3600),
             offer_max_attempts=_int(env, "WAKALA_OFFER_MAX_ATTEMPTS", cls.offer_max_attempts, 1, 100),
+            dispatcher=env.get("WAKALA_DISPATCHER", "1").lower() not in ("0", "false", "no"),
+            matching_mode=_mode(env.get("WAKALA_MATCHING_MODE") or cls.matching_mode),
+            batch_window_ms=_int(env, "WAKALA_BATCH_WINDOW_MS", cls.batch_window_ms, 50, 60_000),
+            retry_interval_s=_int(env, "WAKALA_RETRY_INTERVAL_S", cls.retry_interval_s, 1, 3600),
         )
+
+
+def _mode(value: str) -> str:
+    if value not in ("greedy", "batch"):
+        raise ConfigError(f"WAKALA_MATCHING_MODE must be greedy or batch, got {value!r}")
+    return value

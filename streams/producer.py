@@ -61,8 +61,14 @@ class PingProducer:
         )
         self._started = False
 
-    async def ensure_topic(self) -> None:
-        """Create the locations topic with the configured partitions if it does not exist yet.
+    @property
+    def kafka(self) -> AIOKafkaProducer:
+        """The underlying producer, for other topics of the engine (the outbox relay)."""
+        return self._producer
+
+    async def ensure_topic(self, topic: str | None = None, partitions: int | None = None) -> None:
+        """Create a topic (default: the locations topic, with the configured partitions) if it
+        does not exist yet.
 
         Whichever starts first, gateway or worker, must not let the broker auto-create the
         topic with its own default partition count.
@@ -73,10 +79,11 @@ class PingProducer:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
         try:
             await admin.start()
-            if self.settings.locations_topic not in set(await admin.list_topics()):
+            topic = topic or self.settings.locations_topic
+            partitions = partitions or self.settings.locations_partitions
+            if topic not in set(await admin.list_topics()):
                 with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([NewTopic(self.settings.locations_topic,
-                                                        self.settings.locations_partitions, 1)])
+                    await admin.create_topics([NewTopic(topic, partitions, 1)])
         finally:
             await admin.close()
 

@@ -28,7 +28,12 @@ async def running_engine(pg, streams, **engine_overrides) -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def running_app(pg, streams, **engine_overrides) -> AsyncIterator[tuple[str, object]]:
-    """The engine on a free port; yields its address and its app.state."""
+    """The engine on a free port; yields its address and its app.state.
+
+    The dispatcher (delivery-events consumer and outbox relay) is off unless asked for with
+    ``dispatcher=True``: leaving a consumer group costs the broker a second at every stop.
+    """
+    engine_overrides.setdefault("dispatcher", False)
     engine = replace(EngineSettings(), port=free_port(), **engine_overrides)
     app = create_app(engine, streams, pg)
     server = uvicorn.Server(uvicorn_config(app, engine))
