@@ -23,8 +23,9 @@ the distance is needed for the ETA anyway. Polygon fences (vendor premises) woul
 ``geo.Geofence``.
 
 ETAs use ``geo.eta.eta_seconds`` on great-circle distances (it applies circuity and the
-parking/walk-in overhead of each leg itself), times the ``EtaCalibration`` factor of the leg's
-destination cell, at the current time of day:
+parking/walk-in overhead of each leg itself), times the calibration factor of the leg's
+destination cell (the worker passes the engines' shared ``dispatch.calibration`` store, so
+customers see the ETAs the dispatcher offered on), at the current time of day:
 
 * ``assigned``: to pickup = leg(driver → pickup); to dropoff = that + leg(pickup → dropoff);
 * ``at_pickup``: to dropoff = leg(pickup → dropoff);
@@ -58,6 +59,7 @@ from redis.asyncio import Redis
 
 from dispatch import active
 from dispatch.active import ActiveDelivery
+from dispatch.calibration import CalibrationStore
 from dispatch.deliveries import UnknownDelivery, record_event
 from dispatch.offers import DeliveryTransitions
 from dispatch.state import DeliveryEvent, DeliveryState, IllegalTransition
@@ -130,14 +132,16 @@ class Tracker:
     """Arrivals and ETAs of the active deliveries of the drivers in each batch of pings.
 
     ``transitions=None`` (no Postgres) leaves pickup arrivals alone; ``db=None`` marks dropoff
-    arrivals in Redis without recording an event. Both still get ETAs. ``clock`` (epoch
-    seconds) is for tests.
+    arrivals in Redis without recording an event. Both still get ETAs. ``calibration`` is a
+    fixed model or the ``CalibrationStore`` every engine shares (re-read at most every
+    ``cache_s``, only by batches with an active delivery). ``clock`` (epoch seconds) is for
+    tests.
     """
 
     def __init__(self, redis: Redis, transitions: DeliveryTransitions | None, *,
                  db: TenantDatabase | None, pickup_radius_m: float = DEFAULT_RADIUS_M,
                  dropoff_radius_m: float = DEFAULT_RADIUS_M,
-                 calibration: EtaCalibration | None = None,
+                 calibration: EtaCalibration | CalibrationStore | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.redis = redis
         self.transitions = transitions
@@ -159,6 +163,9 @@ class Tracker:
             return outcome
         now_s = self.clock()
         at = datetime.fromtimestamp(now_s, UTC)
+        calibration = self.calibration
+        if isinstance(calibration, CalibrationStore):
+            calibration = await calibration.current()
         documents: list[tuple[str, str]] = []
         for delivery in deliveries:
             ping = newest.get(delivery.driver_id)
@@ -169,7 +176,7 @@ class Tracker:
                 status = await self._arrivals(delivery, ping, int(now_s * 1000), outcome)
                 if status is not None:
                     documents.append((delivery.delivery_id,
-                                      self._document(delivery, status, ping, at, now_s)))
+                                      _document(delivery, status, ping, at, now_s, calibration)))
             except (redis_errors.ConnectionError, redis_errors.TimeoutError):
                 raise
             except ValueError as exc:   # bad data in the hash (an unknown vehicle type, ...)
@@ -248,18 +255,17 @@ class Tracker:
             log.warning("could not un-mark %s of delivery %s; its arrival will not be retried",
                         field, delivery.delivery_id)
 
-    def _document(self, delivery: ActiveDelivery, status: str, ping: DriverPing, at: datetime,
-                  now_s: float) -> str:
-        eta_pickup, eta_dropoff = remaining_etas(status, (ping.lat, ping.lng), delivery, at,
-                                                 self.calibration)
-        return json.dumps({
-            "delivery_id": delivery.delivery_id,
-            "tenant_id": delivery.tenant_id,
-            "status": status,
-            "driver": {"id": ping.driver_id, "lat": ping.lat, "lng": ping.lng,
-                       "heading_deg": ping.heading_deg, "speed_mps": ping.speed_mps,
-                       "ts": ping.ts},
-            "eta_pickup_s": None if eta_pickup is None else round(eta_pickup),
-            "eta_dropoff_s": round(eta_dropoff),
-            "updated_at": round(now_s, 3),
-        }, separators=(",", ":"))
+
+def _document(delivery: ActiveDelivery, status: str, ping: DriverPing, at: datetime, now_s: float,
+              calibration: EtaCalibration | None) -> str:
+    eta_pickup, eta_dropoff = remaining_etas(status, (ping.lat, ping.lng), delivery, at, calibration)
+    return json.dumps({
+        "delivery_id": delivery.delivery_id,
+        "tenant_id": delivery.tenant_id,
+        "status": status,
+        "driver": {"id": ping.driver_id, "lat": ping.lat, "lng": ping.lng,
+                   "heading_deg": ping.heading_deg, "speed_mps": ping.speed_mps, "ts": ping.ts},
+        "eta_pickup_s": None if eta_pickup is None else round(eta_pickup),
+        "eta_dropoff_s": round(eta_dropoff),
+        "updated_at": round(now_s, 3),
+    }, separators=(",", ":"))

@@ -20,6 +20,7 @@ from redis.asyncio.client import Pipeline
 
 from dispatch import active
 from dispatch.active import ActiveDelivery, active_key
+from dispatch.calibration import CalibrationStore
 from dispatch.claims import deliveries_key
 from dispatch.deliveries import transition
 from dispatch.offers import PostgresTransitions
@@ -130,6 +131,25 @@ def test_calibration_scales_each_leg_by_its_destination_cell():
     calibrated = remaining_etas("assigned", driver, d, AT, slow_dropoff)
     assert calibrated[0] == pytest.approx(plain[0])       # the pickup's cell has no data
     assert calibrated[1] - calibrated[0] == pytest.approx((plain[1] - plain[0]) * factor)
+
+
+async def test_the_shared_calibration_store_scales_the_etas(tracked, redis):
+    db, w, _ = tracked
+    store = CalibrationStore(redis, prior_weight=1.0, key=f"eta:calibration:test:{uuid.uuid4()}")
+    try:
+        for _ in range(99):
+            await store.observe(*DROPOFF, 100.0, 300.0)
+        tracker = Tracker(redis, PostgresTransitions(db), db=db, calibration=store, clock=clock)
+        driver = destination(*PICKUP, 0.0, 2_000.0)
+        await tracker.on_pings(pings_at(w, driver))
+    finally:
+        await redis.delete(store.key)
+    doc = await document(redis, w)
+    to_pickup = eta_seconds(distance_m(*driver, *PICKUP), "motorbike", AT)
+    between = eta_seconds(distance_m(*PICKUP, *DROPOFF), "motorbike", AT)
+    assert doc["eta_pickup_s"] == round(to_pickup)    # no data for the pickup's cell
+    # (1 prior + 99 ratios of 3) / 100 on the leg into the dropoff's cell
+    assert doc["eta_dropoff_s"] == pytest.approx(to_pickup + between * 2.98, abs=1)
 
 
 def test_radii_must_be_positive_and_finite():
