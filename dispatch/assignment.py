@@ -81,24 +81,43 @@ def assign_batch(jobs: Sequence[Job], candidates: Sequence[Candidate], *, at: da
                  circuity: float = CIRCUITY, infeasible: float = INFEASIBLE_S,
                  calibration: EtaCalibration | None = None,
                  excludes: Sequence[Collection[str]] | None = None,
-                 overhead_s: float = PARKING_OVERHEAD_S) -> list[Assignment]:
+                 overhead_s: float = PARKING_OVERHEAD_S,
+                 waited_s: Sequence[float] | None = None,
+                 wait_weight: float = 1.0) -> list[Assignment]:
     """Optimal assignment: the most jobs matched, then the least total pickup ETA.
 
     Each driver gets at most one job and each job at most one driver; jobs with no eligible
     driver left are absent from the result, which is ordered by job index.
+
+    ``waited_s`` (per job, seconds since it became pending) makes the solver weigh age when
+    there are more jobs than drivers: a job's costs are lowered by ``wait_weight × waited``,
+    so with the default weight of 1 the solve minimises the customers' total time to pickup
+    (waiting so far + pickup ETA) instead of pickup ETAs alone, and a far order that keeps
+    losing to near new ones gets older until it wins. ``cost_s`` stays the pickup ETA.
     """
     costs, feasible = _costs(jobs, candidates, at=at, circuity=circuity,
                              infeasible=infeasible, calibration=calibration,
                              excludes=excludes, overhead_s=overhead_s)
     if not feasible.any():
         return []
+    solve_costs = costs
+    if waited_s is not None:
+        waited = np.asarray(waited_s, dtype=np.float64)
+        if waited.shape != (len(jobs),) or not np.all(waited >= 0) or not np.all(np.isfinite(waited)):
+            raise ValueError("waited_s must hold one non-negative finite number per job")
+        if not (wait_weight >= 0 and math.isfinite(wait_weight)):
+            raise ValueError(f"wait_weight must be a non-negative finite number, got {wait_weight}")
+        # + weight × (oldest - waited) rather than - weight × waited: the same optimum (a
+        # constant per solve), and costs stay non-negative for the infeasible bound below.
+        age_credit = wait_weight * (waited.max(initial=0.0) - waited)
+        solve_costs = np.where(feasible, costs + age_credit[:, None], infeasible)
     # With `infeasible` above any possible total of feasible costs, trading one infeasible
     # pair for feasible ones always pays, so the solver maximises the matches first.
-    worst_total = float(costs[feasible].max()) * min(costs.shape)
+    worst_total = float(solve_costs[feasible].max()) * min(costs.shape)
     if infeasible <= worst_total:
         raise ValueError(f"infeasible={infeasible:g} must exceed {worst_total:g} (largest "
                          "feasible cost × min(jobs, drivers)) for matches to come first")
-    rows, cols = linear_sum_assignment(costs)
+    rows, cols = linear_sum_assignment(solve_costs)
     return [Assignment(r, candidates[c].driver_id, float(costs[r, c]))
             for r, c in zip(rows.tolist(), cols.tolist(), strict=True) if feasible[r, c]]
 

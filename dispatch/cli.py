@@ -170,7 +170,8 @@ async def _bench(args: argparse.Namespace) -> int:
 
         await run_matching_bench(MatchingBench(
             seed=args.seed, minutes=args.minutes, orders_per_min=args.orders_per_min,
-            drivers=args.drivers, window_s=args.window, radius_m=args.radius))
+            drivers=args.drivers, window_s=args.window, radius_m=args.radius,
+            wait_weight=args.wait_weight))
     return 0
 
 
@@ -264,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--drivers", type=int, default=800)
     match.add_argument("--window", type=float, default=2.0, help="batch window, seconds")
     match.add_argument("--radius", type=float, default=5_000.0, help="pickup radius, great-circle metres")
+    match.add_argument("--wait-weight", type=float, default=1.0,
+                       help="batch: weight of time already waited in the cost (0 = pickup ETA only)")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("demo", help="show the running system")

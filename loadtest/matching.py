@@ -91,6 +91,7 @@ class MatchingBench:
     orders_per_min: float = 40.0
     drivers: int = 800              # load ~1.0 at 40 orders/min: 300 is overloaded (see docs/benchmarks.md)
     window_s: float = 2.0
+    wait_weight: float = 1.0        # batch: seconds of pickup ETA one second of waiting is worth
     # Johannesburg CBD to Soweto: ~22 km × 30 km.
     lat_range: tuple[float, float] = (-26.30, -26.10)
     lng_range: tuple[float, float] = (27.80, 28.10)
@@ -273,8 +274,12 @@ def simulate(bench: MatchingBench, scenario: Scenario, mode: Mode) -> ModeOutcom
         if not jobs or not free:
             return 0
         cands = list(free.values())
-        solve = assign_batch if mode == "batch" else assign_greedy
-        found = solve([orders[i].job for i in jobs], cands, at=at(t), calibration=cal)
+        if mode == "batch":
+            found = assign_batch([orders[i].job for i in jobs], cands, at=at(t), calibration=cal,
+                                 waited_s=[t - orders[i].arrival_s for i in jobs],
+                                 wait_weight=bench.wait_weight)
+        else:
+            found = assign_greedy([orders[i].job for i in jobs], cands, at=at(t), calibration=cal)
         give(t, jobs, found)
         return len(found)
 
@@ -392,7 +397,7 @@ def matching_figures(bench: MatchingBench) -> dict[str, object]:
     return {
         "bench": "matching", "seed": bench.seed, "minutes": bench.minutes,
         "orders_per_min": bench.orders_per_min, "drivers": bench.drivers,
-        "window_s": bench.window_s, "radius_m": bench.radius_m,
+        "window_s": bench.window_s, "radius_m": bench.radius_m, "wait_weight": bench.wait_weight,
         "modes": modes,
         "improvement_mean_pct": _improvement_pct(g["mean_pickup_eta_s"], b["mean_pickup_eta_s"]),
         "improvement_p90_pct": _improvement_pct(g["p90_pickup_eta_s"], b["p90_pickup_eta_s"]),

@@ -297,3 +297,26 @@ def test_batch_total_at_most_greedy_on_a_street(jobs_x, drivers_x, vehicles):
     assert len(batch) == len(greedy) == min(len(jobs), len(cands))
     assert total(batch) <= total(greedy) + 1e-6
     check_valid(batch, jobs, cands)
+
+
+def test_time_waited_lets_an_old_far_order_beat_a_new_near_one():
+    # One driver, two orders: a new one 200 m away and one 3 km away that has waited 20 min.
+    jobs = [job_at(east(200)), job_at(east(3000))]
+    cands = [driver_at("a", ORIGIN)]
+    assert [a.job_index for a in assign_batch(jobs, cands, at=AT)] == [0]          # ETA alone
+    aged = assign_batch(jobs, cands, at=AT, waited_s=[0.0, 1200.0])
+    assert [a.job_index for a in aged] == [1]
+    assert aged[0].cost_s == pytest.approx(cost_matrix(jobs, cands, at=AT)[1, 0])   # still the ETA
+    # weight 0 is the pure-ETA solve; a short wait does not outweigh ~3 km of driving
+    assert [a.job_index for a in assign_batch(jobs, cands, at=AT, waited_s=[0, 1200], wait_weight=0)] == [0]
+    assert [a.job_index for a in assign_batch(jobs, cands, at=AT, waited_s=[0, 10])] == [0]
+
+
+@pytest.mark.parametrize("waited, weight", [
+    ([0.0], 1.0), ([0.0, -1.0], 1.0), ([0.0, float("nan")], 1.0), ([0.0, float("inf")], 1.0),
+    ([0.0, 1.0], -1.0), ([0.0, 1.0], float("nan")),
+])
+def test_bad_waiting_times_are_refused(waited, weight):
+    jobs = [job_at(east(200)), job_at(east(3000))]
+    with pytest.raises(ValueError):
+        assign_batch(jobs, [driver_at("a", ORIGIN)], at=AT, waited_s=waited, wait_weight=weight)
