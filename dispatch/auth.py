@@ -20,6 +20,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
 
@@ -47,7 +48,7 @@ WHERE t.token_hash = $1 AND t.token_type = 'driver'
 """
 REVOKE_SQL = """
 UPDATE auth_tokens SET revoked_at = now()
-WHERE id = $1 AND token_type = 'driver' AND revoked_at IS NULL
+WHERE id = $1 AND token_type = $2 AND revoked_at IS NULL
 RETURNING token_hash
 """
 
@@ -72,6 +73,9 @@ class AuthDriver:
     token_id: str
     token_hash: str
     expires_at: float
+
+
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
@@ -109,21 +113,25 @@ async def issue_driver_token(db: TenantDatabase, tenant_id: object, driver_id: o
     return IssuedToken(token, row["id"], row["expires_at"])
 
 
-async def revoke_token(db: TenantDatabase, redis: Redis | None, tenant_id: object, token_id: object) -> bool:
-    """Revoke a driver token by id; True if it was live. Gateways drop it immediately."""
+async def revoke_token(db: TenantDatabase, redis: Redis | None, tenant_id: object, token_id: object,
+                       token_type: str = "driver") -> bool:
+    """Revoke a token (``driver`` or a user's ``access`` token) by id; True if it was live.
+    Every process drops it immediately."""
     try:
         tid = uuid.UUID(str(token_id))
     except ValueError:
         raise WakalaError(f"token id is not a UUID: {str(token_id)[:40]!r}") from None
     async with db.tenant_transaction(tenant_id) as tx:
-        token_hash = await tx.fetchval(REVOKE_SQL, tid)
+        token_hash = await tx.fetchval(REVOKE_SQL, tid, token_type)
     if token_hash and redis is not None:
         await redis.publish(REVOCATIONS_CHANNEL, token_hash)
     return token_hash is not None
 
 
-class DriverAuthenticator:
-    """Verifies driver tokens against the tenant's shard, with a short per-process cache."""
+class TokenAuthenticator(Generic[P]):
+    """Verifies one kind of bearer token against the tenant's shard, with a short per-process
+    cache that revocations (published by any process) clear at once. Subclasses say how a
+    token is parsed and looked up."""
 
     def __init__(self, db: TenantDatabase, redis: Redis, *, cache_ttl_s: float = 60.0,
                  negative_ttl_s: float = 2.0) -> None:
@@ -131,9 +139,15 @@ class DriverAuthenticator:
         self.redis = redis
         self.cache_ttl_s = cache_ttl_s
         self.negative_ttl_s = negative_ttl_s
-        self._cache: dict[str, tuple[float, AuthDriver | TokenRejected]] = {}
+        self._cache: dict[str, tuple[float, P | TokenRejected]] = {}
         self._listener: asyncio.Task | None = None
         self._revoked_callbacks: list = []
+
+    def parse(self, token: object) -> uuid.UUID:
+        raise NotImplementedError
+
+    async def _lookup(self, tenant_id: uuid.UUID, token_hash: str) -> P | TokenRejected:
+        raise NotImplementedError
 
     def on_revoked(self, callback) -> None:
         """Call ``callback(token_hash)`` when any process revokes a token (to close its sockets)."""
@@ -165,8 +179,8 @@ class DriverAuthenticator:
         finally:
             await pubsub.aclose()
 
-    async def verify(self, token: object) -> AuthDriver:
-        tenant_id = parse_token(token)
+    async def verify(self, token: object) -> P:
+        tenant_id = self.parse(token)
         assert isinstance(token, str)
         token_hash = hash_token(token)
         now_mono = time.monotonic()
@@ -174,8 +188,11 @@ class DriverAuthenticator:
         if cached is not None and cached[0] > now_mono:
             result = cached[1]
         else:
-            result = await self._lookup(tenant_id, token_hash)
-            ttl = self.cache_ttl_s if isinstance(result, AuthDriver) else self.negative_ttl_s
+            try:
+                result = await self._lookup(tenant_id, token_hash)
+            except (UnknownTenant, InvalidTenantId, TenantNotActive):
+                result = TokenRejected(UNKNOWN_TOKEN, "the token is not valid")
+            ttl = self.negative_ttl_s if isinstance(result, TokenRejected) else self.cache_ttl_s
             self._cache[token_hash] = (now_mono + ttl, result)
         if isinstance(result, TokenRejected):
             raise result
@@ -183,12 +200,16 @@ class DriverAuthenticator:
             raise TokenRejected(EXPIRED_TOKEN, "the token has expired; ask for a new one")
         return result
 
+
+class DriverAuthenticator(TokenAuthenticator[AuthDriver]):
+    """Driver tokens (``wkd_...``): the gateway's websocket and HTTP ingest."""
+
+    def parse(self, token: object) -> uuid.UUID:
+        return parse_token(token)
+
     async def _lookup(self, tenant_id: uuid.UUID, token_hash: str) -> AuthDriver | TokenRejected:
-        try:
-            async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
-                row = await tx.fetchrow(VERIFY_SQL, token_hash)
-        except (UnknownTenant, InvalidTenantId, TenantNotActive):
-            return TokenRejected(UNKNOWN_TOKEN, "the token is not valid")
+        async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
+            row = await tx.fetchrow(VERIFY_SQL, token_hash)
         if row is None or row["driver_status"] != "active":
             return TokenRejected(UNKNOWN_TOKEN, "the token is not valid")
         if row["revoked_at"] is not None:

@@ -124,6 +124,26 @@ async def _driver(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _user(args: argparse.Namespace) -> int:
+    """Bootstrap: the first tenant admin of a tenant (everything else goes through the API)."""
+    from dispatch.users import create_user, issue_user_token
+    from schema.db import TenantDatabase
+
+    async with TenantDatabase(_pg()) as db:
+        if args.action == "create":
+            body = {"phone": args.phone, "name": args.name, "role": args.role}
+            if args.vendor:
+                body["vendor_id"] = args.vendor
+            created = await create_user(db, args.tenant, body)
+            print(" ".join(f"{k} {v}" for k, v in created.items()))
+        else:
+            issued = await issue_user_token(db, args.tenant, args.user, ttl_s=args.ttl_hours * 3600)
+            print(f"token id {issued.token_id}, expires {issued.expires_at.isoformat()}")
+            print("token (shown once; only its hash is stored):")
+            print(issued.token)
+    return 0
+
+
 def _engine(args: argparse.Namespace) -> int:
     """Runs outside asyncio.run: uvicorn and faust each own their event loop."""
     import subprocess
@@ -236,6 +256,20 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("--tenant", required=True)
     revoke.add_argument("token_id")
     p.set_defaults(handler=_driver)
+
+    p = sub.add_parser("user", help="create REST API users (a tenant's first admin) and issue their tokens")
+    usub = p.add_subparsers(dest="action", required=True)
+    ucreate = usub.add_parser("create")
+    ucreate.add_argument("--tenant", required=True)
+    ucreate.add_argument("--phone", required=True, help="E.164, e.g. +27821234567")
+    ucreate.add_argument("--name", required=True)
+    ucreate.add_argument("--role", required=True, choices=["tenant_admin", "vendor", "customer"])
+    ucreate.add_argument("--vendor", default=None, help="the vendor a vendor user acts for")
+    utoken = usub.add_parser("token", help="issue a bearer token (shown once)")
+    utoken.add_argument("--tenant", required=True)
+    utoken.add_argument("--user", required=True)
+    utoken.add_argument("--ttl-hours", type=float, default=24 * 30)
+    p.set_defaults(handler=_user)
 
     p = sub.add_parser("engine", help="run the engine: HTTP/websocket API and the location worker")
     p.add_argument("role", nargs="?", choices=["all", "api", "worker"], default="all")

@@ -29,6 +29,9 @@ class EngineSettings:
     matching_mode: str = "greedy"        # greedy (each delivery at once) or batch (solved per window)
     batch_window_ms: int = 2000          # batch mode: how long deliveries gather before a solve
     retry_interval_s: int = 10           # backstop retry of unassigned deliveries
+    api_rate_limit: int = 120            # REST requests per caller per window
+    api_rate_window_s: int = 60
+    payment_webhook_secret: str = ""     # HMAC key of the payment gateway's callbacks ("" = refuse them)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
@@ -51,6 +54,9 @@ class EngineSettings:
             matching_mode=_mode(env.get("WAKALA_MATCHING_MODE") or cls.matching_mode),
             batch_window_ms=_int(env, "WAKALA_BATCH_WINDOW_MS", cls.batch_window_ms, 50, 60_000),
             retry_interval_s=_int(env, "WAKALA_RETRY_INTERVAL_S", cls.retry_interval_s, 1, 3600),
+            api_rate_limit=_int(env, "WAKALA_API_RATE_LIMIT", cls.api_rate_limit, 1, 1_000_000),
+            api_rate_window_s=_int(env, "WAKALA_API_RATE_WINDOW_S", cls.api_rate_window_s, 1, 3600),
+            payment_webhook_secret=env.get("WAKALA_PAYMENT_WEBHOOK_SECRET", ""),
         )
 
 
