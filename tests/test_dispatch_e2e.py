@@ -18,14 +18,14 @@ from decimal import Decimal
 import httpx
 import pytest
 import redis.asyncio as aioredis
-import websockets
 from aiokafka import AIOKafkaConsumer
 
 from dispatch.auth import issue_driver_token
 from dispatch.calibration import CALIBRATION_KEY
 from dispatch.deliveries import create_delivery
 from dispatch.drivers import NewDriver, create_driver
-from geo import destination, distance_m
+from geo import destination
+from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.app import create_app
@@ -37,12 +37,8 @@ pytestmark = pytest.mark.timeout(240)
 
 VENDOR = (-26.2360, 27.9090)               # Orlando, Soweto
 DROPOFF = destination(*VENDOR, 90.0, 1500)  # 1.5 km east
+DriverApp = SimulatedDriver   # the name other tests import
 PROOF = {"photo": "s3://pod/1.jpg", "received_by": "Thandi"}
-
-
-def fix(driver_id: str, lat: float, lng: float, ts: float) -> dict:
-    return {"type": "ping", "driver_id": driver_id, "lat": lat, "lng": lng, "accuracy": 5.0,
-            "speed": 8.0, "heading": 90.0, "timestamp": ts}
 
 
 async def _world(db: TenantDatabase, tenant_id) -> dict:
@@ -66,60 +62,6 @@ async def _driver(db, tenant_id, n: int) -> tuple[str, str]:
         "Sipho", f"Rider{n}", f"+2782555100{n}", f"LIC-E2E-{n}-{uuid.uuid4().hex[:6]}", "motorbike",
         f"GP {n}00-E2E"))
     return str(driver), (await issue_driver_token(db, tenant_id, driver, ttl_s=3600)).token
-
-
-class DriverApp:
-    """One driver's phone: a websocket that sends pings and collects offers."""
-
-    def __init__(self, addr: str, driver_id: str, token: str) -> None:
-        self.addr, self.driver_id, self.token = addr, driver_id, token
-        self.frames: list[dict] = []
-        self.offers: asyncio.Queue = asyncio.Queue()
-        self.replies: asyncio.Queue = asyncio.Queue()
-        self.ws = None
-        # The phone's clock for its fixes: starts in the (still live) past so that a drive at a
-        # plausible speed never stamps a fix in the future.
-        self.at = time.time() - 110
-
-    async def __aenter__(self) -> "DriverApp":
-        self.ws = await websockets.connect(f"ws://{self.addr}/v1/drivers/stream",
-                                           additional_headers={"Authorization": f"Bearer {self.token}"})
-        assert json.loads(await self.ws.recv())["type"] == "ready"
-        self._reader = asyncio.create_task(self._read())
-        async with httpx.AsyncClient(base_url=f"http://{self.addr}") as http:
-            resp = await http.post("/v1/drivers/shift", json={"action": "start"},
-                                   headers={"Authorization": f"Bearer {self.token}"})
-            assert resp.json() == {"status": "available"}
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self._reader.cancel()
-        await self.ws.close()
-
-    async def _read(self) -> None:
-        async for raw in self.ws:
-            frame = json.loads(raw)
-            self.frames.append(frame)
-            if frame.get("type") == "offer":
-                await self.offers.put(frame)
-            elif frame.get("type") in ("offer_reply", "delivery_update", "error"):
-                await self.replies.put(frame)
-
-    async def ping(self, lat: float, lng: float, after_s: float = 1.0) -> None:
-        self.at += after_s
-        await self.ws.send(json.dumps(fix(self.driver_id, lat, lng, self.at)))
-
-    async def drive(self, start: tuple[float, float], end: tuple[float, float], steps: int = 6) -> None:
-        """Pings along a straight line at 20 m/s (72 km/h), one per step."""
-        step_s = distance_m(*start, *end) / steps / 20.0
-        for i in range(1, steps + 1):
-            f = i / steps
-            await self.ping(start[0] + (end[0] - start[0]) * f, start[1] + (end[1] - start[1]) * f, step_s)
-            await asyncio.sleep(0.05)
-
-    async def send(self, frame: dict) -> dict:
-        await self.ws.send(json.dumps(frame))
-        return await asyncio.wait_for(self.replies.get(), 15)
 
 
 @pytest.fixture
@@ -165,7 +107,7 @@ async def test_a_ready_order_goes_from_pending_to_delivered_through_the_public_i
         (near, near_token), (next_, next_token) = await _driver(db, tenant.id, 1), await _driver(db, tenant.id, 2)
         near_at = destination(*VENDOR, 0.0, 300)     # 300 m north
         next_at = destination(*VENDOR, 180.0, 700)   # 700 m south
-        async with DriverApp(addr, near, near_token) as a, DriverApp(addr, next_, next_token) as b:
+        async with SimulatedDriver(addr, near, near_token) as a, SimulatedDriver(addr, next_, next_token) as b:
             await a.ping(*near_at)
             await b.ping(*next_at)
 
