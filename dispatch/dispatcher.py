@@ -118,7 +118,7 @@ def parse_driver_update(payload: Any, delivery_id: object = None) -> DriverUpdat
     except ValueError:
         raise DriverUpdateRefused(422, "wrong_type", "delivery_id must be a UUID", "delivery_id") from None
     event = payload.get("event")
-    if event not in DRIVER_EVENTS:
+    if not isinstance(event, str) or event not in DRIVER_EVENTS:   # a list or dict is unhashable
         raise DriverUpdateRefused(422, "invalid_value",
                                   f"event must be one of {', '.join(DRIVER_EVENTS)}", "event")
     proof = payload.get("proof_of_delivery")

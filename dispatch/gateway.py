@@ -144,7 +144,7 @@ def parse_json(raw: str | bytes | bytearray | None, limit: int, channel: str, wh
         raise Refused(413, TOO_LARGE, f"{what} over {limit} bytes")
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):   # RecursionError: nested too deep
         PINGS_REJECTED.labels(channel, BAD_JSON).inc()
         raise Refused(400, BAD_JSON, f"the {what} is not valid JSON") from None
 

@@ -317,6 +317,6 @@ class EtaCalibration:
                                  <= cal.max_ratio * n + slack):
                     raise ValueError(f"cell {cell}: ratio_sum {ratio_sum} impossible for n={n}")
                 cal._cells[cell] = [float(n), ratio_sum]
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, OverflowError) as exc:   # int(inf): OverflowError
             raise ValueError(f"malformed EtaCalibration data: {exc!r}") from exc
         return cal
