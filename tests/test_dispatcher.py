@@ -60,11 +60,12 @@ from dispatch.outbox import OutboxRelay
 from dispatch.state import DeliveryEvent
 from dispatch.tracking import tracking_key
 from geo import EtaCalibration, destination, distance_m
+from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.location_store import LocationStore, location_key, state_key
 from tests.engine_helpers import running_app
-from tests.test_dispatch_e2e import DROPOFF, PROOF, VENDOR, DriverApp, _driver, _world
+from tests.test_dispatch_e2e import DROPOFF, PROOF, VENDOR, _driver, _world
 from tests.test_nearest import put_live
 from tests.test_offers import RecordingNotifier
 from tests.test_streams import eventually
@@ -206,7 +207,7 @@ async def test_hostile_http_delivery_events_are_refused_and_change_nothing(platf
             world = await _world(db, tenant.id)
             (mine, token), (other, other_token) = await _driver(db, tenant.id, 1), await _driver(db, tenant.id, 2)
             # the real flow: on shift, seen 300 m from the vendor, offered the new delivery, accepts
-            async with DriverApp(addr, mine, token) as phone:
+            async with SimulatedDriver(addr, mine, token) as phone:
                 await put_live(store, str(tenant.id), [(mine, *destination(*VENDOR, 0.0, 300), "motorbike")])
                 delivery = str(await create_delivery(db, tenant.id, world["order"], VENDOR, DROPOFF))
                 offer = await asyncio.wait_for(phone.offers.get(), 20)
