@@ -134,9 +134,12 @@ def parse_driver_update(payload: Any, delivery_id: object = None) -> DriverUpdat
                                   "proof_of_delivery")
     reason = payload.get("reason")
     if event == "fail":
-        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
+        if reason is None:
             raise DriverUpdateRefused(422, "missing_field",
                                       f"fail needs a reason (1-{MAX_REASON_CHARS} characters)", "reason")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
+            raise DriverUpdateRefused(422, "invalid_value",
+                                      f"reason must be 1-{MAX_REASON_CHARS} characters of text", "reason")
     elif reason is not None:
         raise DriverUpdateRefused(422, "unexpected_field", f"{event} takes no reason", "reason")
     return DriverUpdate(delivery, DRIVER_EVENTS[event], proof, reason)

@@ -137,6 +137,22 @@ class Ingest:
         return len(pings)
 
 
+async def read_body(request: Request, limit: int, channel: str) -> bytes:
+    """The request body, refused (413) from its declared length or as soon as it outgrows
+    ``limit``: an oversized body is never buffered whole."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        PINGS_REJECTED.labels(channel, TOO_LARGE).inc()
+        raise Refused(413, TOO_LARGE, f"body over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            PINGS_REJECTED.labels(channel, TOO_LARGE).inc()
+            raise Refused(413, TOO_LARGE, f"body over {limit} bytes")
+    return bytes(body)
+
+
 def parse_json(raw: str | bytes | bytearray | None, limit: int, channel: str, what: str) -> Any:
     """Size limit, then JSON: the same refusal, counted the same way, on both channels."""
     if raw is None or len(raw) > limit:
@@ -175,16 +191,8 @@ async def post_locations(request: Request) -> JSONResponse:
     received_at = time.time()
     try:
         driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http")
-        declared = request.headers.get("content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > ingest.engine.max_body_bytes):
-            PINGS_REJECTED.labels("http", TOO_LARGE).inc()
-            raise Refused(413, TOO_LARGE, f"body over {ingest.engine.max_body_bytes} bytes")
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > ingest.engine.max_body_bytes:
-                break  # refused by parse_json below, without reading the rest
-        payload = parse_json(body, ingest.engine.max_body_bytes, "http", "body")
+        payload = parse_json(await read_body(request, ingest.engine.max_body_bytes, "http"),
+                             ingest.engine.max_body_bytes, "http", "body")
         if not isinstance(payload, dict) or "pings" not in payload:
             PINGS_REJECTED.labels("http", "missing_field").inc()
             raise Refused(422, "missing_field", 'the body must be {"pings": [...]}', field="pings")
@@ -370,7 +378,8 @@ async def post_delivery_event(request: Request, delivery_id: str) -> JSONRespons
     ingest: Ingest = request.app.state.ingest
     try:
         driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http")
-        body = parse_json(await request.body(), ingest.engine.max_body_bytes, "http", "body")
+        body = parse_json(await read_body(request, ingest.engine.max_body_bytes, "http"),
+                          ingest.engine.max_body_bytes, "http", "body")
         reply = await _delivery_update(getattr(request.app.state, "dispatcher", None), driver, body, delivery_id)
     except Refused as exc:
         return JSONResponse(exc.body(), status_code=exc.status)
