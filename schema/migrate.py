@@ -84,6 +84,16 @@ WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
   AND NOT (c.relrowsecurity AND c.relforcerowsecurity)
 ORDER BY 1
 """
+# Row-level security cannot be enabled on a materialized view, and the application role has
+# USAGE on every tenant schema of its shard: one it may read directly is readable from any
+# tenant's transaction. Tenant migrations expose them through views filtered on
+# current_tenant_id() instead (see 0012).
+READABLE_MATVIEWS_SQL = """
+SELECT c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND c.relkind = 'm' AND has_table_privilege($2, c.oid, 'SELECT')
+ORDER BY 1
+"""
 
 
 @dataclass(frozen=True)
@@ -267,7 +277,8 @@ async def prepare_shard(settings: PostgresSettings, dsn: DSN) -> bool:
 async def migrate_tenant_schema(
     conn: asyncpg.Connection, settings: PostgresSettings, schema_name: str, tenant_id: str
 ) -> list[str]:
-    """Bring one tenant schema up to date and check that every table in it is RLS-protected."""
+    """Bring one tenant schema up to date and check that every table in it is RLS-protected
+    and that no materialized view in it is readable by the application role."""
     if not TENANT_SCHEMA.match(schema_name):
         raise MigrationError(f"refusing to migrate {schema_name!r}: not a tenant schema name")
     ident = await conn.fetchval("SELECT quote_ident($1)", schema_name)
@@ -285,6 +296,14 @@ async def migrate_tenant_schema(
         raise MigrationError(
             f"tenant tables without forced row-level security in {schema_name}: "
             f"{', '.join(unprotected)}; add ENABLE and FORCE ROW LEVEL SECURITY to the migration"
+        )
+    readable = [r["relname"] for r in
+                await conn.fetch(READABLE_MATVIEWS_SQL, schema_name, settings.app_role)]
+    if readable:
+        raise MigrationError(
+            f"materialized views the application role can read directly in {schema_name}: "
+            f"{', '.join(readable)}; row-level security does not apply to them, so revoke SELECT "
+            "and grant a view that filters on current_tenant_id() (as 0012 does)"
         )
     await conn.execute(
         f"SELECT set_config('search_path', '{ident}, public', false); "

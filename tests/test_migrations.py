@@ -147,6 +147,18 @@ async def test_a_tenant_migration_that_leaves_a_table_unprotected_is_refused(pla
     assert tenants[0]["n"] == 0
 
 
+async def test_a_tenant_migration_that_lets_the_app_role_read_a_materialized_view_is_refused(
+        platform, migrations_copy):
+    # RLS cannot protect a materialized view: readable directly, it is readable from any
+    # tenant's transaction on the shard by naming the schema.
+    (migrations_copy / "tenant" / "0999_open_view.sql").write_text(
+        "CREATE MATERIALIZED VIEW open_totals AS SELECT vendor_id, count(*) AS n FROM orders GROUP BY 1;\n"
+        "GRANT SELECT ON open_totals TO PUBLIC;\n"
+    )
+    with pytest.raises(MigrationError, match="open_totals"):
+        await create_tenant(platform, "Leaky Views")
+
+
 async def test_analytics_partitions_exist_ahead_of_time(platform):
     tenant = await create_tenant(platform, "Analytics Ahead")
     rows = await _fetch(
