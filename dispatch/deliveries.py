@@ -23,6 +23,8 @@ from typing import Any
 
 import asyncpg
 
+from dispatch.cache import Cache
+from dispatch.order_records import INSERT_ORDER_HISTORY_SQL, as_user_id, on_delivery_changed_order
 from dispatch.state import (
     DeliveryEvent,
     DeliverySnapshot,
@@ -43,6 +45,7 @@ __all__ = [
     "CREATED_EVENT",
     "OUTBOX_CHANNEL",
     "create_delivery",
+    "insert_delivery",
     "record_event",
     "transition",
 ]
@@ -102,17 +105,6 @@ UPDATE orders
 SET status = $2, actual_delivery_time = COALESCE($3, actual_delivery_time), updated_at = now()
 WHERE id = $1
 """
-# changed_by references users: an actor that is a user's id goes there; any other actor
-# (a driver id, "system:matcher", ...) is kept as text in metadata instead.
-INSERT_ORDER_HISTORY_SQL = """
-WITH actor_user AS (SELECT id FROM users WHERE id = $5::uuid)
-INSERT INTO order_status_history (order_id, from_status, to_status, reason, changed_by, metadata)
-SELECT $1::uuid, $2::text, $3::text, $4::text, (SELECT id FROM actor_user),
-       CASE WHEN $6::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM actor_user)
-            THEN $7::jsonb || jsonb_build_object('actor', $6::text)
-            ELSE $7::jsonb
-       END
-"""
 # The driver earns the order's delivery fee (the pay offered, see dispatch.dispatcher).
 COUNT_DRIVER_DELIVERY_SQL = """
 UPDATE drivers SET total_deliveries = COALESCE(total_deliveries, 0) + 1,
@@ -164,15 +156,6 @@ def _uuid(value: object, label: str) -> uuid.UUID:
         raise InvalidDeliveryInput(f"{label} must be a UUID, got {value!r}") from None
 
 
-def _as_user_id(actor: str | None) -> uuid.UUID | None:
-    if actor is None:
-        return None
-    try:
-        return uuid.UUID(actor)
-    except ValueError:
-        return None
-
-
 def _snapshot(row: asyncpg.Record) -> DeliverySnapshot:
     proof = row["proof_of_delivery"]
     return DeliverySnapshot(
@@ -218,6 +201,7 @@ async def transition(
     reason: str | None = None,
     at: datetime | None = None,
     driver_must_be: str | None = None,
+    cache: Cache | None = None,
     **facts: Any,
 ) -> DeliverySnapshot:
     """Apply ``event`` to a delivery and record everything it implies; return the new snapshot.
@@ -231,6 +215,10 @@ async def transition(
     delivery's state, e.g. when a concurrent transition got there first), UnknownDriver.
     ``driver_must_be`` (a driver acting on their own job): UnknownDelivery unless the
     delivery's driver is this one, checked under the row lock.
+
+    When the order's status changes, ``dispatch.order_records.on_delivery_changed_order``
+    runs in the same transaction (stock sold, released or written off; the order's event).
+    ``cache``: the order's and its products' cached views are invalidated after commit.
     """
     delivery_uuid = _uuid(delivery_id, "delivery_id")
     if isinstance(facts.get("driver_id"), str) and facts["driver_id"]:
@@ -240,6 +228,7 @@ async def transition(
             raise InvalidFact(f"driver_id must be a UUID, got {facts['driver_id']!r}") from None
     when = at if at is not None else datetime.now(UTC)
 
+    order_changed, stock_changed = False, []
     async with db.tenant_transaction(tenant_id) as tx:
         row = await tx.fetchrow(SNAPSHOT_SQL, delivery_uuid)
         if row is None:
@@ -288,13 +277,19 @@ async def transition(
                     order["status"],
                     order_status,
                     step.reason,
-                    _as_user_id(actor),
+                    as_user_id(actor),
                     actor,
                     json.dumps({"delivery_id": str(delivery_uuid), "event": step.event.value}),
                 )
                 if delivered:
                     # once per order, even if an earlier delivery of it was also completed
                     await tx.execute(COUNT_VENDOR_ORDER_SQL, order["vendor_id"])
+                # the order side: its stock sold or given back, its order-events row
+                stock_changed = await on_delivery_changed_order(
+                    tx, tenant_id, order_id, from_status=order["status"], to_status=order_status,
+                    delivery_id=delivery_uuid, picked_up=new.picked_up_at is not None, at=when,
+                    actor=actor, reason=step.reason)
+                order_changed = True
 
         await tx.execute(
             INSERT_OUTBOX_SQL,
@@ -303,6 +298,9 @@ async def transition(
             _outbox_payload(delivery_uuid, order_id, new, step),
         )
         await tx.execute(NOTIFY_OUTBOX_SQL, str(tenant_id))
+    if cache is not None and order_changed:
+        await cache.invalidate(str(tenant_id), [f"order:{order_id}",
+                                                *(f"inventory:{p}" for p in stock_changed)])
     return new
 
 
@@ -314,6 +312,48 @@ def _point(value: tuple[float, float], label: str) -> tuple[float, float]:
     if not (-90 <= lat <= 90 and -180 <= lng <= 180):
         raise InvalidDeliveryInput(f"{label} {value!r} is not a (lat, lng) on Earth")
     return lat, lng
+
+
+async def insert_delivery(
+    tx: asyncpg.Connection,
+    tenant_id: object,
+    order_id: uuid.UUID | str,
+    pickup: tuple[float, float],
+    dropoff: tuple[float, float],
+    *,
+    pickup_address: dict[str, Any] | None = None,
+    dropoff_address: dict[str, Any] | None = None,
+    distance_m: int | None = None,
+    estimated_duration_s: int | None = None,
+) -> uuid.UUID:
+    """``create_delivery`` on a transaction the caller holds (the order marked ready writes its
+    delivery and the ``created`` event in its own transaction)."""
+    order_uuid = _uuid(order_id, "order_id")
+    pickup_lat, pickup_lng = _point(pickup, "pickup")
+    dropoff_lat, dropoff_lng = _point(dropoff, "dropoff")
+    try:
+        row = await tx.fetchrow(
+            INSERT_DELIVERY_SQL,
+            order_uuid,
+            pickup_lat,
+            pickup_lng,
+            None if pickup_address is None else json.dumps(pickup_address),
+            dropoff_lat,
+            dropoff_lng,
+            None if dropoff_address is None else json.dumps(dropoff_address),
+            distance_m,
+            estimated_duration_s,
+        )
+    except asyncpg.ForeignKeyViolationError:
+        raise UnknownOrder(f"no order {order_uuid} in tenant {tenant_id}") from None
+    # The matcher learns of new deliveries from this event (dispatch.dispatcher).
+    await tx.execute(INSERT_OUTBOX_SQL, row["id"], CREATED_EVENT, json.dumps({
+        "delivery_id": str(row["id"]), "order_id": str(row["order_id"]), "event": CREATED_EVENT,
+        "from_state": None, "to_state": DeliveryState.PENDING.value,
+        "at": datetime.now(UTC).isoformat(),
+    }))
+    await tx.execute(NOTIFY_OUTBOX_SQL, str(tenant_id))
+    return row["id"]
 
 
 async def create_delivery(
@@ -329,33 +369,14 @@ async def create_delivery(
     estimated_duration_s: int | None = None,
 ) -> uuid.UUID:
     """Insert a ``pending`` delivery for an order; ``pickup``/``dropoff`` are (lat, lng)."""
-    order_uuid = _uuid(order_id, "order_id")
-    pickup_lat, pickup_lng = _point(pickup, "pickup")
-    dropoff_lat, dropoff_lng = _point(dropoff, "dropoff")
+    _uuid(order_id, "order_id")
+    _point(pickup, "pickup")
+    _point(dropoff, "dropoff")
     async with db.tenant_transaction(tenant_id) as tx:
-        try:
-            row = await tx.fetchrow(
-                INSERT_DELIVERY_SQL,
-                order_uuid,
-                pickup_lat,
-                pickup_lng,
-                None if pickup_address is None else json.dumps(pickup_address),
-                dropoff_lat,
-                dropoff_lng,
-                None if dropoff_address is None else json.dumps(dropoff_address),
-                distance_m,
-                estimated_duration_s,
-            )
-        except asyncpg.ForeignKeyViolationError:
-            raise UnknownOrder(f"no order {order_uuid} in tenant {tenant_id}") from None
-        # The matcher learns of new deliveries from this event (dispatch.dispatcher).
-        await tx.execute(INSERT_OUTBOX_SQL, row["id"], CREATED_EVENT, json.dumps({
-            "delivery_id": str(row["id"]), "order_id": str(row["order_id"]), "event": CREATED_EVENT,
-            "from_state": None, "to_state": DeliveryState.PENDING.value,
-            "at": datetime.now(UTC).isoformat(),
-        }))
-        await tx.execute(NOTIFY_OUTBOX_SQL, str(tenant_id))
-        return row["id"]
+        return await insert_delivery(
+            tx, tenant_id, order_id, pickup, dropoff, pickup_address=pickup_address,
+            dropoff_address=dropoff_address, distance_m=distance_m,
+            estimated_duration_s=estimated_duration_s)
 
 
 async def record_event(

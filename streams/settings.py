@@ -16,6 +16,7 @@ class StreamSettings:
     locations_topic: str = "driver-locations"
     dead_letters_topic: str = "dead-letters"
     delivery_events_topic: str = "delivery-events"
+    order_events_topic: str = "order-events"
     locations_partitions: int = 4
     location_ttl_s: float = 30.0          # driver:location:{id} expiry; silent drivers vanish
     h3_resolution: int = 9                # availability index cells (~0.1 km² at res 9)
@@ -37,6 +38,7 @@ class StreamSettings:
             locations_topic=env.get("WAKALA_LOCATIONS_TOPIC") or cls.locations_topic,
             dead_letters_topic=env.get("WAKALA_DEAD_LETTERS_TOPIC") or cls.dead_letters_topic,
             delivery_events_topic=env.get("WAKALA_DELIVERY_EVENTS_TOPIC") or cls.delivery_events_topic,
+            order_events_topic=env.get("WAKALA_ORDER_EVENTS_TOPIC") or cls.order_events_topic,
             locations_partitions=int(_num(env, "WAKALA_LOCATIONS_PARTITIONS", 4, 1, 1024)),
             location_ttl_s=_num(env, "WAKALA_LOCATION_TTL_S", 30.0, 0.5, 3600),
             h3_resolution=int(_num(env, "WAKALA_H3_RESOLUTION", 9, 0, 15)),
