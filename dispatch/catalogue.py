@@ -57,7 +57,8 @@ from dispatch.cache import TTL, Cache, inventory_key, product_key, product_list_
 from dispatch.pings import MISSING_FIELD, NOT_FINITE, OUT_OF_RANGE, UNKNOWN_FIELD, WRONG_TYPE
 from schema.db import TenantDatabase
 from schema.errors import TenantNotActive, WakalaError
-from schema.tenants import parse_tenant_id
+from schema.settings import PostgresSettings
+from schema.tenants import list_tenants, parse_tenant_id
 
 __all__ = [
     "CatalogueNotFound",
@@ -65,6 +66,7 @@ __all__ = [
     "CategoryInput",
     "ProductInput",
     "VariantInput",
+    "active_tenant_ids",
     "adjust_stock",
     "create_category",
     "create_product",
@@ -1149,3 +1151,11 @@ async def run_view_refresher(db: TenantDatabase, cache: Cache,
             except Exception:
                 log.exception("view refresher: tenant %s failed; next round in %.0f s", tenant_id, interval_s)
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+
+
+def active_tenant_ids(settings: PostgresSettings) -> Callable[[], Awaitable[list[uuid.UUID]]]:
+    """A ``tenant_ids_provider`` for ``run_view_refresher``: the active tenants, read from the
+    control plane at each round (so tenants provisioned meanwhile are included)."""
+    async def provider() -> list[uuid.UUID]:
+        return [t.id for t in await list_tenants(settings) if t.status == "active"]
+    return provider

@@ -228,11 +228,18 @@ async def test_create_update_list_and_search_round_trip(env):
     beyond = await search_products(db, cache, tid, "maize", page=5, page_size=1)
     assert beyond["items"] == [] and beyond["total"] == 2
 
+    assert (await search_products(db, cache, tid, "the"))["items"] == []        # stop words only
+    assert (await search_products(db, cache, tid, "x'); DROP TABLE products; --"))["items"] == []
+    assert (await search_products(db, cache, tid, "maize -bread"))["total"] == 1  # web-search syntax
+
+    assert (await get_inventory(db, cache, tid, coke["id"]))["total_available"] == 12
     hidden = await update_product(db, cache, tid, shop.vendor_b, coke["id"], {"status": "inactive"},
                                   actor=str(shop.user))
     assert hidden["status"] == "inactive"
     with pytest.raises(CatalogueNotFound):
         await get_product(db, cache, tid, coke["id"])
+    with pytest.raises(CatalogueNotFound):   # its cached stock went with the status change
+        await get_inventory(db, cache, tid, coke["id"])
     vendor_view = await get_product(db, cache, tid, coke["id"], include_inactive=True, vendor_id=shop.vendor_b)
     assert vendor_view["status"] == "inactive"
     assert (await search_products(db, cache, tid, "fizzy"))["items"] == []
@@ -676,3 +683,8 @@ async def test_the_refresher_survives_a_failing_tenant_and_refreshes_the_others(
     assert any("could not list tenants" in m for m in messages)
     assert any("not-a-tenant" in m for m in messages)
     assert json.dumps(messages).count(str(shop.tenant.id)) == 0   # the good tenant never failed
+
+
+async def test_the_refresher_provider_names_the_active_tenants(env):
+    provider = catalogue.active_tenant_ids(env.settings)
+    assert set(await provider()) == {env.one.tenant.id, env.two.tenant.id}
