@@ -536,6 +536,22 @@ async def test_a_vendor_or_customer_cannot_touch_anothers_order(shop):
     assert await list_orders(shop.db, shop.tenant_id, customer_id=stranger) == []
 
 
+async def test_another_tenant_cannot_see_or_move_the_order(shop, platform):
+    view = await place(shop, ("maize", 1), payment_method="card")
+    other = str((await create_tenant(platform, "Elsewhere Spaza")).id)
+    before = await snapshot(shop)
+    for attempt in (
+        get_order(shop.db, other, view["id"]),
+        cancel_order(shop.db, other, view["id"], actor="intruder", reason="x"),
+        record_payment(shop.db, other, view["id"], idempotency_key="pay_x", amount=Decimal(view["total_amount"]),
+                       status="succeeded", gateway="ozow", gateway_reference=None),
+    ):
+        with pytest.raises(OrderNotFound):
+            await attempt
+    assert await list_orders(shop.db, other) == []
+    assert await snapshot(shop) == before
+
+
 async def test_cancelling_releases_stock_and_owes_back_what_was_paid(shop):
     cash = await place(shop, ("maize", 4))
     card = await place(shop, ("maize", 1), ("bread", 2), payment_method="card")
