@@ -17,17 +17,23 @@ import uvicorn
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dispatch.api import install as install_api
 from dispatch.auth import DriverAuthenticator
+from dispatch.cache import Cache
+from dispatch.catalogue import run_view_refresher
 from dispatch.claims import DriverClaims
 from dispatch.dispatcher import Dispatcher
 from dispatch.gateway import DriverStreamRoute, Ingest, close_revoked, router
 from dispatch.notify import RoutedNotifier
 from dispatch.offers import OfferEngine, PostgresTransitions, WebsocketNotifier
+from dispatch.orders import run_reservation_sweeper
 from dispatch.outbox import OutboxRelay
 from dispatch.ratelimit import SlidingWindowLimiter
 from dispatch.settings import EngineSettings
+from dispatch.users import UserAuthenticator
 from schema.db import TenantDatabase
 from schema.settings import PostgresSettings
+from schema.tenants import list_tenants
 from streams.location_store import LocationStore
 from streams.producer import PingProducer
 from streams.settings import StreamSettings
@@ -35,11 +41,11 @@ from streams.settings import StreamSettings
 log = logging.getLogger(__name__)
 
 
-async def _forever(run: Callable[..., Awaitable[None]], *args: object) -> None:
+async def _forever(run: Callable[..., Awaitable[None]], *args: object, **kwargs: object) -> None:
     """Run a background loop of the engine; if it fails (a service restarting), start it again."""
     while True:
         try:
-            await run(*args)
+            await run(*args, **kwargs)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -77,22 +83,39 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
                                   producer)
         app.state.locations = LocationStore(redis, streams)
         app.state.driver_ids = {}
+        app.state.cache = cache = Cache(redis)
         notifier = RoutedNotifier(redis, WebsocketNotifier(app.state), app_id=streams.app_id)
         await notifier.start()
         app.state.notifier = notifier
         app.state.offers = OfferEngine(
             DriverClaims(redis, offer_ttl_s=engine.offer_timeout_s), notifier, redis,
-            transitions=PostgresTransitions(db), app_id=streams.app_id,
+            transitions=PostgresTransitions(db, cache), app_id=streams.app_id,
             offer_timeout_s=engine.offer_timeout_s, max_attempts=engine.offer_max_attempts)
         app.state.dispatcher = Dispatcher(
             db, redis, app.state.locations, app.state.offers, mode=engine.matching_mode,
-            window_s=engine.batch_window_ms / 1000, retry_interval_s=engine.retry_interval_s)
+            window_s=engine.batch_window_ms / 1000, retry_interval_s=engine.retry_interval_s, cache=cache)
+        # The REST API (dispatch/api.py): users' tokens, per-caller limits, the cache.
+        users = UserAuthenticator(db, redis, cache_ttl_s=engine.token_cache_s)
+        await users.start()
+        app.state.engine, app.state.users = engine, users
+        app.state.api_limiter = SlidingWindowLimiter(redis, engine.api_rate_limit, engine.api_rate_window_s)
+
+        async def active_tenants() -> list:
+            return [t.id for t in await list_tenants(pg) if t.status == "active"]
+
         tasks = [asyncio.create_task(app.state.offers.run_sweeper(), name="offer-sweeper")]
         if engine.dispatcher:
-            await producer.ensure_topic(streams.delivery_events_topic, streams.locations_partitions)
+            for topic in (streams.delivery_events_topic, streams.order_events_topic):
+                await producer.ensure_topic(topic, streams.locations_partitions)
             relay = OutboxRelay(db, producer.kafka, streams.delivery_events_topic)
+            order_relay = OutboxRelay(db, producer.kafka, streams.order_events_topic, table="order_events_outbox")
             tasks += [
                 asyncio.create_task(_forever(relay.run, pg), name="outbox-relay"),
+                asyncio.create_task(_forever(order_relay.run, pg), name="order-outbox-relay"),
+                asyncio.create_task(_forever(run_reservation_sweeper, db, active_tenants,
+                                             engine.reservation_sweep_s, cache=cache), name="reservation-sweeper"),
+                asyncio.create_task(_forever(run_view_refresher, db, cache, active_tenants,
+                                             engine.view_refresh_s), name="view-refresher"),
                 asyncio.create_task(_forever(app.state.dispatcher.run, streams.kafka_bootstrap,
                                              streams.delivery_events_topic, f"{streams.app_id}-dispatcher"),
                                     name="dispatcher"),
@@ -103,6 +126,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await users.stop()
             await notifier.stop()
             await auth.stop()
             await producer.stop()
@@ -112,6 +136,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
     app = FastAPI(title="Wakala dispatch engine", version="0.1.0", lifespan=lifespan,
                   description="Streaming geospatial dispatch and tracking for last-mile commerce.")
     app.include_router(router)
+    install_api(app)
 
     @app.get("/healthz", tags=["operators"])
     async def healthz() -> dict[str, str]:

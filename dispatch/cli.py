@@ -185,6 +185,13 @@ async def _bench(args: argparse.Namespace) -> int:
         await run_nearest_bench(NearestBench(
             drivers=args.drivers, queries=args.queries, warmup=args.warmup, k=args.k,
             radius_m=args.radius))
+    elif args.bench == "orders":
+        from loadtest.orders import OrdersBench, run_orders_bench
+
+        figures = await run_orders_bench(OrdersBench(
+            clients=args.clients, seconds=args.seconds, customers=args.customers, products=args.products,
+            workers=args.workers, race_clients=args.race_clients, race_stock=args.race_stock))
+        return 0 if figures["race_succeeded"] == args.race_stock else 1
     elif args.bench == "matching":
         from loadtest.matching import MatchingBench, run_matching_bench
 
@@ -292,6 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     near.add_argument("--warmup", type=int, default=200, help="unmeasured queries per method first")
     near.add_argument("-k", type=int, default=10, help="drivers per answer")
     near.add_argument("--radius", type=float, default=5_000.0, help="search radius, great-circle metres")
+    orders = bsub.add_parser("orders", help="orders placed and paid through the REST API; a race for the last units")
+    orders.add_argument("--clients", type=int, default=32)
+    orders.add_argument("--seconds", type=float, default=20.0)
+    orders.add_argument("--customers", type=int, default=100, help="per tenant")
+    orders.add_argument("--products", type=int, default=50, help="per tenant")
+    orders.add_argument("--workers", type=int, default=2, help="engine api processes")
+    orders.add_argument("--race-clients", type=int, default=500)
+    orders.add_argument("--race-stock", type=int, default=20)
     match = bsub.add_parser("matching", help="batch assignment vs greedy nearest-first, simulated")
     match.add_argument("--seed", type=int, default=7)
     match.add_argument("--minutes", type=float, default=60.0, help="order arrival period")

@@ -45,6 +45,7 @@ from redis.asyncio import Redis
 
 from dispatch import active
 from dispatch.assignment import assign_batch
+from dispatch.cache import Cache
 from dispatch.calibration import CalibrationStore
 from dispatch.claims import DriverClaims
 from dispatch.deliveries import CREATED_EVENT, UnknownDelivery, transition
@@ -167,7 +168,7 @@ class Dispatcher:
     def __init__(self, db: TenantDatabase, redis: Redis, store: LocationStore, offers: OfferEngine, *,
                  mode: Literal["greedy", "batch"] = "greedy", window_s: float = 2.0, k: int = 10,
                  retry_interval_s: float = 10.0, calibration: CalibrationStore | None = None,
-                 facts_ttl_s: float = 60.0) -> None:
+                 facts_ttl_s: float = 60.0, cache: Cache | None = None) -> None:
         if mode not in ("greedy", "batch"):
             raise ValueError(f"mode must be greedy or batch, got {mode!r}")
         self.db, self.redis, self.store, self.offers = db, redis, store, offers
@@ -176,6 +177,7 @@ class Dispatcher:
         self.retry_interval_s = retry_interval_s
         self.calibration = calibration or CalibrationStore(redis)
         self.facts_ttl_s = facts_ttl_s
+        self.cache = cache   # order views to invalidate when a driver's report moves the order
         self._facts: dict[str, tuple[float, dict[str, DriverFacts]]] = {}
         self._tasks: set[asyncio.Task] = set()
         offers.on_assigned = self.on_assigned
@@ -308,14 +310,15 @@ class Dispatcher:
         try:
             try:
                 snap = await transition(self.db, tenant_id, delivery, update.event, actor=actor,
-                                        reason=update.reason, driver_must_be=driver_id, **facts)
+                                        reason=update.reason, driver_must_be=driver_id, cache=self.cache,
+                                        **facts)
             except IllegalTransition as exc:
                 if update.event is not DeliveryEvent.PICK_UP or exc.state is not DeliveryState.ASSIGNED:
                     raise
                 await transition(self.db, tenant_id, delivery, DeliveryEvent.ARRIVE_PICKUP, actor=actor,
-                                 driver_must_be=driver_id)
+                                 driver_must_be=driver_id, cache=self.cache)
                 snap = await transition(self.db, tenant_id, delivery, DeliveryEvent.PICK_UP, actor=actor,
-                                        driver_must_be=driver_id)
+                                        driver_must_be=driver_id, cache=self.cache)
         except UnknownDelivery:
             raise DriverUpdateRefused(404, "unknown_delivery", f"you have no delivery {delivery}",
                                       "delivery_id") from None

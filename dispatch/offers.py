@@ -46,6 +46,7 @@ from typing import Any, Literal, Protocol
 
 from redis.asyncio import Redis
 
+from dispatch.cache import Cache
 from dispatch.claims import DriverClaims, delivery_driver_key, delivery_offer_key
 from dispatch.deliveries import UnknownDelivery, UnknownDriver, transition
 from dispatch.ranking import Job
@@ -278,15 +279,17 @@ class DeliveryTransitions(Protocol):
 
 
 class PostgresTransitions:
-    """``dispatch.deliveries.transition`` on one TenantDatabase."""
+    """``dispatch.deliveries.transition`` on one TenantDatabase; with a ``cache``, the order's
+    cached view is invalidated when a transition changes the order's status."""
 
-    def __init__(self, db: TenantDatabase) -> None:
+    def __init__(self, db: TenantDatabase, cache: Cache | None = None) -> None:
         self.db = db
+        self.cache = cache
 
     async def __call__(self, tenant_id: str, delivery_id: str, event: DeliveryEvent, *,
                        actor: str | None = None, reason: str | None = None, **facts: Any) -> object:
         return await transition(self.db, tenant_id, delivery_id, event, actor=actor, reason=reason,
-                                **facts)
+                                cache=self.cache, **facts)
 
 
 class WebsocketNotifier:

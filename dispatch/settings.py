@@ -32,6 +32,8 @@ class EngineSettings:
     api_rate_limit: int = 120            # REST requests per caller per window
     api_rate_window_s: int = 60
     payment_webhook_secret: str = ""     # HMAC key of the payment gateway's callbacks ("" = refuse them)
+    reservation_sweep_s: int = 30        # how often expired stock reservations are released
+    view_refresh_s: int = 900            # materialized views refreshed and popular products warmed
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
@@ -57,6 +59,8 @@ class EngineSettings:
             api_rate_limit=_int(env, "WAKALA_API_RATE_LIMIT", cls.api_rate_limit, 1, 1_000_000),
             api_rate_window_s=_int(env, "WAKALA_API_RATE_WINDOW_S", cls.api_rate_window_s, 1, 3600),
             payment_webhook_secret=env.get("WAKALA_PAYMENT_WEBHOOK_SECRET", ""),
+            reservation_sweep_s=_int(env, "WAKALA_RESERVATION_SWEEP_S", cls.reservation_sweep_s, 1, 3600),
+            view_refresh_s=_int(env, "WAKALA_VIEW_REFRESH_S", cls.view_refresh_s, 10, 86_400),
         )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from dispatch.auth import IssuedToken, TokenAuthenticator, TokenRejected, hash_token
+from dispatch.order_input import PAYMENT_METHODS
 from dispatch.pings import REVOKED_TOKEN, UNKNOWN_TOKEN
 from schema.db import TenantDatabase
 from schema.errors import WakalaError
@@ -66,8 +67,9 @@ CREATE_USER_SQL = "INSERT INTO users (phone_number, name, role) VALUES ($1, $2, 
 CREATE_CUSTOMER_SQL = "INSERT INTO customers (user_id, first_name) VALUES ($1, $2) RETURNING id"
 LINK_VENDOR_SQL = "UPDATE vendors SET user_id = $2, updated_at = now() WHERE id = $1 AND user_id IS NULL RETURNING id"
 CREATE_VENDOR_SQL = """
-INSERT INTO vendors (business_name, business_type, address, location, delivery_radius, minimum_order_value)
-VALUES ($1, $2, $3::jsonb, ST_SetSRID(ST_MakePoint($5, $4), 4326)::geography, $6, $7)
+INSERT INTO vendors (business_name, business_type, address, location, delivery_radius, minimum_order_value,
+                     payment_methods)
+VALUES ($1, $2, $3::jsonb, ST_SetSRID(ST_MakePoint($5, $4), 4326)::geography, $6, $7, $8::jsonb)
 RETURNING id
 """
 
@@ -153,9 +155,14 @@ async def _grant(tx: asyncpg.Connection, user_id: uuid.UUID, role: str, granted_
 
 async def create_vendor(db: TenantDatabase, tenant_id: object, body: Any) -> str:
     """A vendor (shop) from an API body: business_name, address (object), lat, lng,
-    optional business_type, delivery_radius_m (default 5000), minimum_order_value."""
+    optional business_type, delivery_radius_m (default 5000), minimum_order_value and
+    payment_methods (default ["cash"])."""
     body = _only(body, {"business_name", "business_type", "address", "lat", "lng", "delivery_radius_m",
-                        "minimum_order_value"})
+                        "minimum_order_value", "payment_methods"})
+    methods = body.get("payment_methods", ["cash"])
+    if (not isinstance(methods, list) or not methods
+            or any(not isinstance(m, str) or m not in PAYMENT_METHODS for m in methods)):
+        raise InvalidUser("payment_methods", f"must be a non-empty list of {', '.join(PAYMENT_METHODS)}")
     name = _text(body, "business_name")
     kind = _text(body, "business_type", required=False, max_len=100)
     address = body.get("address", {})
@@ -172,7 +179,7 @@ async def create_vendor(db: TenantDatabase, tenant_id: object, body: Any) -> str
         raise InvalidUser("minimum_order_value", "must be an amount from 0 to 99999.99") from None
     async with db.tenant_transaction(tenant_id) as tx:
         vendor = await tx.fetchval(CREATE_VENDOR_SQL, name, kind, json.dumps(address), lat, lng, radius,
-                                   minimum.quantize(Decimal("0.01")))
+                                   minimum.quantize(Decimal("0.01")), json.dumps(sorted(set(methods))))
     return str(vendor)
 
 

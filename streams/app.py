@@ -222,12 +222,14 @@ class IngestPipeline:
                 self.db = TenantDatabase(self.pg_settings)
                 self.pg_writer = PgLocationWriter(self.db, self.settings.pg_write_interval_s)
             # dispatch imports streams (records, the location store): import it when running
+            from dispatch.cache import Cache
             from dispatch.calibration import CalibrationStore
             from dispatch.offers import PostgresTransitions
             from dispatch.tracking import Tracker
 
+            transitions = None if self.db is None else PostgresTransitions(self.db, Cache(self.redis))
             self.tracker = Tracker(
-                self.redis, None if self.db is None else PostgresTransitions(self.db), db=self.db,
+                self.redis, transitions, db=self.db,
                 pickup_radius_m=self.settings.geofence_pickup_m,
                 dropoff_radius_m=self.settings.geofence_dropoff_m,
                 calibration=CalibrationStore(self.redis))   # the engines' shared calibration

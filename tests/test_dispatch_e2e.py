@@ -159,6 +159,14 @@ async def test_a_ready_order_goes_from_pending_to_delivered_through_the_public_i
             assert await status() == "picked_up"
 
             await b.drive(VENDOR, DROPOFF, steps=8)
+
+            async def arrived_at_dropoff():   # the worker sees the fence before the driver taps "delivered"
+                async with db.tenant_transaction(tenant.id, readonly=True) as tx:
+                    return await tx.fetchval(
+                        "SELECT count(*) FROM delivery_events_outbox WHERE delivery_id = $1 "
+                        "AND event_type = 'arrived_dropoff'", uuid.UUID(delivery))
+
+            await eventually(arrived_at_dropoff, within=15)
             async with httpx.AsyncClient(base_url=f"http://{addr}") as http:
                 resp = await http.post(f"/v1/drivers/deliveries/{delivery}/events",
                                        json={"event": "deliver", "proof_of_delivery": PROOF},
