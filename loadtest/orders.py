@@ -43,7 +43,7 @@ VENDOR_AT = (-26.2360, 27.9090)   # Orlando, Soweto
 PRODUCTS_SQL = """
 WITH p AS (
     INSERT INTO products (vendor_id, sku, name, description, price)
-    SELECT $1, 'BENCH-' || n, 'Bench item ' || n, 'A bench product', (5 + n % 40)::numeric + 0.99
+    SELECT $1, $4 || n, 'Bench item ' || n, 'A bench product', (5 + n % 40)::numeric + 0.99
     FROM generate_series(1, $2) AS n
     RETURNING id
 )
@@ -94,7 +94,7 @@ async def _populate(db: TenantDatabase, tenant: Tenant, bench: OrdersBench) -> B
         "lat": VENDOR_AT[0], "lng": VENDOR_AT[1], "delivery_radius_m": 20_000, "payment_methods": ["card"]})
     async with db.tenant_transaction(tenant.id) as tx:
         products = [str(r["product_id"]) for r in await tx.fetch(PRODUCTS_SQL, uuid.UUID(vendor),
-                                                                  bench.products, 10_000_000)]
+                                                                  bench.products, 10_000_000, "BENCH-")]
     tokens = []
     for i in range(bench.customers):
         user = await create_user(db, tenant.id, {"phone": f"+2776{i:07d}", "name": f"Customer {i}",
@@ -151,7 +151,7 @@ async def _throughput(http: httpx.AsyncClient, tenants: list[BenchTenant], bench
 
 async def _race(http: httpx.AsyncClient, db: TenantDatabase, t: BenchTenant, bench: OrdersBench) -> dict:
     async with db.tenant_transaction(t.tenant.id) as tx:
-        product = str((await tx.fetch(PRODUCTS_SQL, uuid.UUID(t.vendor_id), 1, bench.race_stock))[0]["product_id"])
+        product = str((await tx.fetch(PRODUCTS_SQL, uuid.UUID(t.vendor_id), 1, bench.race_stock, "RACE-"))[0]["product_id"])
     rng = random.Random(7)
     gate = asyncio.Event()
     latencies: list[float] = []
