@@ -108,7 +108,7 @@ async def run_demo() -> int:
     if leaked:
         return 1
     ok = await _live_locations(settings, demo[0])
-    print("\nThe city replay, matching and tracking arrive with issues 4-7; see README.md.")
+    print("\nThe city replay (issue 7) and the customer's tracking page (issue 6) are next; see README.md.")
     return 0 if ok else 1
 
 
@@ -117,14 +117,9 @@ DEMO_DRIVER = NewDriver("Thandeka", "Mokoena", "+27710009999", "DEMO-DRIVER-1", 
 ROUTE = [(-26.23790 + 0.00007 * i, 27.90830 + 0.00003 * i) for i in range(6)]
 
 
-async def _demo_driver(settings: PostgresSettings, tenant: Tenant) -> str:
+async def _demo_driver(settings: PostgresSettings, tenant: Tenant) -> tuple[str, str]:
     async with TenantDatabase(settings) as db:
-        async with db.tenant_transaction(tenant.id, readonly=True) as tx:
-            existing = await tx.fetchval("SELECT id FROM drivers WHERE license_number = $1",
-                                         DEMO_DRIVER.license_number)
-        driver_id = existing or await create_driver(db, tenant.id, DEMO_DRIVER)
-        token = await issue_driver_token(db, tenant.id, driver_id, ttl_s=3600)
-    return str(driver_id), token.token
+        return await _driver_with_token(db, tenant, DEMO_DRIVER)
 
 
 async def _live_locations(settings: PostgresSettings, tenant: Tenant) -> bool:
@@ -194,8 +189,170 @@ async def _live_locations(settings: PostgresSettings, tenant: Tenant) -> bool:
         ttl = await redis.pttl(f"driver:location:{driver_id}")
         print(f"key expires in {ttl / 1000:.1f} s unless the driver pings again; "
               f"available in H3 cell {cell}: {'yes' if driver_id in indexed else 'no'}")
-        print(f"OpenAPI: {base}/openapi.json (the engine stops with the demo)")
-        return driver_id in indexed
+        if driver_id not in indexed:
+            return False
+        return await _a_delivery(settings, tenant, f"127.0.0.1:{port}", (driver_id, token))
     finally:
         await redis.aclose()
         stop(engine)
+
+
+SECOND_DRIVER = NewDriver("Bongani", "Khumalo", "+27710009998", "DEMO-DRIVER-2", "motorbike", "GP 101-DEM")
+SHOP = (-26.23600, 27.90900)       # a spaza shop in Orlando West
+CUSTOMER = (-26.23950, 27.91500)   # ~700 m south-east
+NEAR, NEXT = (-26.23420, 27.90880), (-26.23880, 27.90860)   # ~200 m north, ~310 m south of the shop
+
+
+def _phone() -> str:
+    return "+2779" + f"{int.from_bytes(os.urandom(3), 'big') % 10**7:07d}"
+
+
+async def _a_delivery(settings: PostgresSettings, tenant: Tenant, addr: str, first: tuple[str, str]) -> bool:
+    """One order through the REST API and the drivers' app, from the shelf to the door."""
+    import httpx
+
+    from dispatch.users import create_user, issue_user_token
+    from loadtest.driver_sim import SimulatedDriver
+
+    print("\nA delivery, through the public interfaces only (REST API, driver websockets):")
+    async with TenantDatabase(settings) as db:
+        await _close_earlier_runs(db, tenant)
+        admin = await create_user(db, tenant.id, {"phone": _phone(), "name": "Demo admin", "role": "tenant_admin"})
+        admin_token = (await issue_user_token(db, tenant.id, admin["user_id"], ttl_s=3600)).token
+        second = await _driver_with_token(db, tenant, SECOND_DRIVER)
+    steps: list[tuple[str, str]] = []
+    started = time.monotonic()
+
+    def step(what: str) -> None:
+        steps.append((f"{time.monotonic() - started:6.1f} s", what))
+        print(f"  {steps[-1][0]}  {what}")
+
+    async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=15) as http:
+        async def call(method: str, path: str, token: str, body: dict | None = None) -> dict:
+            resp = await http.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
+            if resp.status_code >= 300:
+                raise RuntimeError(f"{method} {path}: HTTP {resp.status_code} {resp.text[:300]}")
+            return resp.json()
+
+        vendor = (await call("POST", "/v1/admin/vendors", admin_token, {
+            "business_name": "Mama Thoko Spaza", "address": {"street": "Vilakazi St, Orlando West"},
+            "lat": SHOP[0], "lng": SHOP[1], "delivery_radius_m": 5000, "minimum_order_value": "20.00",
+            "payment_methods": ["cash", "card"]}))["vendor_id"]
+
+        async def user(body: dict) -> str:
+            made = await call("POST", "/v1/admin/users", admin_token, body)
+            return (await call("POST", f"/v1/admin/users/{made['user_id']}/tokens", admin_token))["token"]
+
+        shop = await user({"phone": _phone(), "name": "Thoko", "role": "vendor", "vendor_id": vendor})
+        buyer = await user({"phone": _phone(), "name": "Thandi", "role": "customer"})
+        product = await call("POST", "/v1/vendor/products", shop, {
+            "sku": f"BREAD-{os.urandom(3).hex()}", "name": "Brown bread 700 g", "price": "17.50",
+            "description": "Fresh this morning", "initial_stock": 30})
+        step(f"vendor {vendor[:8]} lists '{product['name']}' at R{product['price']}, 30 in stock")
+        order = await call("POST", "/v1/orders", buyer, {
+            "vendor_id": vendor, "lines": [{"product_id": product["id"], "quantity": 3}],
+            "delivery_lat": CUSTOMER[0], "delivery_lng": CUSTOMER[1],
+            "delivery_address": {"street": "12 Mahalefele Rd"}, "payment_method": "cash"})
+        step(f"customer orders 3: {order['order_number']}, total R{order['total_amount']} "
+             f"(VAT R{order['tax_amount']}, delivery R{order['delivery_fee']}), stock reserved")
+        await call("POST", f"/v1/vendor/orders/{order['id']}/accept", shop)
+        async with SimulatedDriver(addr, *first, speed_mps=12, clock_lead_s=25) as a, \
+                SimulatedDriver(addr, *second, speed_mps=12, clock_lead_s=25) as b:
+            await a.ping(*NEAR)
+            await b.ping(*NEXT)
+            await asyncio.sleep(1.5)   # the worker lands both positions in the availability index
+            ready = await call("POST", f"/v1/vendor/orders/{order['id']}/ready", shop)
+            delivery = ready["delivery_id"]
+            step(f"vendor marks it ready: delivery {delivery[:8]} goes to the matcher")
+            offer = await _offer_of(a, delivery)
+            step(f"offer to the nearest driver {first[0][:8]}: pay R{offer['pay']}, "
+                 f"pickup in {offer['pickup_eta_s']} s, dropoff leg {offer['dropoff_eta_s']} s")
+            await a.send({"type": "offer_reply", "delivery_id": delivery, "accept": False})
+            step("  ... who declines")
+            await _offer_of(b, delivery)
+            reply = await b.send({"type": "offer_reply", "delivery_id": delivery, "accept": True})
+            step(f"next driver {second[0][:8]} is offered it and accepts: {reply.get('status', reply)}")
+            await b.drive(NEXT, SHOP, steps=4)
+            status = await _tracked_status(delivery, "at_pickup", 20)
+            step(f"the location worker sees the driver inside the shop's geofence: {status}")
+            if status != "at_pickup":
+                refused = [f for f in b.frames if f.get("type") == "error"][-3:]
+                step(f"  (not seen; the driver's last refusals: {refused or 'none'})")
+            await b.send({"type": "delivery_update", "delivery_id": delivery, "event": "pick_up"})
+            step("driver confirms pick-up")
+            await b.drive(SHOP, CUSTOMER, steps=6)
+            await asyncio.sleep(1.0)
+            reply = await b.send({"type": "delivery_update", "delivery_id": delivery, "event": "deliver",
+                                  "proof_of_delivery": {"code": "4821", "received_by": "Thandi"}})
+            step(f"driver delivers with a proof of delivery: {reply.get('status', reply)}")
+        final = await call("GET", f"/v1/orders/{order['id']}", buyer)
+        step(f"the customer sees order {final['order_number']}: {final['status']}")
+        print(f"OpenAPI: http://{addr}/openapi.json (the engine stops with the demo)")
+        return final["status"] == "delivered"
+
+
+async def _close_earlier_runs(db: TenantDatabase, tenant: Tenant) -> None:
+    """Deliveries an interrupted earlier demo left open would be offered to the demo drivers
+    first; cancel them (as an operator would) so this run starts clean."""
+    from dispatch.deliveries import transition
+    from dispatch.state import TERMINAL_STATES
+
+    async with db.tenant_transaction(tenant.id, readonly=True) as tx:
+        open_ids = [r["id"] for r in await tx.fetch(
+            "SELECT id FROM deliveries WHERE NOT (status = ANY($1::text[]))", [s.value for s in TERMINAL_STATES])]
+    for delivery_id in open_ids:
+        await transition(db, tenant.id, delivery_id, "cancel", actor="system:demo", reason="left open by an earlier demo")
+    if not open_ids:
+        return
+    # The cancel events reach the engine's dispatcher, which frees those drivers in Redis.
+    import redis.asyncio as aioredis
+
+    from streams.settings import StreamSettings
+
+    redis = aioredis.from_url(StreamSettings.from_env().redis_url)
+    try:
+        keys = [f"delivery:{what}:{d}" for d in open_ids for what in ("driver", "offer", "active")]
+        for _ in range(100):   # up to 20 s
+            if not await redis.exists(*keys):
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await redis.aclose()
+
+
+async def _offer_of(driver, delivery_id: str) -> dict:
+    """The driver's offer of this delivery; offers of others (older work of the demo tenant
+    that the matcher found waiting) are declined, as a busy driver would."""
+    while True:
+        offer = await asyncio.wait_for(driver.offers.get(), 30)
+        if offer["delivery_id"] == delivery_id:
+            return offer
+        await driver.send({"type": "offer_reply", "delivery_id": offer["delivery_id"], "accept": False})
+
+
+async def _tracked_status(delivery_id: str, wanted: str, within_s: float) -> str:
+    """The status in the live tracking document the location worker keeps (delivery:tracking:{id})."""
+    import redis.asyncio as aioredis
+
+    from streams.settings import StreamSettings
+
+    redis = aioredis.from_url(StreamSettings.from_env().redis_url)
+    status = "not tracked yet"
+    try:
+        deadline = time.monotonic() + within_s
+        while time.monotonic() < deadline:
+            raw = await redis.get(f"delivery:tracking:{delivery_id}")
+            status = json.loads(raw)["status"] if raw else status
+            if status == wanted:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await redis.aclose()
+    return status
+
+
+async def _driver_with_token(db: TenantDatabase, tenant: Tenant, new: NewDriver) -> tuple[str, str]:
+    async with db.tenant_transaction(tenant.id, readonly=True) as tx:
+        existing = await tx.fetchval("SELECT id FROM drivers WHERE license_number = $1", new.license_number)
+    driver_id = existing or await create_driver(db, tenant.id, new)
+    return str(driver_id), (await issue_driver_token(db, tenant.id, driver_id, ttl_s=3600)).token

@@ -4,8 +4,8 @@ Flow
 ----
 1. ``dispatch.deliveries.create_delivery`` writes a ``created`` event to the tenant's outbox;
    the relay (``OutboxRelay.run``) publishes it on ``delivery-events``.
-2. ``Dispatcher.run`` consumes ``delivery-events`` (one consumer group for every engine of a
-   deployment, so each event is handled by one of them). ``created`` starts matching:
+2. ``Dispatcher.run`` consumes ``delivery-events`` (every engine reads every partition; the
+   first to claim an event in Redis handles it, see ``run``). ``created`` starts matching:
    greedy (each delivery at once: ``nearest`` drivers, ETAs, an offer round) or batch (every
    ``window_s`` the window's deliveries of a tenant are solved together with
    ``assign_batch``; each round then starts with its optimal driver).
@@ -22,8 +22,9 @@ Flow
 Where the seed is silent: the driver's pay is the order's ``delivery_fee``; the maximum
 pickup distance is the vendor's ``delivery_radius``; an order asks for cold storage or
 particular vehicles with ``orders.metadata`` keys ``needs_cold_storage`` (bool) and
-``vehicle_types`` (list). Offsets are committed after the events are handled, so a crash
-handles them again; every step checks the delivery's state first, so that is harmless.
+``vehicle_types`` (list). Every step checks the delivery's state first, so an event handled
+twice is harmless, and a pending delivery that no round is working on is picked up by the
+periodic sweep.
 """
 
 from __future__ import annotations
@@ -40,23 +41,24 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from dispatch import active
 from dispatch.assignment import assign_batch
 from dispatch.cache import Cache
 from dispatch.calibration import CalibrationStore
-from dispatch.claims import DriverClaims
+from dispatch.claims import DriverClaims, delivery_offer_key
 from dispatch.deliveries import CREATED_EVENT, UnknownDelivery, transition
 from dispatch.drivers import VEHICLE_TYPES
 from dispatch.nearest import DriverFacts, load_driver_facts, nearest
-from dispatch.offers import OfferCandidate, OfferEngine, RoundOutcome
+from dispatch.offers import OfferCandidate, OfferEngine, RoundOutcome, round_key, tried_key
 from dispatch.ranking import Job, RankedCandidate
 from dispatch.state import DeliveryEvent, DeliveryState, IllegalTransition, InvalidFact
 from geo import CIRCUITY, EtaCalibration, distance_m, eta_seconds
 from schema.db import TenantDatabase
 from schema.errors import WakalaError
+from schema.tenants import list_tenants
 from streams.location_store import LocationStore, as_text, canonical_uuid, state_key
 
 __all__ = ["DispatchJob", "Dispatcher", "DriverUpdateRefused", "parse_driver_update"]
@@ -71,6 +73,18 @@ SELECT d.status, d.order_id,
        coalesce(v.delivery_radius, 5000) AS max_pickup_m
 FROM deliveries d JOIN orders o ON o.id = d.order_id JOIN vendors v ON v.id = o.vendor_id
 WHERE d.id = $1
+"""
+# Pending for a while: a round would have taken it to offered or unassigned by now.
+STRANDED_SQL = """
+SELECT id FROM deliveries
+WHERE status = 'pending' AND created_at < now() - interval '20 seconds'
+ORDER BY created_at LIMIT 100
+"""
+# KEYS: the shared offsets hash. ARGV: partition, next offset. Positions only move forward.
+_ADVANCE = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
 """
 LEG_SQL = """
 SELECT estimated_duration_s, actual_duration_s,
@@ -337,6 +351,19 @@ class Dispatcher:
             self.retry_soon(tenant_id)
         return state
 
+    async def forget(self, delivery_id: str) -> None:
+        """Drop the Redis side of a delivery that has ended: the driver's slot (``release``
+        makes a busy driver available), an open offer, the round and the tracked copy.
+        Idempotent; run for every deliver/fail/cancel event, whoever caused it."""
+        driver = await self.claims.driver_of(delivery_id)
+        if driver is not None:
+            await self.claims.release(driver, delivery_id)
+        offered = await self.redis.get(delivery_offer_key(delivery_id))
+        if offered is not None:
+            await self.claims.decline(as_text(offered), delivery_id)
+        await self.redis.delete(round_key(delivery_id), tried_key(delivery_id))
+        await active.delete(self.redis, delivery_id)
+
     async def _learn(self, tenant_id: str, delivery_id: str) -> None:
         async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
             leg = await tx.fetchrow(LEG_SQL, uuid.UUID(delivery_id))
@@ -350,6 +377,7 @@ class Dispatcher:
         """Handle a batch of ``delivery-events`` messages (see ``dispatch.outbox.event_message``)."""
         created: dict[str, list[str]] = {}
         freed: set[str] = set()
+        ended: list[str] = []
         for event in events:
             try:
                 tenant = canonical_uuid(event["tenant_id"], "tenant_id")
@@ -362,6 +390,9 @@ class Dispatcher:
                 created.setdefault(tenant, []).append(delivery)
             elif kind in _FREEING:
                 freed.add(tenant)
+                ended.append(delivery)
+        for delivery in ended:   # however it ended (driver, vendor, customer, operator)
+            await self.forget(delivery)
         for tenant, deliveries in created.items():
             if self.mode == "batch":
                 await self.dispatch_batch(tenant, deliveries)
@@ -371,12 +402,33 @@ class Dispatcher:
             await self.retry(tenant)
 
     async def run(self, bootstrap: str, topic: str, group: str) -> None:
-        """Consume ``delivery-events`` until cancelled; the periodic retry runs alongside."""
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
-                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        """Consume ``delivery-events`` until cancelled; the periodic retry runs alongside.
+
+        Every engine reads every partition (no consumer group: on tansu a group left uncleanly
+        by a killed engine was seen to rebalance forever, starving the dispatcher). Each event
+        is handled by the one engine that claims it first (``SET NX`` on its id), and the read
+        position is shared in Redis (``dispatch:offsets:{group}``, only moving forward), so a
+        restarted engine resumes where the deployment left off. An engine that dies holding a
+        claim loses at most that event's trigger: the pending sweep (``_sweep_pending``) finds
+        the delivery again.
+        """
+        offsets = f"dispatch:offsets:{group}:{topic}"
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
         retries = asyncio.create_task(self._retry_forever(), name="unassigned-retry")
         try:
             await consumer.start()
+            await consumer.topics()   # metadata, so the partitions are known
+            partitions = sorted(consumer.partitions_for_topic(topic) or ())
+            if not partitions:
+                raise RuntimeError(f"topic {topic} has no partitions yet")
+            tps = [TopicPartition(topic, p) for p in partitions]
+            consumer.assign(tps)
+            stored = {as_text(k): int(as_text(v)) for k, v in (await self.redis.hgetall(offsets)).items()}
+            for tp in tps:
+                if str(tp.partition) in stored:
+                    consumer.seek(tp, stored[str(tp.partition)])
+                else:
+                    await consumer.seek_to_beginning(tp)
             while True:
                 timeout_ms = round(self.window_s * 1000) if self.mode == "batch" else 200
                 batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=500)
@@ -384,6 +436,8 @@ class Dispatcher:
                     await asyncio.sleep(max(0.0, self.window_s - 0.05))   # let the window fill
                     for tp, more in (await consumer.getmany(timeout_ms=0, max_records=5000)).items():
                         batches.setdefault(tp, []).extend(more)
+                if not batches:
+                    continue
                 events = []
                 for messages in batches.values():
                     for message in messages:
@@ -391,28 +445,48 @@ class Dispatcher:
                             events.append(json.loads(message.value))
                         except (ValueError, TypeError):
                             log.warning("ignored an undecodable delivery event at offset %s", message.offset)
-                if events:
-                    try:
-                        await self.handle(events)
-                    except Exception:
-                        # Postgres or Redis away: do not commit; the events come again.
-                        log.exception("dispatching %d delivery events failed; retrying", len(events))
-                        for tp in batches:
-                            consumer.seek(tp, batches[tp][0].offset)
-                        await asyncio.sleep(1)
-                        continue
-                if batches:
-                    await consumer.commit()
+                try:
+                    await self.handle(await self._claim(group, events))
+                except Exception:
+                    # Postgres or Redis away: the claims lapse and the sweep finds what was missed.
+                    log.exception("dispatching %d delivery events failed", len(events))
+                    await asyncio.sleep(1)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for tp, messages in batches.items():
+                        pipe.eval(_ADVANCE, 1, offsets, tp.partition, messages[-1].offset + 1)
+                    await pipe.execute()
         finally:
             retries.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retries
             for task in list(self._tasks):
                 task.cancel()
-            # Leaving the group can take the broker seconds (measured 3-13 s on tansu); the
-            # group notices a member that left without saying so at its session timeout.
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(consumer.stop(), 1.0)
+                await asyncio.wait_for(consumer.stop(), 2.0)
+
+    async def _claim(self, group: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The events this engine is first to claim (by event id; one hour)."""
+        ids = [e.get("id") if isinstance(e, dict) else None for e in events]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event_id in ids:
+                pipe.set(f"dispatch:event:{group}:{event_id}", "1", nx=True, ex=3600)
+            won = await pipe.execute()
+        return [e for e, event_id, ok in zip(events, ids, won, strict=True) if ok and event_id is not None]
+
+    async def _sweep_pending(self) -> int:
+        """Dispatch pending deliveries that no round is working on (a lost trigger)."""
+        started = 0
+        for tenant in await list_tenants(self.db.settings):
+            if tenant.status != "active":
+                continue
+            async with self.db.tenant_transaction(tenant.id, readonly=True) as tx:
+                rows = await tx.fetch(STRANDED_SQL)
+            for row in rows:
+                delivery = str(row["id"])
+                if not await self.redis.exists(round_key(delivery)):
+                    if await self.dispatch(str(tenant.id), delivery) is not None:
+                        started += 1
+        return started
 
     async def _retry_forever(self) -> None:
         while True:
@@ -420,6 +494,8 @@ class Dispatcher:
             try:
                 for tenant in await self.offers.unassigned_tenants():
                     await self.retry(tenant)
+                if (swept := await self._sweep_pending()):
+                    log.info("started %d offer rounds for pending deliveries that had none", swept)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -28,7 +28,8 @@ class SimulatedDriver:
     """One driver's app: ``async with SimulatedDriver(addr, id, token) as d`` connects the
     websocket and starts the shift; offers land in ``d.offers``, replies in ``d.replies``."""
 
-    def __init__(self, addr: str, driver_id: str, token: str, *, speed_mps: float = 20.0) -> None:
+    def __init__(self, addr: str, driver_id: str, token: str, *, speed_mps: float = 20.0,
+                 clock_lead_s: float = 110.0) -> None:
         self.addr, self.driver_id, self.token = addr, driver_id, token
         self.speed_mps = speed_mps
         self.frames: list[dict] = []
@@ -36,9 +37,11 @@ class SimulatedDriver:
         self.replies: asyncio.Queue = asyncio.Queue()
         self.ws: Any = None
         self._reader: asyncio.Task | None = None
-        # The phone's clock for its fixes: starts in the (still live) past so that a drive at a
-        # plausible speed never stamps a fix in the future.
-        self.at = time.time() - 110
+        # The phone's clock for its fixes: starts ``clock_lead_s`` in the (still live: keep it
+        # under the engine's location TTL) past, so a drive at a plausible speed, faster than
+        # real time, stamps no fix too far in the future.
+        self.clock_lead_s = clock_lead_s
+        self.at = time.time() - clock_lead_s
 
     async def __aenter__(self) -> SimulatedDriver:
         self.ws = await websockets.connect(f"ws://{self.addr}/v1/drivers/stream",
@@ -68,7 +71,8 @@ class SimulatedDriver:
                 await self.replies.put(frame)
 
     async def ping(self, lat: float, lng: float, after_s: float = 1.0) -> None:
-        self.at += after_s
+        # never further behind real time than we started (a long wait must not make fixes stale)
+        self.at = max(self.at + after_s, time.time() - self.clock_lead_s)
         await self.ws.send(json.dumps(fix(self.driver_id, lat, lng, self.at)))
 
     async def drive(self, start: tuple[float, float], end: tuple[float, float], steps: int = 6,

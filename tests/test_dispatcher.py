@@ -34,7 +34,7 @@ from dispatch.claims import (
     delivery_offer_key,
     offer_key,
 )
-from dispatch.deliveries import create_delivery
+from dispatch.deliveries import create_delivery, transition
 from dispatch.dispatcher import (
     MAX_PROOF_BYTES,
     MAX_REASON_CHARS,
@@ -395,6 +395,33 @@ async def test_a_delivery_nobody_can_take_is_unassigned_then_retried_when_a_driv
         assert (await _row(m.db, m.tenant_id, delivery))["events"] == unassigned["events"] + 2   # retry, offer
         assert await m.offers.unassigned(m.tenant_id) == set()
         assert m.tenant_id not in await m.offers.unassigned_tenants()
+
+
+async def test_a_delivery_ended_by_anyone_frees_its_driver_offer_and_tracking(platform, stream_settings):
+    """A cancel (a vendor, a customer, an operator) reaches the dispatcher as an event: the
+    assigned driver's slot, an open offer, the round and the tracked copy all go."""
+    async with matcher(platform, stream_settings) as m:
+        (assigned, _), (offered, _) = await _driver(m.db, m.tenant_id, 1), await _driver(m.db, m.tenant_id, 2)
+        await put_live(m.store, m.tenant_id, [(assigned, *destination(*VENDOR, 0.0, 200), "motorbike")])
+        first = await m.delivery(VENDOR)
+        assert await m.dispatcher.dispatch(m.tenant_id, first) == RoundOutcome(first, "offered", assigned)
+        assert (await m.offers.reply(assigned, first, True)).status == "assigned"
+        assert await m.store.status(assigned) == "busy" and await m.redis.exists(active.active_key(first))
+        await put_live(m.store, m.tenant_id, [(offered, *destination(*VENDOR, 180.0, 300), "motorbike")])
+        second = await m.delivery(VENDOR)
+        assert await m.dispatcher.dispatch(m.tenant_id, second) == RoundOutcome(second, "offered", offered)
+
+        for delivery in (first, second):
+            await transition(m.db, m.tenant_id, delivery, "cancel", actor="system:test", reason="shop closed")
+        await m.dispatcher.handle([
+            {"id": str(uuid.uuid4()), "tenant_id": m.tenant_id, "delivery_id": d, "type": "cancel"}
+            for d in (first, second)])
+
+        assert await m.store.status(assigned) == "available"
+        assert await m.dispatcher.claims.active_deliveries(assigned) == set()
+        assert await m.dispatcher.claims.offer_of(offered) is None
+        assert not await m.redis.exists(active.active_key(first), round_key(second))
+        await m.dispatcher.handle([{"id": "x", "tenant_id": m.tenant_id, "delivery_id": first, "type": "cancel"}])
 
 
 # -- 5. offers across engine processes ----------------------------------------------------------------
