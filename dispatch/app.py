@@ -30,6 +30,7 @@ from dispatch.orders import run_reservation_sweeper
 from dispatch.outbox import OutboxRelay
 from dispatch.ratelimit import SlidingWindowLimiter
 from dispatch.settings import EngineSettings
+from dispatch.tracking_page import router as tracking_page_router
 from dispatch.users import UserAuthenticator
 from schema.db import TenantDatabase
 from schema.settings import PostgresSettings
@@ -136,6 +137,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
     app = FastAPI(title="Wakala dispatch engine", version="0.1.0", lifespan=lifespan,
                   description="Streaming geospatial dispatch and tracking for last-mile commerce.")
     app.include_router(router)
+    app.include_router(tracking_page_router)
     install_api(app)
 
     @app.get("/healthz", tags=["operators"])
