@@ -29,7 +29,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from dispatch import catalogue, orders
+from dispatch import catalogue, orders, tracking_links
 from dispatch.auth import TokenRejected
 from dispatch.gateway import Refused, bearer, parse_json, read_body
 from dispatch.users import AuthUser, create_user, create_vendor, issue_user_token
@@ -280,20 +280,32 @@ async def vendor_adjust_stock(request: Request, product_id: str) -> dict:
         reason=payload["reason"], actor=_actor(user)))
 
 
+async def _party_orders(request: Request, role: str, status: str | None, limit: int) -> dict:
+    """The caller's orders: a vendor's, or a customer's own."""
+    user = await caller(request, role)
+    _limit(limit)
+    party = {"vendor_id": _vendor(user)} if role == "vendor" else {"customer_id": _customer(user)}
+    return {"orders": await call(orders.list_orders(request.app.state.db, user.tenant_id, status=status,
+                                                     limit=limit, **party))}
+
+
+async def _party_order(request: Request, role: str, order_id: str) -> dict:
+    """One order of the caller (404 for anyone else's)."""
+    user = await caller(request, role)
+    state = request.app.state
+    party = {"vendor_id": _vendor(user)} if role == "vendor" else {"customer_id": _customer(user)}
+    return await call(orders.get_order(state.db, user.tenant_id, _uuid(order_id, "order_id"),
+                                       cache=state.cache, **party))
+
+
 @router.get("/v1/vendor/orders", tags=["vendors"], summary="The vendor's orders, newest first")
 async def vendor_orders(request: Request, status: str | None = None, limit: int = 50) -> dict:
-    user = await caller(request, "vendor")
-    _limit(limit)
-    return {"orders": await call(orders.list_orders(request.app.state.db, user.tenant_id,
-                                                     vendor_id=_vendor(user), status=status, limit=limit))}
+    return await _party_orders(request, "vendor", status, limit)
 
 
 @router.get("/v1/vendor/orders/{order_id}", tags=["vendors"])
 async def vendor_order(request: Request, order_id: str) -> dict:
-    user = await caller(request, "vendor")
-    state = request.app.state
-    return await call(orders.get_order(state.db, user.tenant_id, _uuid(order_id, "order_id"),
-                                       vendor_id=_vendor(user), cache=state.cache))
+    return await _party_order(request, "vendor", order_id)
 
 
 @router.post("/v1/vendor/orders/{order_id}/accept", tags=["vendors"])
@@ -330,6 +342,22 @@ async def vendor_cancel(request: Request, order_id: str) -> dict:
     return await call(orders.cancel_order(state.db, user.tenant_id, _uuid(order_id, "order_id"), actor=_actor(user),
                                           reason=_reason(await body(request)), vendor_id=_vendor(user),
                                           cache=state.cache))
+
+
+@router.post("/v1/vendor/orders/{order_id}/tracking-link", tags=["vendors"], status_code=201,
+             summary="A tracking link for the order's customer (shown once), e.g. to send on WhatsApp",
+             responses={404: {"description": "not this vendor's order"},
+                        409: {"description": "no delivery yet (before ready), or it ended too long ago"}})
+async def vendor_tracking_link(request: Request, order_id: str) -> dict:
+    user = await caller(request, "vendor")
+    return await _tracking_link(request, user, order_id, vendor_id=_vendor(user))
+
+
+async def _tracking_link(request: Request, user: AuthUser, order_id: str, **owner: str) -> dict:
+    state = request.app.state
+    issued = await call(tracking_links.issue_link(state.db, user.tenant_id, _uuid(order_id, "order_id"),
+                                                  grace_s=state.engine.tracking_link_grace_s, **owner))
+    return {"token": issued.token, "url": issued.url, "delivery_id": issued.delivery_id}
 
 
 # -- customers ---------------------------------------------------------------------------------
@@ -375,18 +403,12 @@ async def place(request: Request) -> dict:
 
 @router.get("/v1/orders", tags=["customers"])
 async def my_orders(request: Request, status: str | None = None, limit: int = 50) -> dict:
-    user = await caller(request, "customer")
-    _limit(limit)
-    return {"orders": await call(orders.list_orders(request.app.state.db, user.tenant_id,
-                                                     customer_id=_customer(user), status=status, limit=limit))}
+    return await _party_orders(request, "customer", status, limit)
 
 
 @router.get("/v1/orders/{order_id}", tags=["customers"])
 async def my_order(request: Request, order_id: str) -> dict:
-    user = await caller(request, "customer")
-    state = request.app.state
-    return await call(orders.get_order(state.db, user.tenant_id, _uuid(order_id, "order_id"),
-                                       customer_id=_customer(user), cache=state.cache))
+    return await _party_order(request, "customer", order_id)
 
 
 @router.post("/v1/orders/{order_id}/cancel", tags=["customers"], openapi_extra=_doc({"reason": "ordered twice"}))
@@ -396,6 +418,15 @@ async def cancel(request: Request, order_id: str) -> dict:
     return await call(orders.cancel_order(state.db, user.tenant_id, _uuid(order_id, "order_id"), actor=_actor(user),
                                           reason=_reason(await body(request)), customer_id=_customer(user),
                                           cache=state.cache))
+
+
+@router.post("/v1/orders/{order_id}/tracking-link", tags=["customers"], status_code=201,
+             summary="A link to watch the order's delivery live (shown once; GET /t/{token})",
+             responses={404: {"description": "not this customer's order"},
+                        409: {"description": "no delivery yet (before ready), or it ended too long ago"}})
+async def tracking_link(request: Request, order_id: str) -> dict:
+    user = await caller(request, "customer")
+    return await _tracking_link(request, user, order_id, customer_id=_customer(user))
 
 
 @router.post("/v1/orders/{order_id}/return", tags=["customers"], openapi_extra=_doc({

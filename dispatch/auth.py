@@ -143,11 +143,23 @@ class TokenAuthenticator(Generic[P]):
         self._listener: asyncio.Task | None = None
         self._revoked_callbacks: list = []
 
+    verify_sql: str              # one row by $1 = token hash: revoked_at, expires_at, the principal
+    status_column: str           # the row's column that must read 'active'
+
     def parse(self, token: object) -> uuid.UUID:
         raise NotImplementedError
 
-    async def _lookup(self, tenant_id: uuid.UUID, token_hash: str) -> P | TokenRejected:
+    def principal(self, tenant_id: uuid.UUID, token_hash: str, row) -> P:
         raise NotImplementedError
+
+    async def _lookup(self, tenant_id: uuid.UUID, token_hash: str) -> P | TokenRejected:
+        async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
+            row = await tx.fetchrow(self.verify_sql, token_hash)
+        if row is None or row[self.status_column] != "active":
+            return TokenRejected(UNKNOWN_TOKEN, "the token is not valid")
+        if row["revoked_at"] is not None:
+            return TokenRejected(REVOKED_TOKEN, "the token was revoked")
+        return self.principal(tenant_id, token_hash, row)
 
     def on_revoked(self, callback) -> None:
         """Call ``callback(token_hash)`` when any process revokes a token (to close its sockets)."""
@@ -204,16 +216,13 @@ class TokenAuthenticator(Generic[P]):
 class DriverAuthenticator(TokenAuthenticator[AuthDriver]):
     """Driver tokens (``wkd_...``): the gateway's websocket and HTTP ingest."""
 
+    verify_sql = VERIFY_SQL
+    status_column = "driver_status"
+
     def parse(self, token: object) -> uuid.UUID:
         return parse_token(token)
 
-    async def _lookup(self, tenant_id: uuid.UUID, token_hash: str) -> AuthDriver | TokenRejected:
-        async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
-            row = await tx.fetchrow(VERIFY_SQL, token_hash)
-        if row is None or row["driver_status"] != "active":
-            return TokenRejected(UNKNOWN_TOKEN, "the token is not valid")
-        if row["revoked_at"] is not None:
-            return TokenRejected(REVOKED_TOKEN, "the token was revoked")
+    def principal(self, tenant_id: uuid.UUID, token_hash: str, row) -> AuthDriver:
         return AuthDriver(
             tenant_id=str(tenant_id), driver_id=str(row["driver_id"]), vehicle_type=row["vehicle_type"],
             has_cold_storage=bool(row["has_cold_storage"]), token_id=str(row["id"]),

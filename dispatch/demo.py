@@ -17,7 +17,7 @@ import time
 from dispatch.auth import issue_driver_token
 from dispatch.console import format_table
 from dispatch.drivers import NewDriver, create_driver
-from dispatch.processes import spawn_wakala, stop
+from dispatch.processes import spawn_wakala, stop, wait_healthy
 from schema.connect import connection
 from schema.db import TenantDatabase
 from schema.errors import TenantExists
@@ -144,13 +144,7 @@ async def _live_locations(settings: PostgresSettings, tenant: Tenant) -> bool:
     try:
         base = f"http://127.0.0.1:{port}"
         async with httpx.AsyncClient(base_url=base, timeout=5) as http:
-            for _ in range(100):
-                try:
-                    if (await http.get("/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.2)
-            else:
+            if not await wait_healthy(http, within_s=20):
                 print("the engine did not start; see the log")
                 return False
             auth = {"Authorization": f"Bearer {token}"}

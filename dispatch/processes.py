@@ -28,3 +28,19 @@ def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+async def wait_healthy(http, within_s: float = 30.0) -> bool:
+    """Poll ``GET /healthz`` on an ``httpx.AsyncClient`` until the engine answers 200."""
+    import asyncio
+
+    import httpx
+
+    for _ in range(max(1, round(within_s / 0.2))):
+        try:
+            if (await http.get("/healthz")).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.2)
+    return False

@@ -23,7 +23,7 @@ import asyncpg
 
 from dispatch.auth import IssuedToken, TokenAuthenticator, TokenRejected, hash_token
 from dispatch.order_input import PAYMENT_METHODS
-from dispatch.pings import REVOKED_TOKEN, UNKNOWN_TOKEN
+from dispatch.pings import UNKNOWN_TOKEN
 from schema.db import TenantDatabase
 from schema.errors import WakalaError
 
@@ -105,16 +105,13 @@ def parse_user_token(token: object) -> uuid.UUID:
 class UserAuthenticator(TokenAuthenticator[AuthUser]):
     """User tokens (``wku_...``) of the REST API."""
 
+    verify_sql = VERIFY_SQL
+    status_column = "status"
+
     def parse(self, token: object) -> uuid.UUID:
         return parse_user_token(token)
 
-    async def _lookup(self, tenant_id: uuid.UUID, token_hash: str) -> AuthUser | TokenRejected:
-        async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
-            row = await tx.fetchrow(VERIFY_SQL, token_hash)
-        if row is None or row["status"] != "active":
-            return TokenRejected(UNKNOWN_TOKEN, "the token is not valid")
-        if row["revoked_at"] is not None:
-            return TokenRejected(REVOKED_TOKEN, "the token was revoked")
+    def principal(self, tenant_id: uuid.UUID, token_hash: str, row) -> AuthUser:
         return AuthUser(
             str(tenant_id), str(row["user_id"]), frozenset(row["roles"]),
             None if row["vendor_id"] is None else str(row["vendor_id"]),

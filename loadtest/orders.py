@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import httpx
 
 from dispatch.api import sign
-from dispatch.processes import spawn_wakala, stop
+from dispatch.processes import spawn_wakala, stop, wait_healthy
 from dispatch.users import create_user, create_vendor, issue_user_token
 from loadtest.report import emit, percentiles_ms
 from schema.db import TenantDatabase
@@ -190,13 +190,7 @@ async def run_orders_bench(bench: OrdersBench) -> dict:
         try:
             limits = httpx.Limits(max_connections=max(bench.clients, bench.race_clients))
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60, limits=limits) as http:
-                for _ in range(150):
-                    try:
-                        if (await http.get("/healthz")).status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        await asyncio.sleep(0.2)
-                else:
+                if not await wait_healthy(http):
                     raise RuntimeError("the engine did not start; see .wakala/bench-orders.log")
                 run = await _throughput(http, populated, bench, secret)
                 race = await _race(http, db, populated[0], bench)
