@@ -34,6 +34,10 @@ class EngineSettings:
     payment_webhook_secret: str = ""     # HMAC key of the payment gateway's callbacks ("" = refuse them)
     reservation_sweep_s: int = 30        # how often expired stock reservations are released
     view_refresh_s: int = 900            # materialized views refreshed and popular products warmed
+    tracking_link_grace_s: int = 3600    # a tracking link outlives its delivery's end by this much
+    hub_queue_max: int = 32              # frames (not positions) waiting for one watcher before 4408 too_slow
+    hub_heartbeat_s: int = 15            # heartbeat frames to every watcher and vendor screen
+    hub_stall_s: int = 30                # one frame's send blocked this long: 4408 too_slow
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
@@ -61,6 +65,10 @@ class EngineSettings:
             payment_webhook_secret=env.get("WAKALA_PAYMENT_WEBHOOK_SECRET", ""),
             reservation_sweep_s=_int(env, "WAKALA_RESERVATION_SWEEP_S", cls.reservation_sweep_s, 1, 3600),
             view_refresh_s=_int(env, "WAKALA_VIEW_REFRESH_S", cls.view_refresh_s, 10, 86_400),
+            tracking_link_grace_s=_int(env, "WAKALA_TRACKING_LINK_GRACE_S", cls.tracking_link_grace_s, 0, 30 * 86_400),
+            hub_queue_max=_int(env, "WAKALA_HUB_QUEUE_MAX", cls.hub_queue_max, 1, 100_000),
+            hub_heartbeat_s=_int(env, "WAKALA_HUB_HEARTBEAT_S", cls.hub_heartbeat_s, 1, 3600),
+            hub_stall_s=_int(env, "WAKALA_HUB_STALL_S", cls.hub_stall_s, 1, 3600),
         )
 
 
