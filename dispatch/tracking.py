@@ -14,7 +14,9 @@ The location worker (``streams.app``) hands every batch of landed pings to
   once, an ``arrived_dropoff`` outbox event (``deliveries.record_event``, only while still
   ``picked_up``). It changes no state: delivering stays the driver's act, with proof.
 * **ETA** — the time left, written to ``delivery:tracking:{id}`` (JSON, TTL 60 s) and
-  published on the channel of the same name, one pipeline for the batch.
+  published on the channel of the same name, one pipeline for the batch. The document also
+  carries the ping's ``received_at`` (gateway accept time), so the tracking hub
+  (``dispatch.hub``) and its benchmark can measure ping-to-watcher latency.
 
 Fences are ``geo.Geofence`` circles (shapely polygons in a local azimuthal-equidistant
 plane, prepared), built once per delivery and leg and kept in a bounded cache: building one
@@ -285,4 +287,5 @@ def _document(delivery: ActiveDelivery, status: str, ping: DriverPing, at: datet
         "eta_pickup_s": None if eta_pickup is None else round(eta_pickup),
         "eta_dropoff_s": round(eta_dropoff),
         "updated_at": round(now_s, 3),
+        "received_at": ping.received_at,   # gateway accept time: the hub's end-to-end latency
     }, separators=(",", ":"))

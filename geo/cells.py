@@ -7,7 +7,7 @@ default resolution) rather than on h3's naming, which changed wholesale between 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import cache
 
 import h3
@@ -19,6 +19,7 @@ __all__ = [
     "cell_center",
     "cell_of",
     "cells_of",
+    "covering_grid",
     "disk",
     "is_valid_cell",
     "k_for_radius",
@@ -129,3 +130,39 @@ def parent(cell: str, res: int) -> str:
 def is_valid_cell(cell: object) -> bool:
     """Whether ``cell`` is a valid H3 cell index string; never raises."""
     return isinstance(cell, str) and h3.is_valid_cell(cell)
+
+
+def covering_grid(points: Sequence[tuple[float, float]], res: int = DEFAULT_RES, *, max_cells: int = 400,
+                  pad_m: float = 400.0, min_res: int = 5) -> tuple[int, list[list[list[float]]]]:
+    """A light grid under some points: the boundaries (``[[lat, lng], ...]`` per cell) of the
+    cells covering the points' bounding box padded by ``pad_m``, at ``res`` or, if that takes
+    more than ``max_cells`` cells, the finest coarser resolution (not below ``min_res``) that
+    does not. Returns ``(resolution, boundaries)``.
+
+    The point cells are always included, so a box thinner than a cell still gets a grid. Not
+    meant for boxes spanning the antimeridian (a city's deliveries never do).
+    """
+    if not points:
+        raise ValueError("covering_grid needs at least one point")
+    lats = [p[0] for p in points]
+    lngs = [p[1] for p in points]
+    pad_lat = pad_m / 111_320.0
+    pad_lng = pad_m / (111_320.0 * max(0.01, math.cos(math.radians(sum(lats) / len(lats)))))
+    south, north = max(-89.9, min(lats) - pad_lat), min(89.9, max(lats) + pad_lat)
+    west, east = max(-180.0, min(lngs) - pad_lng), min(180.0, max(lngs) + pad_lng)
+    box = h3.LatLngPoly([(south, west), (south, east), (north, east), (north, west)])
+    for r in range(res, min_res - 1, -1):
+        # estimate first: polygon_to_cells on a huge box at a fine resolution is itself costly
+        if r > min_res and _box_area_km2(south, west, north, east) / h3.average_hexagon_area(r, "km^2") > 2 * max_cells:
+            continue
+        cells = set(h3.polygon_to_cells(box, r))
+        cells.update(h3.latlng_to_cell(lat, lng, r) for lat, lng in points)
+        if len(cells) <= max_cells or r == min_res:
+            return r, [[[round(a, 6), round(b, 6)] for a, b in h3.cell_to_boundary(c)] for c in sorted(cells)]
+    raise AssertionError("unreachable: the last resolution always returns")
+
+
+def _box_area_km2(south: float, west: float, north: float, east: float) -> float:
+    height = (north - south) * 111.32
+    width = (east - west) * 111.32 * math.cos(math.radians((north + south) / 2))
+    return max(height * width, 0.0)

@@ -168,7 +168,8 @@ async def test_a_far_ping_writes_and_publishes_an_eta_and_changes_no_state(track
     async with redis.pubsub() as sub:
         await sub.subscribe(tracking_key(str(w.delivery_id)))
         await sub.get_message(timeout=1.0)   # the subscription's confirmation
-        outcome = await tracker.on_pings(pings_at(w, driver, heading_deg=20.0, speed_mps=9.5))
+        sent = pings_at(w, driver, heading_deg=20.0, speed_mps=9.5)
+        outcome = await tracker.on_pings(sent)
         published = await sub.get_message(timeout=2.0, ignore_subscribe_messages=True)
 
     assert outcome == TrackingOutcome(tracked=1, etas_written=1)
@@ -180,7 +181,7 @@ async def test_a_far_ping_writes_and_publishes_an_eta_and_changes_no_state(track
         "driver": {"id": w.driver_id, "lat": driver[0], "lng": driver[1], "heading_deg": 20.0,
                    "speed_mps": 9.5, "ts": NOW - 1},
         "eta_pickup_s": round(to_pickup), "eta_dropoff_s": round(to_dropoff),
-        "updated_at": round(NOW, 3),
+        "updated_at": round(NOW, 3), "received_at": sent[-1].received_at,
     }
     assert 0 < await redis.ttl(tracking_key(str(w.delivery_id))) <= TRACKING_TTL_S
     assert json.loads(published["data"]) == doc
