@@ -24,6 +24,8 @@ from dispatch.catalogue import run_view_refresher
 from dispatch.claims import DriverClaims
 from dispatch.dispatcher import Dispatcher
 from dispatch.gateway import DriverStreamRoute, Ingest, close_revoked, router
+from dispatch.hub import TrackingHub
+from dispatch.hub_sockets import HubRoute
 from dispatch.notify import RoutedNotifier
 from dispatch.offers import OfferEngine, PostgresTransitions, WebsocketNotifier
 from dispatch.orders import run_reservation_sweeper
@@ -55,7 +57,7 @@ async def _forever(run: Callable[..., Awaitable[None]], *args: object, **kwargs:
 
 
 def create_app(engine: EngineSettings | None = None, streams: StreamSettings | None = None,
-               pg: PostgresSettings | None = None) -> DriverStreamRoute:
+               pg: PostgresSettings | None = None) -> HubRoute:
     engine = engine or EngineSettings.from_env()
     streams = streams or StreamSettings.from_env()
     pg = pg or PostgresSettings.from_env()
@@ -100,6 +102,10 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
         await users.start()
         app.state.engine, app.state.users = engine, users
         app.state.api_limiter = SlidingWindowLimiter(redis, engine.api_rate_limit, engine.api_rate_window_s)
+        # The tracking hub (dispatch/hub.py): this process's tracking pages and vendor screens.
+        app.state.hub = hub = TrackingHub.from_settings(redis, db, engine, streams)
+        await hub.start()
+        users.on_revoked(hub.close_token)
 
         async def active_tenants() -> list:
             return [t.id for t in await list_tenants(pg) if t.status == "active"]
@@ -127,6 +133,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await hub.stop()
             await users.stop()
             await notifier.stop()
             await auth.stop()
@@ -165,7 +172,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return DriverStreamRoute(app)
+    return HubRoute(DriverStreamRoute(app))
 
 
 def uvicorn_config(app: FastAPI | str, engine: EngineSettings, **overrides) -> uvicorn.Config:
