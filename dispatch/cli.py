@@ -192,6 +192,13 @@ async def _bench(args: argparse.Namespace) -> int:
             clients=args.clients, seconds=args.seconds, customers=args.customers, products=args.products,
             workers=args.workers, race_clients=args.race_clients, race_stock=args.race_stock))
         return 0 if figures["race_succeeded"] == args.race_stock else 1
+    elif args.bench == "tracking":
+        from loadtest.tracking import TrackingBench, run_tracking_bench
+
+        figures = await run_tracking_bench(TrackingBench(
+            watchers=args.watchers, deliveries=args.deliveries, hz=args.hz, duration_s=args.duration,
+            clients=args.clients, workers=args.workers))
+        return 0 if figures["watchers_connected"] == args.watchers and figures["p99_ms"] is not None else 1
     elif args.bench == "matching":
         from loadtest.matching import MatchingBench, run_matching_bench
 
@@ -307,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     orders.add_argument("--workers", type=int, default=2, help="engine api processes")
     orders.add_argument("--race-clients", type=int, default=500)
     orders.add_argument("--race-stock", type=int, default=20)
+    track = bsub.add_parser("tracking", help="watchers on the tracking websocket while drivers ping: latency, frames/s")
+    track.add_argument("--watchers", type=int, default=5_000)
+    track.add_argument("--deliveries", type=int, default=100, help="active deliveries (one pinging driver each)")
+    track.add_argument("--hz", type=float, default=1.0, help="pings per driver per second")
+    track.add_argument("--duration", type=float, default=30.0, help="measured window, seconds")
+    track.add_argument("--clients", type=int, default=2, help="watcher processes")
+    track.add_argument("--workers", type=int, default=1, help="engine api processes (each runs a hub)")
     match = bsub.add_parser("matching", help="batch assignment vs greedy nearest-first, simulated")
     match.add_argument("--seed", type=int, default=7)
     match.add_argument("--minutes", type=float, default=60.0, help="order arrival period")
