@@ -337,11 +337,16 @@ async def vendor_ready(request: Request, order_id: str) -> dict:
 
 @router.post("/v1/vendor/orders/{order_id}/cancel", tags=["vendors"], openapi_extra=_doc({"reason": "closed early"}))
 async def vendor_cancel(request: Request, order_id: str) -> dict:
-    user = await caller(request, "vendor")
+    return await _party_cancel(request, "vendor", order_id)
+
+
+async def _party_cancel(request: Request, role: str, order_id: str) -> dict:
+    """Cancel one of the caller's orders (a vendor's, or a customer's own)."""
+    user = await caller(request, role)
     state = request.app.state
+    party = {"vendor_id": _vendor(user)} if role == "vendor" else {"customer_id": _customer(user)}
     return await call(orders.cancel_order(state.db, user.tenant_id, _uuid(order_id, "order_id"), actor=_actor(user),
-                                          reason=_reason(await body(request)), vendor_id=_vendor(user),
-                                          cache=state.cache))
+                                          reason=_reason(await body(request)), cache=state.cache, **party))
 
 
 @router.post("/v1/vendor/orders/{order_id}/tracking-link", tags=["vendors"], status_code=201,
@@ -413,11 +418,7 @@ async def my_order(request: Request, order_id: str) -> dict:
 
 @router.post("/v1/orders/{order_id}/cancel", tags=["customers"], openapi_extra=_doc({"reason": "ordered twice"}))
 async def cancel(request: Request, order_id: str) -> dict:
-    user = await caller(request, "customer")
-    state = request.app.state
-    return await call(orders.cancel_order(state.db, user.tenant_id, _uuid(order_id, "order_id"), actor=_actor(user),
-                                          reason=_reason(await body(request)), customer_id=_customer(user),
-                                          cache=state.cache))
+    return await _party_cancel(request, "customer", order_id)
 
 
 @router.post("/v1/orders/{order_id}/tracking-link", tags=["customers"], status_code=201,

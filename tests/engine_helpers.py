@@ -38,6 +38,13 @@ async def running_app(pg, streams, **engine_overrides) -> AsyncIterator[tuple[st
     app = create_app(engine, streams, pg)
     server = uvicorn.Server(uvicorn_config(app, engine))
     server.config.loop = "asyncio"
+    async with serving(server):
+        yield f"127.0.0.1:{engine.port}", app.state
+
+
+@contextlib.asynccontextmanager
+async def serving(server: uvicorn.Server) -> AsyncIterator[None]:
+    """Run a uvicorn server in this event loop until the block ends."""
     task = asyncio.create_task(server.serve())
     try:
         for _ in range(200):
@@ -47,8 +54,8 @@ async def running_app(pg, streams, **engine_overrides) -> AsyncIterator[tuple[st
                 task.result()
             await asyncio.sleep(0.05)
         else:
-            raise TimeoutError("the engine did not start within 10 s")
-        yield f"127.0.0.1:{engine.port}", app.state
+            raise TimeoutError("the server did not start within 10 s")
+        yield
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)

@@ -28,7 +28,7 @@ import uvicorn
 from fastapi import FastAPI, WebSocket
 
 from dispatch.tracking_page import PAGE, PAGE_GZIP, accepts_gzip, router
-from tests.engine_helpers import free_port
+from tests.engine_helpers import free_port, serving
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -185,18 +185,8 @@ async def serving_page_and_fake_hub() -> AsyncIterator[tuple[str, FakeHub]]:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio",
                                            loop="asyncio", lifespan="off", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.05)
+    async with serving(server):
         yield f"127.0.0.1:{port}", hub
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 15)
 
 
 def now() -> str:
