@@ -76,13 +76,14 @@ class SimulatedDriver:
         await self.ws.send(json.dumps(fix(self.driver_id, lat, lng, self.at)))
 
     async def drive(self, start: tuple[float, float], end: tuple[float, float], steps: int = 6,
-                    pause_s: float = 0.05) -> None:
-        """Pings along a straight line at ``speed_mps``, one per step."""
+                    pause_s: float = 0.05, *, realtime: bool = False) -> None:
+        """Pings along a straight line at ``speed_mps``, one per step; ``realtime`` waits each
+        step's travel time, otherwise the phone's clock runs ahead of the wall clock."""
         step_s = max(distance_m(*start, *end) / steps / self.speed_mps, 0.5)
         for i in range(1, steps + 1):
             f = i / steps
             await self.ping(start[0] + (end[0] - start[0]) * f, start[1] + (end[1] - start[1]) * f, step_s)
-            await asyncio.sleep(pause_s)
+            await asyncio.sleep(step_s if realtime else pause_s)
 
     async def send(self, frame: dict, timeout_s: float = 15.0) -> dict:
         """Send a frame and wait for its reply (offer_reply, delivery_update or error)."""
