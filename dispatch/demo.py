@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import time
 
 from dispatch.auth import issue_driver_token
 from dispatch.console import format_table
 from dispatch.drivers import NewDriver, create_driver
-from dispatch.processes import spawn_wakala, stop, wait_healthy
+from dispatch.processes import free_port, spawn_wakala, stop, wait_healthy
 from schema.connect import connection
 from schema.db import TenantDatabase
 from schema.errors import TenantExists
@@ -133,9 +132,7 @@ async def _live_locations(settings: PostgresSettings, tenant: Tenant) -> bool:
 
     driver_id, token = await _demo_driver(settings, tenant)
     streams = StreamSettings.from_env()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log_path = os.path.join(".wakala", "demo-engine.log")
     print(f"\nLive locations: starting the engine on http://127.0.0.1:{port} (log {log_path}) ...")
     engine = spawn_wakala(["engine", "all"], dict(os.environ, WAKALA_HTTP_PORT=str(port)), log_path)

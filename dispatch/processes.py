@@ -30,6 +30,15 @@ def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
             proc.wait()
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for an engine, a test server, a bench)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 async def wait_healthy(http, within_s: float = 30.0) -> bool:
     """Poll ``GET /healthz`` on an ``httpx.AsyncClient`` until the engine answers 200."""
     import asyncio

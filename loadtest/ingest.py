@@ -21,7 +21,6 @@ import multiprocessing as mp
 import os
 import random
 import secrets
-import socket
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -29,7 +28,7 @@ from dataclasses import dataclass, replace
 import redis.asyncio as aioredis
 
 from dispatch.auth import hash_token
-from dispatch.processes import spawn_wakala, stop
+from dispatch.processes import free_port, spawn_wakala, stop
 from loadtest.report import emit, percentiles_ms
 from schema.db import TenantDatabase
 from schema.errors import TenantExists
@@ -109,12 +108,6 @@ def _children(pid: int) -> list[int]:
             return [int(x) for x in f.read().split()]
     except OSError:
         return []
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _prepare(pg: PostgresSettings, streams: StreamSettings, n: int) -> tuple[str, list[tuple[str, str]]]:
@@ -278,14 +271,19 @@ async def _wait_http(addr: str, limit_s: float = 30) -> None:
     raise RuntimeError(f"the gateway at {addr} did not start; see .wakala/bench-api.log")
 
 
+def fresh_streams() -> StreamSettings:
+    """Stream settings with location topics and a consumer group of this bench run only."""
+    suffix = uuid.uuid4().hex[:8]
+    return replace(StreamSettings.from_env(), locations_topic=f"driver-locations-bench-{suffix}",
+                   dead_letters_topic=f"dead-letters-bench-{suffix}", app_id=f"wakala-bench-{suffix}")
+
+
 async def run_ingest_bench(bench: IngestBench) -> dict[str, object]:
     pg = PostgresSettings.from_env()
-    suffix = uuid.uuid4().hex[:8]
-    streams = replace(StreamSettings.from_env(), locations_topic=f"driver-locations-bench-{suffix}",
-                      dead_letters_topic=f"dead-letters-bench-{suffix}", app_id=f"wakala-bench-{suffix}")
+    streams = fresh_streams()
     print(f"preparing {bench.drivers} drivers ...", flush=True)
     tenant_id, drivers = await _prepare(pg, streams, bench.drivers)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, WAKALA_HTTP_PORT=str(port), WAKALA_LOCATIONS_TOPIC=streams.locations_topic,
                WAKALA_DEAD_LETTERS_TOPIC=streams.dead_letters_topic, WAKALA_APP_ID=streams.app_id,
                WAKALA_INGEST_LATENCY_SAMPLES="1",

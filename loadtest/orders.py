@@ -23,7 +23,6 @@ import asyncio
 import os
 import random
 import secrets
-import socket
 import time
 import uuid
 from collections import Counter
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 import httpx
 
 from dispatch.api import sign
-from dispatch.processes import spawn_wakala, stop, wait_healthy
+from dispatch.processes import free_port, spawn_wakala, stop, wait_healthy
 from dispatch.users import create_user, create_vendor, issue_user_token
 from loadtest.report import emit, percentiles_ms
 from schema.db import TenantDatabase
@@ -69,12 +68,6 @@ class BenchTenant:
     vendor_id: str
     products: list[str]
     tokens: list[str]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _tenants_on_two_shards(settings: PostgresSettings) -> list[Tenant]:
@@ -183,7 +176,7 @@ async def run_orders_bench(bench: OrdersBench) -> dict:
     tenants = await _tenants_on_two_shards(settings)
     async with TenantDatabase(settings) as db:
         populated = [await _populate(db, t, bench) for t in tenants]
-        port, secret = _free_port(), secrets.token_hex(16)
+        port, secret = free_port(), secrets.token_hex(16)
         env = dict(os.environ, WAKALA_HTTP_PORT=str(port), WAKALA_PAYMENT_WEBHOOK_SECRET=secret,
                    WAKALA_API_RATE_LIMIT="1000000")
         engine = spawn_wakala(["engine", "api", "--workers", str(bench.workers)], env, ".wakala/bench-orders.log")

@@ -33,7 +33,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
@@ -42,7 +42,7 @@ from dispatch.auth import issue_driver_token
 from dispatch.claims import deliveries_key
 from dispatch.deliveries import insert_delivery, transition
 from dispatch.drivers import NewDriver, create_driver
-from dispatch.processes import spawn_wakala, stop
+from dispatch.processes import free_port, spawn_wakala, stop
 from dispatch.tracking_links import issue_link
 from dispatch.users import create_vendor
 from geo import destination
@@ -50,9 +50,9 @@ from loadtest.ingest import (
     _children,
     _cpu_seconds,
     _delete_topics,
-    _free_port,
     _pids_of,
     _wait_http,
+    fresh_streams,
 )
 from loadtest.report import emit, percentiles_ms
 from schema.db import TenantDatabase
@@ -254,12 +254,10 @@ def _machine_busy_s() -> float:
 
 async def run_tracking_bench(bench: TrackingBench) -> dict[str, object]:
     pg = PostgresSettings.from_env()
-    suffix = uuid.uuid4().hex[:8]
-    streams = replace(StreamSettings.from_env(), locations_topic=f"driver-locations-bench-{suffix}",
-                      dead_letters_topic=f"dead-letters-bench-{suffix}", app_id=f"wakala-bench-{suffix}")
+    streams = fresh_streams()
     print(f"preparing {bench.deliveries} assigned deliveries and their drivers ...", flush=True)
     tenant, assigned = await _prepare(pg, streams, bench)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, WAKALA_HTTP_PORT=str(port), WAKALA_LOCATIONS_TOPIC=streams.locations_topic,
                WAKALA_DEAD_LETTERS_TOPIC=streams.dead_letters_topic, WAKALA_APP_ID=streams.app_id,
                WAKALA_INGEST_LATENCY_SAMPLES="1")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from dispatch import services
+from dispatch.processes import free_port
 from dispatch.services import (
     ServiceError,
     ServicesConfig,
@@ -40,12 +40,6 @@ pytestmark = pytest.mark.timeout(120)
 
 CONTROL_DSN = os.environ.get("WAKALA_CONTROL_DSN", services.DEFAULT_CONTROL_DSN)
 REDIS_URL = os.environ.get("WAKALA_REDIS_URL", services.DEFAULT_REDIS_URL)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -85,7 +79,7 @@ def kafka_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Se
     Kills any broker recorded in the state dir afterwards, whatever the test did.
     """
     state_dir = tmp_path / "state"
-    bootstrap = f"127.0.0.1:{_free_port()}"
+    bootstrap = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("WAKALA_CONTROL_DSN", CONTROL_DSN)
     monkeypatch.setenv("WAKALA_REDIS_URL", REDIS_URL)
     monkeypatch.setenv("WAKALA_KAFKA_BOOTSTRAP", bootstrap)
@@ -317,7 +311,7 @@ async def test_services_down_refuses_non_tansu_pid(
 @pytest.fixture
 def unrecorded_tansu() -> Iterator[subprocess.Popen[bytes]]:
     """A tansu broker started by hand, not by `services up` (no pid file)."""
-    port = _free_port()
+    port = free_port()
     listener = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [
