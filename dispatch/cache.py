@@ -37,6 +37,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from streams.location_store import as_text
+
 __all__ = ["TTL", "Cache", "inventory_key", "order_key", "product_key", "product_list_key", "search_key"]
 
 TTL = {"product": 1800, "product_list": 300, "inventory": 60, "order": 300, "search": 600}
@@ -146,8 +148,7 @@ class Cache:
             return cached
         self.misses += 1
         gens = [_gen_key(tenant, t) for t in tags]
-        before = [(g or b"0").decode() if isinstance(g, bytes) else (g or "0")
-                  for g in (await self.redis.mget(gens) if gens else [])]
+        before = ["0" if g is None else as_text(g) for g in (await self.redis.mget(gens) if gens else [])]
         value = await factory()
         if value is None:
             return None
