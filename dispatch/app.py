@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from dispatch.api import install as install_api
 from dispatch.auth import DriverAuthenticator
 from dispatch.cache import Cache
+from dispatch.calibration import CalibrationStore
 from dispatch.catalogue import run_view_refresher
 from dispatch.claims import DriverClaims
 from dispatch.dispatcher import Dispatcher
@@ -96,7 +97,8 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
             offer_timeout_s=engine.offer_timeout_s, max_attempts=engine.offer_max_attempts)
         app.state.dispatcher = Dispatcher(
             db, redis, app.state.locations, app.state.offers, mode=engine.matching_mode,
-            window_s=engine.batch_window_ms / 1000, retry_interval_s=engine.retry_interval_s, cache=cache)
+            window_s=engine.batch_window_ms / 1000, retry_interval_s=engine.retry_interval_s, cache=cache,
+            calibration=CalibrationStore(redis, time_scale=engine.sim_time_scale))
         # The REST API (dispatch/api.py): users' tokens, per-caller limits, the cache.
         users = UserAuthenticator(db, redis, cache_ttl_s=engine.token_cache_s)
         await users.start()

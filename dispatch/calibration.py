@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 
 class CalibrationStore:
     def __init__(self, redis: Redis, *, prior_weight: float = 20.0, key: str = CALIBRATION_KEY,
-                 cache_s: float = 60.0) -> None:
+                 cache_s: float = 60.0, time_scale: float = 1.0) -> None:
         self.redis = redis
+        # A replay faster than real time (EngineSettings.sim_time_scale): legs take 1/scale of
+        # their simulated duration on the wall clock; the model learns simulated seconds.
+        self.time_scale = time_scale
         self.key = key
         self.model = EtaCalibration(prior_weight)   # parameters and clipping; filled by load()
         self.cache_s = cache_s
@@ -38,6 +41,7 @@ class CalibrationStore:
     async def observe(self, lat: float, lng: float, estimated_s: float, actual_s: float) -> float:
         """Record one completed leg ending at (lat, lng); returns the ratio counted."""
         cell = EtaCalibration.cell_for(lat, lng)
+        actual_s *= self.time_scale
         ratio = EtaCalibration(self.model.prior_weight, min_ratio=self.model.min_ratio,
                                max_ratio=self.model.max_ratio).observe(cell, estimated_s, actual_s)
         async with self.redis.pipeline(transaction=True) as pipe:

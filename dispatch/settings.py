@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from schema.errors import ConfigError
 from schema.settings import env_int as _int
+from schema.settings import env_number as _num
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class EngineSettings:
     hub_queue_max: int = 32              # frames (not positions) waiting for one watcher before 4408 too_slow
     hub_heartbeat_s: int = 15            # heartbeat frames to every watcher and vendor screen
     hub_stall_s: int = 30                # one frame's send blocked this long: 4408 too_slow
+    # Replays only (`wakala loadtest replay --speed 10x`): simulated seconds per wall second. A
+    # leg's wall-clock duration times this is what the ETA calibration learns; 1 in production.
+    sim_time_scale: float = 1.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
@@ -69,6 +73,7 @@ class EngineSettings:
             hub_queue_max=_int(env, "WAKALA_HUB_QUEUE_MAX", cls.hub_queue_max, 1, 100_000),
             hub_heartbeat_s=_int(env, "WAKALA_HUB_HEARTBEAT_S", cls.hub_heartbeat_s, 1, 3600),
             hub_stall_s=_int(env, "WAKALA_HUB_STALL_S", cls.hub_stall_s, 1, 3600),
+            sim_time_scale=_num(env, "WAKALA_SIM_TIME_SCALE", cls.sim_time_scale, 0.01, 1000),
         )
 
 

@@ -570,6 +570,15 @@ async def test_observed_legs_load_as_the_factor_eta_calibration_computes(calibra
     assert other.factor(cell) == pytest.approx(model.factor(cell), rel=1e-12)
 
 
+async def test_a_replay_faster_than_real_time_calibrates_in_simulated_seconds(calibration):
+    redis, key = calibration
+    point = destination(*DROPOFF, 10.0, 50)
+    # At 10x a 900 s leg takes 90 s of wall clock: the model must learn 900 / 600, not 90 / 600.
+    replay = CalibrationStore(redis, key=key, time_scale=10.0)
+    assert await replay.observe(*point, 600, 90) == pytest.approx(1.5)
+    assert await CalibrationStore(redis, key=key).observe(*point, 600, 90) == pytest.approx(0.25)   # clipped 0.15
+
+
 async def test_garbage_in_the_calibration_hash_is_ignored(calibration):
     redis, key = calibration
     store = CalibrationStore(redis, key=key)

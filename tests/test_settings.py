@@ -13,6 +13,8 @@ from streams.settings import StreamSettings
     (EngineSettings, "WAKALA_HTTP_PORT", "70000"),
     (EngineSettings, "WAKALA_PING_RATE_LIMIT", "0"),
     (EngineSettings, "WAKALA_MAX_BATCH_PINGS", "1.5"),
+    (EngineSettings, "WAKALA_SIM_TIME_SCALE", "0"),
+    (EngineSettings, "WAKALA_SIM_TIME_SCALE", "nan"),
     (StreamSettings, "WAKALA_LOCATION_TTL_S", "nan"),
     (StreamSettings, "WAKALA_LOCATION_TTL_S", "-5"),
     (StreamSettings, "WAKALA_H3_RESOLUTION", "16"),
