@@ -80,6 +80,7 @@ from schema.db import TenantDatabase
 from schema.tenants import parse_tenant_id
 
 __all__ = [
+    "COLD_CHAIN_TAG",
     "IllegalOrderTransition",
     "NewOrder",
     "OrderLine",
@@ -118,8 +119,11 @@ FROM vendors v WHERE v.id = $1
 # Each line's product, variant and stock row (unlocked: a pre-check; the authority is the
 # locked check in reservations.reserve). Orders draw on the product's (variant's) stock row
 # without a location first, else the oldest.
+# A product tagged so (milk, frozen chicken) travels in a vehicle with cold storage: an order
+# holding one gets ``metadata.needs_cold_storage``, which the matcher filters on.
+COLD_CHAIN_TAG = "cold_chain"
 LINES_SQL = """
-SELECT l.idx, p.id AS product_id, p.vendor_id, p.status, p.name, p.price, p.category_id,
+SELECT l.idx, p.id AS product_id, p.vendor_id, p.status, p.name, p.price, p.category_id, p.tags,
        l.variant_id AS wanted_variant, v.id AS variant_id, v.status AS variant_status,
        v.name AS variant_name, v.price AS variant_price, s.id AS inventory_id, s.available
 FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS l(product_id, variant_id, idx)
@@ -386,6 +390,8 @@ async def place_order(
         await promotions.claim(tx, applied, fields, customer_id=order.customer_id)
         metadata = {"distance_m": round(vendor["distance_m"]), "prices_include_vat": settings.prices_include_vat,
                     "vat_rate": str(settings.vat_rate), "placed_by": actor}
+        if any(COLD_CHAIN_TAG in (r["tags"] or ()) for r in rows):
+            metadata["needs_cold_storage"] = True   # the matcher offers it to cold-storage vehicles only
         placed = await tx.fetchrow(
             INSERT_ORDER_SQL, uuid.UUID(order.customer_id), uuid.UUID(order.vendor_id), totals.subtotal,
             totals.tax, totals.delivery_fee, totals.discount, totals.total, order.payment_method,

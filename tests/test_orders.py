@@ -29,6 +29,7 @@ from dispatch.order_state import (
     next_status,
 )
 from dispatch.orders import (
+    COLD_CHAIN_TAG,
     cancel_order,
     get_order,
     list_orders,
@@ -281,6 +282,19 @@ async def test_an_order_is_priced_from_the_catalogue_and_holds_its_stock(shop):
     assert await get_order(shop.db, shop.tenant_id, view["id"], customer_id=shop.customers[0],
                            cache=shop.cache) == view
     assert await get_order(shop.db, shop.tenant_id, view["id"], cache=shop.cache) == view
+
+
+async def test_an_order_holding_a_cold_chain_product_asks_the_matcher_for_cold_storage(shop):
+    plain = await place(shop, ("maize", 1), ("drink", "drink_2l", 1))
+    async with shop.db.tenant_transaction(shop.tenant_id) as tx:
+        await tx.execute("UPDATE products SET tags = ARRAY['dairy', $2] WHERE id = $1",
+                         uuid.UUID(shop.products["bread"]), COLD_CHAIN_TAG)
+    cold = await place(shop, ("maize", 1), ("bread", 1))
+    async with shop.db.tenant_transaction(shop.tenant_id, readonly=True) as tx:
+        needs = {str(r["id"]): r["needs"] for r in await tx.fetch(
+            "SELECT id, metadata->'needs_cold_storage' AS needs FROM orders WHERE id = ANY($1::uuid[])",
+            [uuid.UUID(plain["id"]), uuid.UUID(cold["id"])])}
+    assert needs == {plain["id"]: None, cold["id"]: "true"}
 
 
 async def test_vat_exclusive_prices_get_vat_added_on_top(shop):
