@@ -35,6 +35,7 @@ from dispatch.ratelimit import SlidingWindowLimiter
 from dispatch.settings import EngineSettings
 from dispatch.tracking_page import router as tracking_page_router
 from dispatch.users import UserAuthenticator
+from dispatch.vendor_page import router as vendor_page_router
 from schema.db import TenantDatabase
 from schema.settings import PostgresSettings
 from schema.tenants import list_tenants
@@ -147,6 +148,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
                   description="Streaming geospatial dispatch and tracking for last-mile commerce.")
     app.include_router(router)
     app.include_router(tracking_page_router)
+    app.include_router(vendor_page_router)
     install_api(app)
 
     @app.get("/healthz", tags=["operators"])
