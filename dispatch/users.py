@@ -60,6 +60,7 @@ WITH made AS (
 )
 SELECT id FROM made UNION ALL SELECT id FROM roles WHERE name = $1 LIMIT 1
 """
+ROLE_ID_SQL = "SELECT id FROM roles WHERE name = $1"
 GRANT_SQL = """
 INSERT INTO user_roles (user_id, role_id, granted_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
 """
@@ -147,6 +148,10 @@ def _only(body: Any, allowed: set[str]) -> dict[str, Any]:
 
 async def _grant(tx: asyncpg.Connection, user_id: uuid.UUID, role: str, granted_by: str | None) -> None:
     role_id = await tx.fetchval(ROLE_SQL, role, _ROLE_TEXT[role])
+    if role_id is None:
+        # Another transaction created the role meanwhile: our INSERT waited for it and did
+        # nothing, and our SELECT's snapshot predates its commit. A new statement sees it.
+        role_id = await tx.fetchval(ROLE_ID_SQL, role)
     await tx.execute(GRANT_SQL, user_id, role_id, None if granted_by is None else uuid.UUID(granted_by))
 
 

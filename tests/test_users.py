@@ -134,6 +134,19 @@ async def test_hostile_vendor_bodies_are_refused(world, change, field):
     assert refused.value.field == field
 
 
+async def test_users_created_at_once_in_a_new_tenant_all_get_their_role(world):
+    # The first users of a role race to create it (the city replay found this: one of them
+    # got no role id and a 500).
+    db, _, _, tenant = world
+    made = await asyncio.gather(*(create_user(db, tenant.id, {"phone": phone(), "name": f"C{i}", "role": role})
+                                  for i in range(12) for role in ("customer", "tenant_admin")))
+    async with db.tenant_transaction(tenant.id, readonly=True) as tx:
+        granted = await tx.fetchval("SELECT count(*) FROM user_roles ur JOIN roles r ON r.id = ur.role_id "
+                                    "WHERE ur.user_id = ANY($1::uuid[])", [uuid.UUID(m["user_id"]) for m in made])
+        roles = await tx.fetchval("SELECT count(*) FROM roles WHERE name IN ('customer', 'tenant_admin')")
+    assert (granted, roles) == (24, 2)
+
+
 async def test_a_duplicate_phone_is_a_conflict(world):
     db, _, _, tenant = world
     number = phone()
