@@ -209,6 +209,69 @@ async def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str) -> int:
+    """``2h``, ``30m``, ``90s`` or plain seconds -> seconds (argparse type)."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    raw = text.strip().lower()
+    try:
+        seconds = float(raw[:-1]) * units[raw[-1]] if raw and raw[-1] in units else float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a duration like 2h, 30m or 90s, got {text!r}") from None
+    if not 60 <= seconds <= 86_400:
+        raise argparse.ArgumentTypeError(f"between 1 minute and 24 hours, got {text!r}")
+    return round(seconds)
+
+
+def _time_of_day(text: str) -> int:
+    """``11:30`` -> seconds after midnight (argparse type)."""
+    hours, _, minutes = text.strip().partition(":")
+    try:
+        h, m = int(hours), int(minutes or 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a time of day like 11:30, got {text!r}") from None
+    if not (0 <= h < 24 and 0 <= m < 60):
+        raise argparse.ArgumentTypeError(f"a time of day like 11:30, got {text!r}")
+    return h * 3600 + m * 60
+
+
+def _speed(text: str) -> float:
+    from loadtest.replay import parse_speed
+
+    try:
+        return parse_speed(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def _loadtest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if args.loadtest == "generate":
+        from loadtest import city
+
+        config = city.CityConfig(seed=args.seed, start_s=args.start, duration_s=args.duration,
+                                 tenants=args.tenants, vendors=args.vendors, drivers=args.drivers,
+                                 customers=args.customers, orders_per_day=args.orders_per_day)
+        scenario = city.generate(config)
+        out = Path(args.output or f".wakala/scenarios/city-{args.seed}.jsonl")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        city.write(scenario, out)
+        counts = scenario.header["counts"]
+        print(f"{out}: {counts['orders']} orders (expected {scenario.header['expected_orders']:.0f}) from "
+              f"{counts['customers']} customers at {counts['vendors']} vendors, {counts['drivers']} drivers, "
+              f"{counts['tenants']} tenants; replay with: wakala loadtest replay {out} --speed 10x")
+        return 0
+    from loadtest.replay import ReplayOptions, run_replay
+
+    scenario = Path(args.scenario)
+    if not scenario.is_file():
+        raise WakalaError(f"no scenario file at {scenario}; make one with `wakala loadtest generate`")
+    summary = await run_replay(ReplayOptions(
+        scenario=scenario, speed=args.speed, report_dir=args.report and Path(args.report),
+        engine=args.engine, drain_s=args.drain, progress=not args.no_progress, max_wall_s=args.max_wall))
+    return 0 if summary.get("orders_placed") else 1
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from dispatch.demo import run_demo
 
@@ -331,6 +394,28 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--wait-weight", type=float, default=1.0,
                        help="batch: weight of time already waited in the cost (0 = pickup ETA only)")
     p.set_defaults(handler=_bench)
+
+    p = sub.add_parser("loadtest", help="generate a synthetic city and replay it through the running engine")
+    lsub = p.add_subparsers(dest="loadtest", required=True)
+    gen = lsub.add_parser("generate", help="write a scenario file (JSONL) for a seed")
+    gen.add_argument("--seed", type=int, default=7)
+    gen.add_argument("--start", type=_time_of_day, default=11 * 3600, help="time of day the scenario starts (11:00)")
+    gen.add_argument("--duration", type=_duration, default=2 * 3600, help="scenario length (2h, 30m)")
+    gen.add_argument("--tenants", type=int, default=3)
+    gen.add_argument("--vendors", type=int, default=45, help="in total")
+    gen.add_argument("--drivers", type=int, default=120, help="in total")
+    gen.add_argument("--customers", type=int, default=1500, help="in total")
+    gen.add_argument("--orders-per-day", type=float, default=4000.0, help="the city's daily total")
+    gen.add_argument("-o", "--output", help="file (default .wakala/scenarios/city-SEED.jsonl)")
+    rep = lsub.add_parser("replay", help="replay a scenario against the engine; a report at the end")
+    rep.add_argument("scenario", help="a file from `wakala loadtest generate`")
+    rep.add_argument("--speed", type=_speed, default=10.0, help="simulated time per wall time (10x)")
+    rep.add_argument("--engine", help="HOST:PORT of a running engine (default: start one)")
+    rep.add_argument("--report", help="report folder (default .wakala/reports/replay-TIME)")
+    rep.add_argument("--drain", type=float, default=90.0, help="wall seconds for deliveries under way at the end")
+    rep.add_argument("--max-wall", type=float, help="stop after this many wall seconds (partial report)")
+    rep.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    p.set_defaults(handler=_loadtest)
 
     p = sub.add_parser("demo", help="show the running system")
     p.set_defaults(handler=_demo)

@@ -1,0 +1,300 @@
+"""One driver of a replayed city: a phone app on the engine's driver websocket.
+
+It starts its shift when the scenario says, pings every ``ping_interval_s`` (simulated) with
+GPS noise and the occasional dropout, drifts around its home spot while idle, answers offers
+after a human delay (accepting with its own probability, sometimes not answering at all),
+and drives an accepted job along a street path: to the shop, waits for the handover, picks up,
+to the customer, delivers (or, rarely, fails: nobody home). The engine's geofence sees it
+arrive; nothing here tells the engine where the driver "is" except the fixes themselves.
+
+Time: movement and delays are simulated seconds (``SimClock``); fix timestamps are the wall
+clock, as a phone's would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import h3
+import websockets
+
+from loadtest import movement
+from loadtest.city_report import ReplayMetrics
+from loadtest.provision import ApiCaller, ApiFailed
+from loadtest.sim_clock import SimClock
+
+__all__ = ["CityDriver", "Job"]
+
+IGNORE_OFFER_SHARE = 0.03        # offers a driver never answers (phone in a pocket): they time out
+FAIL_AT_DOOR_SHARE = 0.02        # deliveries failed at the door (nobody home)
+HANDOVER_S = (30.0, 150.0)       # simulated seconds at the shop counter and at the door
+IDLE_PAUSE_S = (60.0, 420.0)     # parked between drifts while idle
+IDLE_SPEED_SHARE = 0.5           # drifting is slower than driving a job
+PICK_UP_RETRY_S = 0.3            # wall seconds between pick-up attempts while the geofence catches up
+PICK_UP_PATIENCE_S = 20.0        # wall seconds of refused pick-ups before the driver gives up on the job
+
+
+@dataclass
+class Job:
+    delivery_id: str
+    offer: dict
+    accepted_wall: float
+
+
+class CityDriver:
+    def __init__(self, spec: dict, driver_id: str, token: str, *, addr: str, api: ApiCaller,
+                 clock: SimClock, metrics: ReplayMetrics, readied: dict[str, tuple[str, float]],
+                 on_job_end: Callable[[str, str], None], resolution: int = 8) -> None:
+        self.spec, self.driver_id, self.token = spec, driver_id, token
+        self.addr, self.api, self.clock, self.metrics = addr, api, clock, metrics
+        self.readied = readied            # delivery id -> (order key, monotonic time it was marked ready)
+        self.on_job_end = on_job_end      # (delivery id, outcome)
+        self.resolution = resolution
+        self.rng = random.Random(spec["seed"])
+        self.home = (float(spec["home"][0]), float(spec["home"][1]))
+        self.position = self.home
+        self.heading = 0.0
+        self.speed_mps = float(spec["speed_mps"])
+        self.path: movement.Path | None = None
+        self.path_started = 0.0           # simulated
+        self.parked_until = 0.0           # simulated
+        self.arrived = asyncio.Event()
+        self.job: Job | None = None
+        self.online = False
+        self._ws: Any = None
+        self._seq = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._dropout_until = 0.0
+
+    # -- the shift ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        spec, clock = self.spec, self.clock
+        if not await clock.until(spec["shift_start_s"]):
+            return
+        try:
+            self._ws = await websockets.connect(
+                f"ws://{self.addr}/v1/drivers/stream", compression=None, open_timeout=30,
+                additional_headers={"Authorization": f"Bearer {self.token}"})
+        except (OSError, TimeoutError, websockets.WebSocketException):
+            self.metrics.counters["driver_connect_failed"] += 1
+            return
+        first: asyncio.Future = asyncio.get_running_loop().create_future()   # the gateway's "ready"
+        reader = asyncio.create_task(self._read(first))
+        try:
+            ready = await asyncio.wait_for(asyncio.shield(first), 30)
+            if ready.get("type") != "ready":
+                self.metrics.counters["driver_refused"] += 1
+                return
+            await self._shift("start")
+            self.online = True
+            while not clock.stop.is_set():
+                if self.job is None and clock.now() >= spec["shift_end_s"]:
+                    break
+                self._move()
+                await self._ping()
+                if not await clock.sleep(spec["ping_interval_s"]):
+                    break
+        except (websockets.ConnectionClosed, ApiFailed, TimeoutError) as exc:
+            self.metrics.counters[f"driver_lost:{type(exc).__name__}"] += 1
+        finally:
+            self.online = False
+            for task in self._tasks:
+                task.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._shift("end"), 5)
+            reader.cancel()
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+
+    async def _shift(self, action: str) -> None:
+        await self.api("POST", "/v1/drivers/shift", self.token, {"action": action})
+
+    # -- the phone's radio ------------------------------------------------------------------------
+
+    async def _read(self, first: asyncio.Future) -> None:
+        try:
+            async for raw in self._ws:
+                frame = json.loads(raw)
+                if not first.done():
+                    first.set_result(frame)
+                    continue
+                kind = frame.get("type")
+                if kind == "offer":
+                    self._spawn(self._answer(frame))
+                elif kind == "ack":
+                    if not frame.get("accepted", 1):
+                        self.metrics.counters["pings_refused"] += 1
+                elif (waiter := self._waiting.pop(frame.get("seq"), None)) is not None:
+                    if not waiter.done():
+                        waiter.set_result(frame)
+                elif kind == "error":
+                    self.metrics.counters["pings_refused"] += 1
+                    self.metrics.counters[f"refused:{frame.get('reason')}"] += 1
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            if not first.done():
+                first.set_result({"type": "closed"})
+            for waiter in self._waiting.values():
+                if not waiter.done():
+                    waiter.set_result({"type": "error", "reason": "connection_closed"})
+
+    async def _request(self, frame: dict, timeout_s: float = 15.0) -> dict:
+        seq = next(self._seq)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting[seq] = waiter
+        await self._ws.send(json.dumps({**frame, "seq": seq}))
+        try:
+            return await asyncio.wait_for(waiter, timeout_s)
+        finally:
+            self._waiting.pop(seq, None)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- moving -----------------------------------------------------------------------------------
+
+    def _move(self) -> None:
+        now = self.clock.now()
+        if self.path is not None:
+            elapsed = now - self.path_started
+            lat, lng, heading = self.path.at(elapsed)
+            self.position, self.heading = (lat, lng), heading
+            if self.path.done(elapsed):
+                self.path = None
+                self.arrived.set()
+                self.parked_until = now + self.rng.uniform(*IDLE_PAUSE_S)
+        elif self.job is None and now >= self.parked_until:
+            target = movement.wander(self.home, self.rng)
+            self._go(target, self.speed_mps * IDLE_SPEED_SHARE)
+
+    def _go(self, target: tuple[float, float], speed_mps: float) -> None:
+        self.path = movement.Path(movement.street_path(self.position, target, self.rng), speed_mps)
+        self.path_started = self.clock.now()
+        self.arrived.clear()
+
+    async def _ping(self) -> None:
+        now = self.clock.now()
+        if now < self._dropout_until:
+            self.metrics.counters["pings_dropped_out"] += 1
+            return
+        if self.rng.random() < movement.DROPOUT_PROBABILITY:
+            self._dropout_until = now + movement.dropout_s(self.rng)
+            self.metrics.counters["pings_dropped_out"] += 1
+            return
+        lat, lng, accuracy = movement.gps_fix(*self.position, self.rng)
+        moving = self.path is not None
+        await self._ws.send(json.dumps({
+            "type": "ping", "seq": next(self._seq), "driver_id": self.driver_id, "lat": lat, "lng": lng,
+            "accuracy": round(accuracy, 1), "speed": round(self.path.speed_mps if moving else 0.0, 2),
+            "heading": round(self.heading, 1), "timestamp": time.time()}))
+        self.metrics.counters["pings_sent"] += 1
+        self.metrics.supply_cells[h3.latlng_to_cell(lat, lng, self.resolution)] += 1
+
+    # -- offers and jobs --------------------------------------------------------------------------
+
+    async def _answer(self, offer: dict) -> None:
+        metrics, rng = self.metrics, self.rng
+        metrics.counters["offers"] += 1
+        roll = rng.random()
+        if roll < IGNORE_OFFER_SHARE:
+            metrics.counters["offers_ignored"] += 1
+            return
+        delay = min(rng.expovariate(1.0 / self.spec["reply_delay_s"]), 4 * self.spec["reply_delay_s"])
+        if not await self.clock.sleep(delay):
+            return
+        accept = (self.job is None and rng.random() < self.spec["accept_probability"]
+                  and self.clock.now() < self.spec["shift_end_s"])
+        delivery_id = offer["delivery_id"]
+        reply = await self._request({"type": "offer_reply", "delivery_id": delivery_id, "accept": accept})
+        if not accept:
+            metrics.counters["offers_declined"] += 1
+            return
+        if reply.get("status") != "assigned":
+            metrics.counters[f"offer_lost:{reply.get('reason', reply.get('type'))}"] += 1
+            return
+        metrics.counters["offers_accepted"] += 1
+        self.job = Job(delivery_id, offer, time.monotonic())
+        key, ready = self.readied.get(delivery_id, (delivery_id, None))
+        if ready is not None:
+            metrics.time_to_assign.append((metrics.t(), (time.monotonic() - ready) * self.clock.speed))
+        metrics.orders.append((metrics.t(), key, "assigned"))
+        self._spawn(self._work(self.job))
+
+    async def _work(self, job: Job) -> None:
+        outcome = "abandoned"
+        try:
+            outcome = await self._drive_job(job)
+        finally:
+            self.job = None
+            self.on_job_end(job.delivery_id, outcome)
+
+    async def _drive_job(self, job: Job) -> str:
+        metrics, clock, rng, offer = self.metrics, self.clock, self.rng, job.offer
+        pickup = (offer["pickup"]["lat"], offer["pickup"]["lng"])
+        dropoff = (offer["dropoff"]["lat"], offer["dropoff"]["lng"])
+        self._go(pickup, self.speed_mps)
+        if not await self._arrival():
+            return "stopped"
+        at_shop = time.monotonic()
+        if offer.get("pickup_eta_s") is not None:
+            metrics.pickup_eta.append((metrics.t(), float(offer["pickup_eta_s"]),
+                                       (at_shop - job.accepted_wall) * clock.speed))
+        if not await clock.sleep(rng.uniform(*HANDOVER_S)):
+            return "stopped"
+        if not await self._update(job.delivery_id, {"event": "pick_up"}):
+            # The app never confirmed the pick-up (the geofence missed the driver): the driver
+            # reports the job as failed rather than leaving it assigned forever.
+            ok = await self._update(job.delivery_id, {"event": "fail", "reason": "pick-up not confirmed"})
+            return "failed" if ok else "pick_up_refused"
+        metrics.orders.append((metrics.t(), self.readied.get(job.delivery_id, (job.delivery_id,))[0], "picked_up"))
+        picked = time.monotonic()
+        self._go(dropoff, self.speed_mps)
+        if not await self._arrival():
+            return "stopped"
+        if offer.get("dropoff_eta_s") is not None:
+            metrics.dropoff_eta.append((metrics.t(), float(offer["dropoff_eta_s"]),
+                                        (time.monotonic() - picked) * clock.speed))
+        if not await clock.sleep(rng.uniform(*HANDOVER_S) / 2):
+            return "stopped"
+        if rng.random() < FAIL_AT_DOOR_SHARE:
+            ok = await self._update(job.delivery_id, {"event": "fail", "reason": "nobody home"})
+            return "failed" if ok else "fail_refused"
+        ok = await self._update(job.delivery_id, {"event": "deliver", "proof_of_delivery": {
+            "code": f"{rng.randrange(10000):04d}", "received_by": "customer"}})
+        return "delivered" if ok else "deliver_refused"
+
+    async def _arrival(self) -> bool:
+        stop = asyncio.create_task(self.clock.stop.wait())
+        arrived = asyncio.create_task(self.arrived.wait())
+        try:
+            await asyncio.wait({stop, arrived}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            arrived.cancel()
+        return self.arrived.is_set() and not self.clock.stop.is_set()
+
+    async def _update(self, delivery_id: str, body: dict) -> bool:
+        """A delivery_update; pick-up is retried while the engine has not yet seen the driver
+        inside the shop's geofence (its fixes are a ping interval behind)."""
+        deadline = time.monotonic() + PICK_UP_PATIENCE_S
+        while True:
+            reply = await self._request({"type": "delivery_update", "delivery_id": delivery_id, **body})
+            if reply.get("type") == "delivery_update":
+                return True
+            self.metrics.counters[f"update_refused:{body['event']}:{reply.get('reason')}"] += 1
+            if body["event"] != "pick_up" or time.monotonic() > deadline or self.clock.stop.is_set():
+                return False
+            await asyncio.sleep(PICK_UP_RETRY_S)
