@@ -252,7 +252,10 @@ async def _loadtest(args: argparse.Namespace) -> int:
         config = city.CityConfig(seed=args.seed, start_s=args.start, duration_s=args.duration,
                                  tenants=args.tenants, vendors=args.vendors, drivers=args.drivers,
                                  customers=args.customers, orders_per_day=args.orders_per_day)
-        scenario = city.generate(config)
+        try:
+            scenario = city.generate(config)
+        except ValueError as exc:   # a config the generator cannot honour, named
+            raise WakalaError(str(exc)) from None
         out = Path(args.output or f".wakala/scenarios/city-{args.seed}.jsonl")
         out.parent.mkdir(parents=True, exist_ok=True)
         city.write(scenario, out)
@@ -261,14 +264,18 @@ async def _loadtest(args: argparse.Namespace) -> int:
               f"{counts['customers']} customers at {counts['vendors']} vendors, {counts['drivers']} drivers, "
               f"{counts['tenants']} tenants; replay with: wakala loadtest replay {out} --speed 10x")
         return 0
+    from loadtest.city import ScenarioError
     from loadtest.replay import ReplayOptions, run_replay
 
     scenario = Path(args.scenario)
     if not scenario.is_file():
         raise WakalaError(f"no scenario file at {scenario}; make one with `wakala loadtest generate`")
-    summary = await run_replay(ReplayOptions(
-        scenario=scenario, speed=args.speed, report_dir=args.report and Path(args.report),
-        engine=args.engine, drain_s=args.drain, progress=not args.no_progress, max_wall_s=args.max_wall))
+    try:
+        summary = await run_replay(ReplayOptions(
+            scenario=scenario, speed=args.speed, report_dir=args.report and Path(args.report),
+            engine=args.engine, drain_s=args.drain, progress=not args.no_progress, max_wall_s=args.max_wall))
+    except ScenarioError as exc:
+        raise WakalaError(f"{exc}; make a new one with `wakala loadtest generate`") from None
     return 0 if summary.get("orders_placed") else 1
 
 

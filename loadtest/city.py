@@ -686,19 +686,24 @@ def _drivers(config: CityConfig, rng: random.Random, vendors: Sequence[dict],
         if coldable:
             cold.update(rng.sample(coldable, max(1, round(_COLD_SHARE * len(coldable)))))
         first += count
-    # Drivers live near where their tenant trades: the hotspots of its vendors.
+    # Drivers wait where their tenant's work is: the hotspots of its vendors, weighted by the
+    # orders those vendors get (by vendor count for a tenant without orders).
     suburb_of = {v["key"]: min(hotspots, key=lambda n: distance_m(
         v["lat"], v["lng"], hotspots[n]["lat"], hotspots[n]["lng"])) for v in vendors}
     licences: set[str] = set()
     plates: set[str] = set()
     drivers: list[dict] = []
     for t, count in enumerate(per_tenant):
-        suburbs = Counter(suburb_of[v["key"]] for v in vendors if v["tenant"] == f"t{t}")
+        suburbs = (Counter(suburb_of[o["vendor"]] for o in orders if o["tenant"] == f"t{t}")
+                   or Counter(suburb_of[v["key"]] for v in vendors if v["tenant"] == f"t{t}"))
         names = sorted(suburbs)
-        for _ in range(count):
+        busiest_first = sorted(names, key=lambda n: (-suburbs[n], n))
+        for j in range(count):
             i = len(drivers)
             vehicle = vehicles[i]
-            spot = hotspots[rng.choices(names, [suburbs[n] for n in names])[0]]
+            # one driver at each of the tenant's busy spots first (busiest first), then by weight
+            name = busiest_first[j] if j < len(busiest_first) else rng.choices(names, [suburbs[n] for n in names])[0]
+            spot = hotspots[name]
             home = _near(rng, (spot["lat"], spot["lng"]), _DRIVER_HOME_SPREAD_M, bbox)
             start, end = _shift(rng, config.duration_s)
             licence = _unique(lambda: f"{rng.randrange(10**9, 10**10)}"

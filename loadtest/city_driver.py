@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -52,12 +53,16 @@ class Job:
 class CityDriver:
     def __init__(self, spec: dict, driver_id: str, token: str, *, addr: str, api: ApiCaller,
                  clock: SimClock, metrics: ReplayMetrics, readied: dict[str, tuple[str, float]],
-                 on_job_end: Callable[[str, str], None], resolution: int = 8) -> None:
+                 on_job_end: Callable[[str, str], None], resolution: int = 8,
+                 window_s: float = math.inf) -> None:
         self.spec, self.driver_id, self.token = spec, driver_id, token
         self.addr, self.api, self.clock, self.metrics = addr, api, clock, metrics
         self.readied = readied            # delivery id -> (order key, monotonic time it was marked ready)
         self.on_job_end = on_job_end      # (delivery id, outcome)
         self.resolution = resolution
+        # A shift that lasts to the end of the scenario's window lasts to the end of the replay:
+        # orders readied late still need drivers while the replay drains.
+        self.shift_end_s = spec["shift_end_s"] if spec["shift_end_s"] < window_s else math.inf
         self.rng = random.Random(spec["seed"])
         self.home = (float(spec["home"][0]), float(spec["home"][1]))
         self.position = self.home
@@ -98,7 +103,7 @@ class CityDriver:
             await self._shift("start")
             self.online = True
             while not clock.stop.is_set():
-                if self.job is None and clock.now() >= spec["shift_end_s"]:
+                if self.job is None and clock.now() >= self.shift_end_s:
                     break
                 self._move()
                 await self._ping()
@@ -216,7 +221,7 @@ class CityDriver:
         if not await self.clock.sleep(delay):
             return
         accept = (self.job is None and rng.random() < self.spec["accept_probability"]
-                  and self.clock.now() < self.spec["shift_end_s"])
+                  and self.clock.now() < self.shift_end_s)
         delivery_id = offer["delivery_id"]
         reply = await self._request({"type": "offer_reply", "delivery_id": delivery_id, "accept": accept})
         if not accept:

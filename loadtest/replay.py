@@ -302,7 +302,8 @@ class Replay:
             driver_id, token = self.city.drivers[spec["key"]]
             self.drivers.append(CityDriver(spec, driver_id, token, addr=self.addr, api=self.api, clock=self.clock,
                                            metrics=self.metrics, readied=self.readied,
-                                           on_job_end=self.job_ended, resolution=self.resolution))
+                                           on_job_end=self.job_ended, resolution=self.resolution,
+                                           window_s=duration))
         actors = [self.spawn(d.run(), f"driver-{d.spec['key']}") for d in self.drivers]
         actors += [self.spawn(self.order(o), f"order-{i}") for i, o in enumerate(scenario.orders)]
         self.spawn(self.sample_lag(streams), "broker-lag")

@@ -426,6 +426,25 @@ def test_tenants_get_drivers_in_proportion_to_their_orders(scenario: city.Scenar
         assert abs(drivers[tenant] - len(scenario.drivers) * n / len(scenario.orders)) <= 1
 
 
+@pytest.mark.parametrize("seed", [7, 11, 12])
+def test_drivers_wait_near_the_vendors_that_get_the_orders(seed: int) -> None:
+    # A small city (few vendors per tenant) is where a bad placement shows: a tenant's drivers
+    # at a vendor nobody orders from, far from the one that gets every order.
+    small = city.CityConfig(seed=seed, duration_s=600, tenants=2, vendors=4, drivers=10, customers=60)
+    scenario = city.generate(small)
+    ordered_from = Counter(o["vendor"] for o in scenario.orders)
+    for v in scenario.vendors:
+        if ordered_from[v["key"]] >= 2:
+            near = [d for d in scenario.drivers if d["tenant"] == v["tenant"]
+                    and distance_m(*d["home"], v["lat"], v["lng"]) <= v["delivery_radius_m"]]
+            assert near, f"no driver of {v['tenant']} within reach of {v['key']}"
+    # and most drivers wait within reach of a vendor of theirs that gets orders
+    busy = [v for v in scenario.vendors if ordered_from[v["key"]]]
+    within = [any(v["tenant"] == d["tenant"] and distance_m(*d["home"], v["lat"], v["lng"]) <= v["delivery_radius_m"]
+                  for v in busy) for d in scenario.drivers]
+    assert sum(within) >= 0.8 * len(within)
+
+
 def test_identities_are_unique_and_plausible(scenario: city.Scenario) -> None:
     phones = [p["phone"] for p in (*scenario.drivers, *scenario.customers)]
     assert len(set(phones)) == len(phones)
