@@ -77,11 +77,17 @@ class ReplayOptions:
     drain_s: float = 90.0                 # wall seconds for deliveries under way after the window
     progress: bool = True
     max_wall_s: float | None = None       # stop (as Ctrl-C would) after this long
+    postgres: PostgresSettings | None = None   # default: WAKALA_* from the environment
 
 
-def engine_env(speed: float, port: int, secret: str, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of an engine that runs at the replay's clock (see the module doc)."""
+def engine_env(speed: float, port: int, secret: str, base: dict[str, str] | None = None,
+               postgres: PostgresSettings | None = None) -> dict[str, str]:
+    """The environment of an engine that runs at the replay's clock (see the module doc), on
+    the databases of ``postgres`` when given."""
     env = dict(os.environ if base is None else base)
+    if postgres is not None:
+        env["WAKALA_CONTROL_DSN"] = postgres.control.url()
+        env["WAKALA_SHARD_DATABASES"] = ",".join(postgres.shard_databases)
     env.update({
         "WAKALA_HTTP_PORT": str(port),
         "WAKALA_SIM_TIME_SCALE": f"{speed:g}",
@@ -338,7 +344,7 @@ async def run_replay(options: ReplayOptions, announce: Callable[[str], None] | N
 
     say = announce or (tqdm.write if options.progress else print)
     scenario = city_scenario.read(options.scenario)
-    pg, streams = PostgresSettings.from_env(), StreamSettings.from_env()
+    pg, streams = options.postgres or PostgresSettings.from_env(), StreamSettings.from_env()
     report_dir = options.report_dir or Path(".wakala", "reports", time.strftime("replay-%Y%m%d-%H%M%S"))
     engine = None
     if options.engine:
@@ -350,7 +356,8 @@ async def run_replay(options: ReplayOptions, announce: Callable[[str], None] | N
         addr = f"127.0.0.1:{port}"
         log_path = os.path.join(".wakala", "replay-engine.log")
         say(f"Starting the engine on http://{addr} (log {log_path}) ...")
-        engine = spawn_wakala(["engine", "all"], engine_env(options.speed, port, secret), log_path)
+        engine = spawn_wakala(["engine", "all"], engine_env(options.speed, port, secret, postgres=options.postgres),
+                              log_path)
     replay = Replay(scenario, options, addr, secret, say)
     loop = asyncio.get_running_loop()
 

@@ -47,6 +47,7 @@ def test_an_engine_started_by_the_replay_runs_at_the_replays_clock():
     assert env["WAKALA_PAYMENT_WEBHOOK_SECRET"] == "s3cret" and env["PATH"] == "/bin"
     # real time: production limits
     assert engine_env(1.0, 1, "s", base={})["WAKALA_MAX_SPEED_KMH"] == "250"
+    assert "WAKALA_CONTROL_DSN" not in env
 
 
 @pytest.mark.parametrize("argv", [
@@ -98,7 +99,7 @@ async def test_a_small_city_replays_end_to_end_and_writes_its_report(platform, t
     started = time.time()
     report = tmp_path / "report"
     summary = await run_replay(ReplayOptions(scenario=scenario_path, speed=20.0, report_dir=report, drain_s=120,
-                                             progress=False, max_wall_s=300))
+                                             progress=False, max_wall_s=300, postgres=platform))
     printed = capsys.readouterr().out.strip().splitlines()
 
     planned = len(scenario.orders)
@@ -127,14 +128,15 @@ async def test_a_small_city_replays_end_to_end_and_writes_its_report(platform, t
     assert any(line.startswith("Vendor order feed of ") and "/vendor#wku_" in line for line in printed)
 
 
-def test_ctrl_c_stops_the_replay_cleanly_with_a_partial_report(tmp_path):
+def test_ctrl_c_stops_the_replay_cleanly_with_a_partial_report(platform, tmp_path):
     scenario_path = tmp_path / "long.jsonl"
     city.write(city.generate(replace(small_city(40), duration_s=1800)), scenario_path)
     report = tmp_path / "partial"
     proc = subprocess.Popen([sys.executable, "-m", "dispatch.cli", "loadtest", "replay", str(scenario_path),
                              "--speed", "5x", "--no-progress", "--report", str(report)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                            env=dict(os.environ, PYTHONUNBUFFERED="1", WAKALA_CONTROL_DSN=platform.control.url(),
+                                     WAKALA_SHARD_DATABASES=",".join(platform.shard_databases)))
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 120
