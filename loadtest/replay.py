@@ -47,6 +47,7 @@ from loadtest.city_driver import CityDriver
 from loadtest.city_report import ReplayMetrics, render, summarize, write_report
 from loadtest.provision import ApiCaller, ApiFailed, City, add_customer, provision
 from loadtest.sim_clock import SimClock
+from schema.errors import WakalaError
 from schema.settings import PostgresSettings
 from streams.settings import StreamSettings
 
@@ -371,7 +372,7 @@ async def run_replay(options: ReplayOptions, announce: Callable[[str], None] | N
         async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=30,
                                      limits=httpx.Limits(max_connections=64)) as http:
             if not await wait_healthy(http, within_s=60):
-                raise RuntimeError(f"the engine at {addr} did not answer /healthz"
+                raise WakalaError(f"the engine at {addr} did not answer /healthz"
                                    + ("" if engine is None else "; see .wakala/replay-engine.log"))
             await replay.run(http, pg, streams)
     finally:
