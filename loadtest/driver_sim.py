@@ -1,7 +1,8 @@
 """A driver's phone, simulated: shift, websocket pings along a route, offers and replies.
 
 Used by the end-to-end tests (the city replay has its own, ``loadtest.city_driver``, which
-moves along street paths with GPS noise): it speaks only the public driver interfaces (``/v1/drivers/shift``, the ``/v1/drivers/stream`` websocket).
+moves along street paths with GPS noise): it speaks only the public driver interfaces
+(``/v1/drivers/shift``, the ``/v1/drivers/stream`` websocket).
 """
 
 from __future__ import annotations
