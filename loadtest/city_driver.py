@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import h3
+import httpx
 import websockets
 
 from loadtest import movement
@@ -109,7 +110,7 @@ class CityDriver:
                 await self._ping()
                 if not await clock.sleep(spec["ping_interval_s"]):
                     break
-        except (websockets.ConnectionClosed, ApiFailed, TimeoutError) as exc:
+        except (websockets.ConnectionClosed, ApiFailed, httpx.HTTPError, TimeoutError) as exc:
             self.metrics.counters[f"driver_lost:{type(exc).__name__}"] += 1
         finally:
             self.online = False
@@ -165,9 +166,17 @@ class CityDriver:
             self._waiting.pop(seq, None)
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.create_task(coro)
+        task = asyncio.create_task(self._counted(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _counted(self, coro: Any) -> None:
+        """An offer or a job ends with the phone's connection or a timeout: counted, not raised
+        into a task nobody awaits."""
+        try:
+            await coro
+        except (websockets.ConnectionClosed, ApiFailed, httpx.HTTPError, TimeoutError) as exc:
+            self.metrics.counters[f"driver_task_lost:{type(exc).__name__}"] += 1
 
     # -- moving -----------------------------------------------------------------------------------
 

@@ -140,6 +140,10 @@ class Replay:
                 "delivery_lat": customer["lat"], "delivery_lng": customer["lng"],
                 "delivery_address": {"street": customer.get("street") or "at the pin"},
                 "payment_method": method})
+        except httpx.HTTPError as exc:   # the engine did not answer: the order never reached it
+            metrics.counters["api_errors"] += 1
+            metrics.counters[f"order_lost:{type(exc).__name__}"] += 1
+            return
         except ApiFailed as exc:
             metrics.counters["orders_refused"] += 1
             metrics.counters[f"refused:{exc.reason}"] += 1
@@ -165,6 +169,10 @@ class Replay:
             metrics.counters["api_errors"] += 1
             metrics.counters[f"order_stuck:{exc.route}:{exc.reason}"] += 1
             return
+        except httpx.HTTPError as exc:
+            metrics.counters["api_errors"] += 1
+            metrics.counters[f"order_stuck:{type(exc).__name__}"] += 1
+            return
         delivery_id = ready["delivery_id"]
         self.readied[delivery_id] = (key, time.monotonic())
         self.open.add(delivery_id)
@@ -189,6 +197,9 @@ class Replay:
                                   route="/v1/orders/{id}/tracking-link")
         except ApiFailed as exc:
             metrics.counters[f"tracking_link_refused:{exc.reason}"] += 1
+            return
+        except httpx.HTTPError as exc:
+            metrics.counters[f"tracking_link_failed:{type(exc).__name__}"] += 1
             return
         if not self.link_shown:
             self.link_shown = True
