@@ -145,10 +145,8 @@ async def provision(scenario: Any, settings: PostgresSettings, api: ApiCaller, *
             "business_name": spec["name"], "address": {"street": spec.get("street", "")},
             "lat": spec["lat"], "lng": spec["lng"], "delivery_radius_m": spec["delivery_radius_m"],
             "minimum_order_value": spec["minimum_order_value"], "payment_methods": ["cash", "card"]}))["vendor_id"]
-        user = await api("POST", "/v1/admin/users", admin, {
-            "phone": unique_phone(), "name": spec["name"][:100], "role": "vendor", "vendor_id": vendor_id})
-        token = (await api("POST", "/v1/admin/users/{id}/tokens".replace("{id}", user["user_id"]), admin,
-                           route="/v1/admin/users/{id}/tokens"))["token"]
+        token = await _user_token(api, admin, {"phone": unique_phone(), "name": spec["name"][:100],
+                                               "role": "vendor", "vendor_id": vendor_id})
         products = {}
         for product in spec["products"]:
             made = await api("POST", "/v1/vendor/products", token, {
@@ -164,12 +162,16 @@ async def provision(scenario: Any, settings: PostgresSettings, api: ApiCaller, *
     return city
 
 
+async def _user_token(api: ApiCaller, admin: str, body: dict) -> str:
+    """A user made by the tenant admin over REST, and a bearer token for it."""
+    user = await api("POST", "/v1/admin/users", admin, body)
+    return (await api("POST", f"/v1/admin/users/{user['user_id']}/tokens", admin,
+                      route="/v1/admin/users/{id}/tokens"))["token"]
+
+
 async def add_customer(city: City, api: ApiCaller, spec: dict) -> str:
-    admin = city.admins[spec["tenant"]]
-    user = await api("POST", "/v1/admin/users", admin, {"phone": unique_phone(), "name": spec["name"][:100],
-                                                        "role": "customer"})
-    token = (await api("POST", f"/v1/admin/users/{user['user_id']}/tokens", admin,
-                       route="/v1/admin/users/{id}/tokens"))["token"]
+    token = await _user_token(api, city.admins[spec["tenant"]],
+                              {"phone": unique_phone(), "name": spec["name"][:100], "role": "customer"})
     city.customers[spec["key"]] = token
     return token
 
