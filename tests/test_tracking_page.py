@@ -25,7 +25,7 @@ import h3
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI, WebSocket
+from fastapi import APIRouter, FastAPI, WebSocket
 
 from dispatch.tracking_page import PAGE, PAGE_GZIP, accepts_gzip, router
 from tests.engine_helpers import free_port, serving
@@ -40,19 +40,24 @@ REPO = Path(__file__).resolve().parent.parent
 assert re.fullmatch(r"wkt_[0-9a-f]{32}_[A-Za-z0-9_-]{43}", TOKEN)
 
 
-def bare_app() -> FastAPI:
+def bare_app(page_router: APIRouter = router) -> FastAPI:
+    """An app with only the page's router (shared with the vendor page's tests)."""
     app = FastAPI()
-    app.include_router(router)
+    app.include_router(page_router)
     return app
 
 
 # -- the HTTP answer ---------------------------------------------------------------------------
 
-async def get(path: str, **headers: str) -> httpx.Response:
+async def get_from(page_router: APIRouter, path: str, **headers: str) -> httpx.Response:
     # A bare app with no database, Redis or lifespan: the page must need none of them.
-    transport = httpx.ASGITransport(app=bare_app())
+    transport = httpx.ASGITransport(app=bare_app(page_router))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         return await client.get(path, headers=headers)
+
+
+async def get(path: str, **headers: str) -> httpx.Response:
+    return await get_from(router, path, **headers)
 
 
 @pytest.mark.parametrize("path", ["/t/not-a-token", f"/t/{TOKEN}x", f"/t/{TOKEN[:-1]}",

@@ -21,31 +21,22 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import Request, WebSocket
 
 from dispatch.api import sign
 from dispatch.vendor_page import PAGE, PAGE_GZIP, router
 from tests.engine_helpers import free_port, running_app, serving
 from tests.test_api import SECRET, Shop, _pay, _tenant_with_admin, auth
 from tests.test_hub import settings  # noqa: F401
-from tests.test_tracking_page import browser, chromium  # noqa: F401
+from tests.test_tracking_page import bare_app, browser, chromium, get_from  # noqa: F401
 
 TOKEN = "wku_" + "0123456789abcdef" * 2 + "_" + "Ab3-_" * 8 + "xyz"
-
-
-def bare_app() -> FastAPI:
-    app = FastAPI()
-    app.include_router(router)
-    return app
 
 
 # -- the HTTP answer ---------------------------------------------------------------------------
 
 async def get(path: str, **headers: str) -> httpx.Response:
-    # A bare app with no database, Redis or lifespan: the page must need none of them.
-    transport = httpx.ASGITransport(app=bare_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        return await client.get(path, headers=headers)
+    return await get_from(router, path, **headers)
 
 
 async def test_the_page_is_static_small_and_served_with_strict_headers() -> None:
@@ -238,7 +229,7 @@ class FakeFeed:
 @contextlib.asynccontextmanager
 async def serving_page_and_fake_feed(listed: list[dict]) -> AsyncIterator[tuple[str, FakeFeed]]:
     feed = FakeFeed(listed)
-    app = bare_app()
+    app = bare_app(router)
     app.add_api_websocket_route("/v1/vendors/stream", feed.stream)
 
     @app.get("/v1/vendor/orders")
