@@ -243,8 +243,8 @@ class CityDriver:
         self.job = Job(delivery_id, offer, time.monotonic())
         key, ready = self.readied.get(delivery_id, (delivery_id, None))
         if ready is not None:
-            metrics.time_to_assign.append((metrics.t(), (time.monotonic() - ready) * self.clock.speed))
-        metrics.orders.append((metrics.t(), key, "assigned"))
+            metrics.record_time_to_assign((time.monotonic() - ready) * self.clock.speed)
+        metrics.record_order(key, "assigned")
         self._spawn(self._work(self.job))
 
     async def _work(self, job: Job) -> None:
@@ -264,8 +264,7 @@ class CityDriver:
             return "stopped"
         at_shop = time.monotonic()
         if offer.get("pickup_eta_s") is not None:
-            metrics.pickup_eta.append((metrics.t(), float(offer["pickup_eta_s"]),
-                                       (at_shop - job.accepted_wall) * clock.speed))
+            metrics.record_pickup_eta(float(offer["pickup_eta_s"]), (at_shop - job.accepted_wall) * clock.speed)
         if not await clock.sleep(rng.uniform(*HANDOVER_S)):
             return "stopped"
         if not await self._update(job.delivery_id, {"event": "pick_up"}):
@@ -273,14 +272,13 @@ class CityDriver:
             # reports the job as failed rather than leaving it assigned forever.
             ok = await self._update(job.delivery_id, {"event": "fail", "reason": "pick-up not confirmed"})
             return "failed" if ok else "pick_up_refused"
-        metrics.orders.append((metrics.t(), self.readied.get(job.delivery_id, (job.delivery_id,))[0], "picked_up"))
+        metrics.record_order(self.readied.get(job.delivery_id, (job.delivery_id,))[0], "picked_up")
         picked = time.monotonic()
         self._go(dropoff, self.speed_mps)
         if not await self._arrival():
             return "stopped"
         if offer.get("dropoff_eta_s") is not None:
-            metrics.dropoff_eta.append((metrics.t(), float(offer["dropoff_eta_s"]),
-                                        (time.monotonic() - picked) * clock.speed))
+            metrics.record_dropoff_eta(float(offer["dropoff_eta_s"]), (time.monotonic() - picked) * clock.speed)
         if not await clock.sleep(rng.uniform(*HANDOVER_S) / 2):
             return "stopped"
         if rng.random() < FAIL_AT_DOOR_SHARE:

@@ -44,7 +44,7 @@ from dispatch.api import SIGNATURE_HEADER, sign
 from dispatch.processes import free_port, spawn_wakala, stop, wait_healthy
 from loadtest import city as city_scenario
 from loadtest.city_driver import CityDriver
-from loadtest.city_report import ReplayMetrics, render, summarize, write_report
+from loadtest.city_report import ReplayMetrics, print_report
 from loadtest.provision import ApiCaller, ApiFailed, City, add_customer, provision
 from loadtest.sim_clock import SimClock
 from schema.errors import WakalaError
@@ -147,11 +147,11 @@ class Replay:
         except ApiFailed as exc:
             metrics.counters["orders_refused"] += 1
             metrics.counters[f"refused:{exc.reason}"] += 1
-            metrics.orders.append((metrics.t(), key, "refused"))
+            metrics.record_order(key, "refused")
             return
         order_id = placed["id"]
         metrics.counters["orders_placed"] += 1
-        metrics.orders.append((metrics.t(), key, "placed"))
+        metrics.record_order(key, "placed")
         metrics.demand_cells[h3.latlng_to_cell(customer["lat"], customer["lng"], self.resolution)] += 1
         try:
             if method != "cash":
@@ -218,7 +218,7 @@ class Replay:
                     metrics.counters["tracking_frames"] += 1
                     if frame.get("type") == "position" and frame.get("received_at"):
                         metrics.counters["tracking_positions"] += 1
-                        metrics.tracking_latency.append((metrics.t(), (now - frame["received_at"]) * 1000))
+                        metrics.record_tracking((now - frame["received_at"]) * 1000)
                     elif frame.get("type") == "status" and frame.get("status") in TERMINAL:
                         return
         except websockets.ConnectionClosed as exc:
@@ -232,7 +232,7 @@ class Replay:
         self.open.discard(delivery_id)
         if outcome in ("delivered", "failed"):
             metrics.counters[f"orders_{outcome}"] += 1
-            metrics.orders.append((metrics.t(), self.readied.get(delivery_id, (delivery_id,))[0], outcome))
+            metrics.record_order(self.readied.get(delivery_id, (delivery_id,))[0], outcome)
         else:
             metrics.counters[f"jobs_{outcome}"] += 1
 
@@ -266,7 +266,7 @@ class Replay:
                             key = f"dispatch:offsets:{streams.app_id}-dispatcher:{topic}"
                             done = {int(k): int(v) for k, v in (await redis.hgetall(key)).items()}
                         lag = sum(max(0, end - done.get(tp.partition, 0)) for tp, end in ends.items())
-                        self.metrics.broker_lag.append((self.metrics.t(), label, lag))
+                        self.metrics.record_broker_lag(label, lag)
                     except Exception:   # noqa: BLE001 - the broker away for a moment: no figure, no crash
                         self.metrics.counters[f"lag_unavailable:{label}"] += 1
                 await self.clock.sleep(LAG_SAMPLE_S * self.clock.speed)
@@ -344,7 +344,7 @@ class Replay:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.metrics.ended_at = time.time()
+        self.metrics.finish()
 
     def _orders_in_flight(self) -> bool:
         return any(t.get_name().startswith("order-") and not t.done() for t in self._tasks)
@@ -391,11 +391,5 @@ async def run_replay(options: ReplayOptions, announce: Callable[[str], None] | N
             loop.remove_signal_handler(signal.SIGINT)
         if engine is not None:
             stop(engine)
-        if replay.metrics.ended_at is None:
-            replay.metrics.ended_at = time.time()
-    paths = write_report(replay.metrics, report_dir)
-    summary = summarize(replay.metrics)
-    print(render(summary))
-    print(f"report: {report_dir}/ ({', '.join(sorted(p.name for p in paths.values()))})")
-    print(json.dumps(summary, sort_keys=True))
-    return summary
+        replay.metrics.finish()
+    return print_report(replay.metrics, report_dir)
