@@ -127,12 +127,6 @@ class ReplayMetrics:
         end = self.ended_at if self.ended_at is not None else time.time()
         return max(0.0, end - self.started_at)
 
-    def live(self) -> dict[str, int]:
-        """A few counters for the progress bar (``tqdm.set_postfix(metrics.live())``)."""
-        c = self.counters
-        return {"placed": c["orders_placed"], "delivered": c["orders_delivered"],
-                "failed": c["orders_failed"], "pings": c["pings_sent"]}
-
 
 # --- figures -------------------------------------------------------------------------------
 
