@@ -18,24 +18,24 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.api import install as install_api
-from dispatch.auth import DriverAuthenticator
-from dispatch.cache import Cache
-from dispatch.calibration import CalibrationStore
-from dispatch.catalogue import run_view_refresher
-from dispatch.claims import DriverClaims
-from dispatch.dispatcher import Dispatcher
-from dispatch.gateway import DriverStreamRoute, Ingest, close_revoked, router
-from dispatch.hub import TrackingHub
-from dispatch.hub_sockets import HubRoute
-from dispatch.notify import RoutedNotifier
-from dispatch.offers import OfferEngine, PostgresTransitions, WebsocketNotifier
-from dispatch.orders import run_reservation_sweeper
-from dispatch.outbox import OutboxRelay
-from dispatch.ratelimit import SlidingWindowLimiter
-from dispatch.settings import EngineSettings
-from dispatch.tracking_page import router as tracking_page_router
-from dispatch.users import UserAuthenticator
-from dispatch.vendor_page import router as vendor_page_router
+from dispatch.commerce.catalogue import run_view_refresher
+from dispatch.commerce.orders import run_reservation_sweeper
+from dispatch.core.cache import Cache
+from dispatch.core.settings import EngineSettings
+from dispatch.deliveries.outbox import OutboxRelay
+from dispatch.gateway.ingest import DriverStreamRoute, Ingest, close_revoked, router
+from dispatch.identity.auth import DriverAuthenticator
+from dispatch.identity.users import UserAuthenticator
+from dispatch.matching.calibration import CalibrationStore
+from dispatch.matching.claims import DriverClaims
+from dispatch.matching.dispatcher import Dispatcher
+from dispatch.matching.notify import RoutedNotifier
+from dispatch.matching.offers import OfferEngine, PostgresTransitions, WebsocketNotifier
+from dispatch.tracking.hub import TrackingHub
+from dispatch.tracking.pages.tracking import router as tracking_page_router
+from dispatch.tracking.pages.vendor import router as vendor_page_router
+from dispatch.tracking.sockets import HubRoute
+from dispatch.web.ratelimit import SlidingWindowLimiter
 from schema.db import TenantDatabase
 from schema.settings import PostgresSettings
 from schema.tenants import list_tenants

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from dispatch.console import format_table
+from dispatch.core.console import format_table
 from schema.errors import WakalaError
 from schema.settings import PostgresSettings
 
@@ -18,7 +18,7 @@ def _pg() -> PostgresSettings:
 
 
 async def _services(args: argparse.Namespace) -> int:
-    from dispatch import services
+    from dispatch.ops import services
 
     if args.action == "up":
         statuses = await services.services_up()
@@ -94,8 +94,8 @@ async def _shard(args: argparse.Namespace) -> int:
 
 
 async def _driver(args: argparse.Namespace) -> int:
-    from dispatch.auth import issue_driver_token, revoke_token
-    from dispatch.drivers import NewDriver, create_driver
+    from dispatch.identity.auth import issue_driver_token, revoke_token
+    from dispatch.identity.drivers import NewDriver, create_driver
     from schema.db import TenantDatabase
 
     async with TenantDatabase(_pg()) as db:
@@ -126,7 +126,7 @@ async def _driver(args: argparse.Namespace) -> int:
 
 async def _user(args: argparse.Namespace) -> int:
     """Bootstrap: the first tenant admin of a tenant (everything else goes through the API)."""
-    from dispatch.users import create_user, issue_user_token
+    from dispatch.identity.users import create_user, issue_user_token
     from schema.db import TenantDatabase
 
     async with TenantDatabase(_pg()) as db:
@@ -154,7 +154,7 @@ def _engine(args: argparse.Namespace) -> int:
         run_worker(pg=_pg(), loglevel=args.log_level)
         return 0
     from dispatch.app import run_gateway
-    from dispatch.settings import EngineSettings
+    from dispatch.core.settings import EngineSettings
 
     engine = EngineSettings.from_env()
     worker = None
@@ -280,7 +280,7 @@ async def _loadtest(args: argparse.Namespace) -> int:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from dispatch.demo import run_demo
+    from dispatch.ops.demo import run_demo
 
     return await run_demo()
 

@@ -37,7 +37,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from dispatch.console import format_table
+from dispatch.core.console import format_table
 from loadtest.report import percentiles_ms
 
 ORDER_EVENTS = ("placed", "assigned", "picked_up", "delivered", "failed", "cancelled", "refused")

@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 
-from dispatch.auth import hash_token
-from dispatch.processes import free_port, spawn_wakala, stop
+from dispatch.identity.auth import hash_token
+from loadtest.processes import free_port, spawn_wakala, stop
 from loadtest.report import emit, percentiles_ms
 from schema.db import TenantDatabase
 from schema.errors import TenantExists

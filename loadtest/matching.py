@@ -56,8 +56,8 @@ from typing import Literal
 
 import numpy as np
 
-from dispatch.assignment import assign_batch, assign_greedy
-from dispatch.ranking import AVAILABLE, Candidate, Job
+from dispatch.matching.assignment import assign_batch, assign_greedy
+from dispatch.matching.ranking import AVAILABLE, Candidate, Job
 from geo.distance import destination, distance_m
 from geo.eta import CIRCUITY, JOHANNESBURG_TZ, EtaCalibration, eta_seconds
 from loadtest.report import emit

@@ -28,8 +28,8 @@ from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 
-from dispatch.nearest import DriverFacts, nearest_from_postgis, nearest_from_redis
-from dispatch.ranking import Job
+from dispatch.matching.nearest import DriverFacts, nearest_from_postgis, nearest_from_redis
+from dispatch.matching.ranking import Job
 from geo import CIRCUITY
 from loadtest.report import emit, percentiles_ms
 from schema.connect import connection

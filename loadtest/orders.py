@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import httpx
 
 from dispatch.api import sign
-from dispatch.processes import free_port, spawn_wakala, stop, wait_healthy
-from dispatch.users import create_user, create_vendor, issue_user_token
+from dispatch.identity.users import create_user, create_vendor, issue_user_token
+from loadtest.processes import free_port, spawn_wakala, stop, wait_healthy
 from loadtest.report import emit, percentiles_ms
 from schema.db import TenantDatabase
 from schema.settings import PostgresSettings

@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx
 
-from dispatch.auth import issue_driver_token
-from dispatch.drivers import NewDriver, create_driver
-from dispatch.orders import COLD_CHAIN_TAG
-from dispatch.users import create_user, issue_user_token
+from dispatch.commerce.orders import COLD_CHAIN_TAG
+from dispatch.identity.auth import issue_driver_token
+from dispatch.identity.drivers import NewDriver, create_driver
+from dispatch.identity.users import create_user, issue_user_token
 from schema.db import TenantDatabase
 from schema.errors import TenantExists
 from schema.settings import PostgresSettings
@@ -178,8 +178,8 @@ async def add_customer(city: City, api: ApiCaller, spec: dict) -> str:
 
 async def close_open_deliveries(db: TenantDatabase, tenant_id: str) -> int:
     """Cancel deliveries an earlier, interrupted run left open in this tenant (as an operator)."""
-    from dispatch.deliveries import transition
-    from dispatch.state import TERMINAL_STATES
+    from dispatch.deliveries.state import TERMINAL_STATES
+    from dispatch.deliveries.store import transition
 
     async with db.tenant_transaction(tenant_id, readonly=True) as tx:
         open_ids = [r["id"] for r in await tx.fetch(

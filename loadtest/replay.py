@@ -41,10 +41,10 @@ import httpx
 import websockets
 
 from dispatch.api import SIGNATURE_HEADER, sign
-from dispatch.processes import free_port, spawn_wakala, stop, wait_healthy
 from loadtest import city as city_scenario
 from loadtest.city_driver import CityDriver
 from loadtest.city_report import ReplayMetrics, print_report
+from loadtest.processes import free_port, spawn_wakala, stop, wait_healthy
 from loadtest.provision import ApiCaller, ApiFailed, City, add_customer, provision
 from loadtest.sim_clock import SimClock
 from schema.errors import WakalaError

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dispatch.console import format_table
+from dispatch.core.console import format_table
 
 
 def percentiles_ms(samples: Sequence[float]) -> dict[str, float | None]:

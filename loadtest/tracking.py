@@ -37,14 +37,13 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from dispatch import active
-from dispatch.auth import issue_driver_token
-from dispatch.claims import deliveries_key
-from dispatch.deliveries import insert_delivery, transition
-from dispatch.drivers import NewDriver, create_driver
-from dispatch.processes import free_port, spawn_wakala, stop
-from dispatch.tracking_links import issue_link
-from dispatch.users import create_vendor
+from dispatch.deliveries.store import insert_delivery, transition
+from dispatch.identity.auth import issue_driver_token
+from dispatch.identity.drivers import NewDriver, create_driver
+from dispatch.identity.users import create_vendor
+from dispatch.matching import active
+from dispatch.matching.claims import deliveries_key
+from dispatch.tracking.links import issue_link
 from geo import destination
 from loadtest.ingest import (
     _children,
@@ -54,6 +53,7 @@ from loadtest.ingest import (
     _wait_http,
     fresh_streams,
 )
+from loadtest.processes import free_port, spawn_wakala, stop
 from loadtest.report import emit, percentiles_ms
 from schema.db import TenantDatabase
 from schema.errors import TenantExists

@@ -78,7 +78,7 @@ from streams.records import DeadLetter, DriverPing
 from streams.settings import StreamSettings
 
 if TYPE_CHECKING:
-    from dispatch.tracking import Tracker
+    from dispatch.tracking.tracker import Tracker
 
 log = logging.getLogger("wakala.streams")
 
@@ -222,10 +222,10 @@ class IngestPipeline:
                 self.db = TenantDatabase(self.pg_settings)
                 self.pg_writer = PgLocationWriter(self.db, self.settings.pg_write_interval_s)
             # dispatch imports streams (records, the location store): import it when running
-            from dispatch.cache import Cache
-            from dispatch.calibration import CalibrationStore
-            from dispatch.offers import PostgresTransitions
-            from dispatch.tracking import Tracker
+            from dispatch.core.cache import Cache
+            from dispatch.matching.calibration import CalibrationStore
+            from dispatch.matching.offers import PostgresTransitions
+            from dispatch.tracking.tracker import Tracker
 
             transitions = None if self.db is None else PostgresTransitions(self.db, Cache(self.redis))
             self.tracker = Tracker(

@@ -10,8 +10,8 @@ from dataclasses import replace
 import uvicorn
 
 from dispatch.app import create_app, uvicorn_config
-from dispatch.processes import free_port
-from dispatch.settings import EngineSettings
+from dispatch.core.settings import EngineSettings
+from loadtest.processes import free_port
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from dispatch.api import sign
-from dispatch.users import create_user, issue_user_token
+from dispatch.identity.users import create_user, issue_user_token
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from tests.engine_helpers import running_app

@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatch.assignment import (
+from dispatch.matching.assignment import (
     INFEASIBLE_S,
     Assignment,
     assign_batch,
     assign_greedy,
     cost_matrix,
 )
-from dispatch.ranking import Candidate, Job, feasibility
+from dispatch.matching.ranking import Candidate, Job, feasibility
 from geo import destination, distance_m
 from geo.eta import JOHANNESBURG_TZ, EtaCalibration, eta_seconds
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from dispatch.ranking import feasibility
+from dispatch.matching.ranking import feasibility
 from loadtest.matching import (
     MatchingBench,
     make_scenario,

@@ -1,4 +1,4 @@
-"""dispatch.cache against the real Redis: cache-aside, tags, stale-write guard, tenant keys."""
+"""dispatch.core.cache against the real Redis: cache-aside, tags, stale-write guard, tenant keys."""
 
 import uuid
 from decimal import Decimal
@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 
-from dispatch.cache import (
+from dispatch.core.cache import (
     Cache,
     inventory_key,
     order_key,

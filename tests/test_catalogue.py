@@ -14,9 +14,8 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from dispatch import catalogue
-from dispatch.cache import Cache, inventory_key, product_key
-from dispatch.catalogue import (
+from dispatch.commerce import catalogue
+from dispatch.commerce.catalogue import (
     CatalogueNotFound,
     CatalogueRejected,
     adjust_stock,
@@ -38,6 +37,7 @@ from dispatch.catalogue import (
     update_product,
     warm_popular,
 )
+from dispatch.core.cache import Cache, inventory_key, product_key
 from schema.connect import connection
 from schema.db import SET_TENANT_SQL, TenantDatabase
 from schema.settings import PostgresSettings
@@ -664,7 +664,7 @@ async def test_the_refresher_survives_a_failing_tenant_and_refreshes_the_others(
             raise ConnectionError("control plane restarting")
         return ["not-a-tenant", uuid.uuid4(), shop.tenant.id]
 
-    caplog.set_level(logging.ERROR, logger="dispatch.catalogue")
+    caplog.set_level(logging.ERROR, logger="dispatch.commerce.catalogue")
     task = asyncio.create_task(run_view_refresher(db, cache, tenants, interval_s=0.05))
     # both entries: warming writes the product, then its inventory (CI once cancelled the
     # refresher between the two, and the read below missed the inventory)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from dispatch.claims import (
+from dispatch.matching.claims import (
     DriverClaims,
     InvalidClaimId,
     InvalidClaimSettings,

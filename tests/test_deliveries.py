@@ -13,7 +13,8 @@ import asyncpg
 import pytest
 
 import schema.migrate as migrate_module
-from dispatch.deliveries import (
+from dispatch.deliveries.state import DeliveryState, IllegalTransition, InvalidFact
+from dispatch.deliveries.store import (
     InvalidDeliveryInput,
     UnknownDelivery,
     UnknownDriver,
@@ -21,7 +22,6 @@ from dispatch.deliveries import (
     record_event,
     transition,
 )
-from dispatch.state import DeliveryState, IllegalTransition, InvalidFact
 from schema.connect import connection
 from schema.db import TenantDatabase
 from schema.migrate import load_migrations, migrate

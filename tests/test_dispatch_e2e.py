@@ -20,10 +20,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
-from dispatch.auth import issue_driver_token
-from dispatch.calibration import CALIBRATION_KEY
-from dispatch.deliveries import create_delivery
-from dispatch.drivers import NewDriver, create_driver
+from dispatch.deliveries.store import create_delivery
+from dispatch.identity.auth import issue_driver_token
+from dispatch.identity.drivers import NewDriver, create_driver
+from dispatch.matching.calibration import CALIBRATION_KEY
 from geo import destination
 from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase

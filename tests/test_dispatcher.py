@@ -25,17 +25,19 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from dispatch import active
-from dispatch.calibration import CalibrationStore
-from dispatch.claims import (
+from dispatch.deliveries.outbox import OutboxRelay
+from dispatch.deliveries.state import DeliveryEvent
+from dispatch.deliveries.store import create_delivery, transition
+from dispatch.matching import active
+from dispatch.matching.calibration import CalibrationStore
+from dispatch.matching.claims import (
     DriverClaims,
     deliveries_key,
     delivery_driver_key,
     delivery_offer_key,
     offer_key,
 )
-from dispatch.deliveries import create_delivery, transition
-from dispatch.dispatcher import (
+from dispatch.matching.dispatcher import (
     MAX_PROOF_BYTES,
     MAX_REASON_CHARS,
     Dispatcher,
@@ -43,8 +45,8 @@ from dispatch.dispatcher import (
     DriverUpdateRefused,
     parse_driver_update,
 )
-from dispatch.notify import RoutedNotifier, socket_key
-from dispatch.offers import (
+from dispatch.matching.notify import RoutedNotifier, socket_key
+from dispatch.matching.offers import (
     UNASSIGNED_TENANTS_KEY,
     Offer,
     OfferEngine,
@@ -56,9 +58,7 @@ from dispatch.offers import (
     tried_key,
     unassigned_key,
 )
-from dispatch.outbox import OutboxRelay
-from dispatch.state import DeliveryEvent
-from dispatch.tracking import tracking_key
+from dispatch.tracking.tracker import tracking_key
 from geo import EtaCalibration, destination, distance_m
 from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase

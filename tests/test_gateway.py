@@ -13,9 +13,9 @@ import redis.asyncio as aioredis
 import websockets
 from aiokafka import AIOKafkaConsumer
 
-from dispatch.auth import issue_driver_token, revoke_token
-from dispatch.drivers import InvalidDriver, NewDriver, create_driver
-from dispatch.metrics import PINGS_REJECTED
+from dispatch.core.metrics import PINGS_REJECTED
+from dispatch.identity.auth import issue_driver_token, revoke_token
+from dispatch.identity.drivers import InvalidDriver, NewDriver, create_driver
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from tests.engine_helpers import running_engine

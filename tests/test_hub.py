@@ -26,13 +26,12 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from dispatch.api import sign
-from dispatch.auth import hash_token, issue_driver_token
-from dispatch.deliveries import record_event, transition
-from dispatch.drivers import NewDriver, create_driver
-from dispatch.hub import FrameQueue, position_frame, status_frame
-from dispatch.state import DeliveryState
-from dispatch.tracking import Tracker, tracking_key
-from dispatch.tracking_links import (
+from dispatch.deliveries.state import DeliveryState
+from dispatch.deliveries.store import record_event, transition
+from dispatch.identity.auth import hash_token, issue_driver_token
+from dispatch.identity.drivers import NewDriver, create_driver
+from dispatch.tracking.hub import FrameQueue, position_frame, status_frame
+from dispatch.tracking.links import (
     CLOSE_EXPIRED,
     CLOSE_INVALID,
     LinkRefused,
@@ -40,6 +39,7 @@ from dispatch.tracking_links import (
     parse_tracking_token,
     revoke_links,
 )
+from dispatch.tracking.tracker import Tracker, tracking_key
 from geo import covering_grid, destination
 from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from dispatch.auth import issue_driver_token
-from dispatch.drivers import NewDriver, create_driver
+from dispatch.identity.auth import issue_driver_token
+from dispatch.identity.drivers import NewDriver, create_driver
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.app import create_app

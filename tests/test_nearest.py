@@ -11,14 +11,14 @@ from dataclasses import dataclass, replace
 import pytest
 import redis.asyncio as aioredis
 
-from dispatch.nearest import (
+from dispatch.matching.nearest import (
     DriverFacts,
     load_driver_facts,
     nearest,
     nearest_from_postgis,
     nearest_from_redis,
 )
-from dispatch.ranking import Job
+from dispatch.matching.ranking import Job
 from geo import destination
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant

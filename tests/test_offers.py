@@ -15,17 +15,17 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from dispatch.auth import issue_driver_token
-from dispatch.claims import (
+from dispatch.deliveries.store import create_delivery
+from dispatch.identity.auth import issue_driver_token
+from dispatch.identity.drivers import NewDriver, create_driver
+from dispatch.matching.claims import (
     DriverClaims,
     deliveries_key,
     delivery_driver_key,
     delivery_offer_key,
     offer_key,
 )
-from dispatch.deliveries import create_delivery
-from dispatch.drivers import NewDriver, create_driver
-from dispatch.offers import (
+from dispatch.matching.offers import (
     InvalidOfferReply,
     Offer,
     OfferCandidate,
@@ -38,7 +38,7 @@ from dispatch.offers import (
     tried_key,
     unassigned_key,
 )
-from dispatch.ranking import Job
+from dispatch.matching.ranking import Job
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.location_store import LocationStore, location_key, state_key

@@ -15,20 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
-import dispatch.orders as orders_module
-from dispatch.cache import Cache
-from dispatch.deliveries import transition
-from dispatch.order_input import NewOrder, OrderLine, parse_new_order
-from dispatch.order_state import (
-    TRANSITIONS,
-    IllegalOrderTransition,
-    OrderAction,
-    OrderNotFound,
-    OrderRejected,
-    OrderStatus,
-    next_status,
-)
-from dispatch.orders import (
+import dispatch.commerce.orders as orders_module
+from dispatch.commerce.orders import (
     COLD_CHAIN_TAG,
     cancel_order,
     get_order,
@@ -40,8 +28,20 @@ from dispatch.orders import (
     return_order,
     vendor_decision,
 )
-from dispatch.outbox import OutboxRelay
-from dispatch.pricing import PricingSettings, delivery_fee, money
+from dispatch.commerce.orders.input import NewOrder, OrderLine, parse_new_order
+from dispatch.commerce.orders.lifecycle import (
+    TRANSITIONS,
+    IllegalOrderTransition,
+    OrderAction,
+    OrderNotFound,
+    OrderRejected,
+    OrderStatus,
+    next_status,
+)
+from dispatch.commerce.pricing import PricingSettings, delivery_fee, money
+from dispatch.core.cache import Cache
+from dispatch.deliveries.outbox import OutboxRelay
+from dispatch.deliveries.store import transition
 from geo import destination
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant

@@ -8,8 +8,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from dispatch.deliveries import transition
-from dispatch.outbox import OutboxRelay
+from dispatch.deliveries.outbox import OutboxRelay
+from dispatch.deliveries.store import transition
 from tests.test_deliveries import T0, world  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(120)

@@ -12,10 +12,10 @@ from decimal import Decimal
 
 import pytest
 
-from dispatch.order_state import OrderRejected
-from dispatch.orders import cancel_order, get_order
-from dispatch.pricing import allocate, money, refund_share
-from dispatch.promotions import PricedLine, Promotion, apply_promotions
+from dispatch.commerce.orders import cancel_order, get_order
+from dispatch.commerce.orders.lifecycle import OrderRejected
+from dispatch.commerce.pricing import allocate, money, refund_share
+from dispatch.commerce.promotions import PricedLine, Promotion, apply_promotions
 from tests import test_orders
 from tests.test_orders import T0, place, snapshot, stock
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatch.ranking import (
+from dispatch.matching.ranking import (
     Candidate,
     DuplicateCandidate,
     Job,

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatch import services
-from dispatch.processes import free_port
-from dispatch.services import (
+from dispatch.ops import services
+from dispatch.ops.services import (
     ServiceError,
     ServicesConfig,
     ServiceStatus,
@@ -35,6 +34,7 @@ from dispatch.services import (
     services_up,
     start_tansu,
 )
+from loadtest.processes import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

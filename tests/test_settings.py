@@ -2,7 +2,7 @@
 
 import pytest
 
-from dispatch.settings import EngineSettings
+from dispatch.core.settings import EngineSettings
 from schema.errors import ConfigError
 from schema.settings import PostgresSettings
 from streams.settings import StreamSettings

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatch.state import (
+from dispatch.deliveries.state import (
     TERMINAL_STATES,
     TRANSITIONS,
     DeliveryEvent,

@@ -1,4 +1,4 @@
-"""dispatch.tracking against real Redis and Postgres: geofence arrivals happen once, ETAs are
+"""dispatch.tracking.tracker against real Redis and Postgres: geofence arrivals happen once, ETAs are
 the model's, nothing crosses tenants, garbage is ignored; and through the running worker."""
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from dispatch import active
-from dispatch.active import ActiveDelivery, active_key
-from dispatch.calibration import CalibrationStore
-from dispatch.claims import deliveries_key
-from dispatch.deliveries import transition
-from dispatch.offers import PostgresTransitions
-from dispatch.state import DeliveryEvent
-from dispatch.tracking import (
+from dispatch.deliveries.state import DeliveryEvent
+from dispatch.deliveries.store import transition
+from dispatch.matching import active
+from dispatch.matching.active import ActiveDelivery, active_key
+from dispatch.matching.calibration import CalibrationStore
+from dispatch.matching.claims import deliveries_key
+from dispatch.matching.offers import PostgresTransitions
+from dispatch.tracking.tracker import (
     GEOFENCE_ACTOR,
     TRACKING_TTL_S,
     Tracker,

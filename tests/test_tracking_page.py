@@ -27,7 +27,7 @@ import pytest
 import uvicorn
 from fastapi import APIRouter, FastAPI, WebSocket
 
-from dispatch.tracking_page import PAGE, PAGE_GZIP, accepts_gzip, router
+from dispatch.tracking.pages.tracking import PAGE, PAGE_GZIP, accepts_gzip, router
 from tests.engine_helpers import free_port, serving
 
 CHROMIUM = "/usr/bin/chromium"

@@ -8,7 +8,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from dispatch.tracking import Tracker
+from dispatch.tracking.tracker import Tracker
 from geo import destination
 from schema.db import TenantDatabase
 from streams.location_store import LocationStore

@@ -6,8 +6,8 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from dispatch.auth import TokenRejected, hash_token, revoke_token
-from dispatch.users import (
+from dispatch.identity.auth import TokenRejected, hash_token, revoke_token
+from dispatch.identity.users import (
     InvalidUser,
     UserAuthenticator,
     create_user,

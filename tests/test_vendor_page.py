@@ -24,7 +24,7 @@ import uvicorn
 from fastapi import Request, WebSocket
 
 from dispatch.api import sign
-from dispatch.vendor_page import PAGE, PAGE_GZIP, router
+from dispatch.tracking.pages.vendor import PAGE, PAGE_GZIP, router
 from tests.engine_helpers import free_port, running_app, serving
 from tests.test_api import SECRET, Shop, _pay, _tenant_with_admin, auth
 from tests.test_hub import settings  # noqa: F401

@@ -1,0 +1,215 @@
+"""Payment callbacks: one ``payments`` row per attempt, idempotent on the gateway's key.
+
+``record_payment`` locks the order, then looks the idempotency key up: a callback delivered
+again (same key, order, amount and status) returns what the first one returned and writes
+nothing; the same key with another order, amount or status is refused (409
+``idempotency_conflict``). Otherwise it inserts the attempt and applies its effect on the
+order in the same transaction (``payment_outcome``, pure):
+
+==========================================  =================================================
+order                                       effect of a successful / failed payment
+==========================================  =================================================
+pending                                     ``pay``: paid, stock held until fulfilment /
+                                            ``fail_payment``: cancelled, stock and promotion
+                                            uses given back
+cancelled, rejected, failed                 the money is owed back: a refund of this payment /
+                                            recorded, nothing else
+already paid                                a double charge: a refund of this payment /
+                                            recorded, nothing else
+accepted and later, not yet paid            (cash on delivery paid online) payment status
+                                            ``paid`` / recorded, nothing else
+==========================================  =================================================
+
+A successful payment must be for the order's total (422 ``amount_mismatch`` otherwise:
+the gateway charged something we did not ask for, and an operator must look at it).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import asyncpg
+
+from dispatch.commerce import reservations
+from dispatch.commerce.orders.lifecycle import (
+    OrderAction,
+    OrderNotFound,
+    OrderRejected,
+    OrderStatus,
+    next_status,
+)
+from dispatch.commerce.orders.records import (
+    SET_PAYMENT_STATUS_SQL,
+    change_status,
+    give_back,
+    lock_order,
+    write_event,
+)
+from dispatch.core.cache import Cache
+from schema.db import TenantDatabase
+from schema.tenants import parse_tenant_id
+
+__all__ = ["PAYMENT_STATUSES", "PaymentOutcome", "payment_outcome", "record_payment"]
+
+SUCCEEDED, FAILED = "succeeded", "failed"
+PAYMENT_STATUSES = (SUCCEEDED, FAILED)
+MAX_KEY = 255
+MAX_AMOUNT = Decimal("99999999.99")   # DECIMAL(10,2)
+
+PAYMENT_BY_KEY_SQL = """
+SELECT id, order_id, idempotency_key, status, amount, currency, gateway, gateway_reference,
+       metadata, created_at
+FROM payments WHERE idempotency_key = $1
+"""
+INSERT_PAYMENT_SQL = """
+INSERT INTO payments (order_id, idempotency_key, gateway, gateway_reference, method, amount,
+                      status, processed_at, metadata)
+VALUES ($1, $2, $3, $4, $5, $6, $7, now(), $8::jsonb)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING id, order_id, idempotency_key, status, amount, currency, gateway, gateway_reference,
+          metadata, created_at
+"""
+REFUND_PAYMENT_SQL = """
+INSERT INTO refunds (order_id, payment_id, amount, method, reason) VALUES ($1, $2, $3, $4, $5)
+"""
+_LATE = frozenset({OrderStatus.CANCELLED, OrderStatus.REJECTED, OrderStatus.FAILED})
+
+
+@dataclass(frozen=True)
+class PaymentOutcome:
+    action: OrderAction | None      # the order transition, if any
+    payment_status: str | None      # orders.payment_status afterwards (None: unchanged)
+    refund: bool                    # this payment is owed back
+
+
+def payment_outcome(order_status: OrderStatus, payment_status: str | None,
+                    status: str) -> PaymentOutcome:
+    """What a payment attempt does to an order (see the module's table)."""
+    if order_status is OrderStatus.PENDING:
+        if status == SUCCEEDED:
+            return PaymentOutcome(OrderAction.PAY, "paid", False)
+        return PaymentOutcome(OrderAction.FAIL_PAYMENT, "failed", False)
+    if status == FAILED:
+        return PaymentOutcome(None, None, False)
+    if order_status in _LATE:
+        return PaymentOutcome(None, "refund_pending", True)
+    if payment_status == "paid":
+        return PaymentOutcome(None, None, True)
+    return PaymentOutcome(None, "paid", False)
+
+
+def _refuse(reason: str, message: str, field: str, status: int = 422) -> OrderRejected:
+    return OrderRejected(status, reason, message, field)
+
+
+def _amount(value: object) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, Decimal | str | int):
+        raise _refuse("wrong_type", "amount must be a Decimal (never a float)", "amount")
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise _refuse("invalid_value", "amount is not a decimal number", "amount") from None
+    if not amount.is_finite() or not 0 <= amount <= MAX_AMOUNT or amount != amount.quantize(Decimal("0.01")):
+        raise _refuse("invalid_value", "amount must be 0 or more, in cents", "amount")
+    return amount.quantize(Decimal("0.01"))
+
+
+def _result(row: asyncpg.Record, *, replayed: bool) -> dict[str, Any]:
+    meta = json.loads(row["metadata"]) if isinstance(row["metadata"], str) else dict(row["metadata"])
+    return {
+        "payment_id": str(row["id"]), "order_id": str(row["order_id"]),
+        "idempotency_key": row["idempotency_key"], "status": row["status"],
+        "amount": str(row["amount"]), "currency": row["currency"], "gateway": row["gateway"],
+        "gateway_reference": row["gateway_reference"], "order_status": meta.get("order_status"),
+        "payment_status": meta.get("payment_status"), "refund_amount": meta.get("refund_amount"),
+        "created_at": row["created_at"].isoformat(), "replayed": replayed,
+    }
+
+
+async def record_payment(
+    db: TenantDatabase, tenant_id: object, order_id: uuid.UUID | str, *, idempotency_key: str,
+    amount: Decimal, status: str, gateway: str, gateway_reference: str | None,
+    cache: Cache | None = None,
+) -> dict[str, Any]:
+    """Record one payment attempt of an order (a gateway callback); see the module's table.
+
+    Returns ``payment_id, order_id, idempotency_key, status, amount, currency, gateway,
+    gateway_reference, order_status, payment_status, refund_amount, created_at, replayed``
+    (``replayed`` is the only difference between a first delivery and a replay).
+    Raises OrderNotFound, OrderRejected (422 input; 422 ``amount_mismatch``; 409
+    ``idempotency_conflict``), with nothing written.
+    """
+    if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= MAX_KEY:
+        raise _refuse("invalid_value", f"idempotency_key must be 1-{MAX_KEY} characters", "idempotency_key")
+    if status not in PAYMENT_STATUSES:
+        raise _refuse("invalid_value", "status must be succeeded or failed", "status")
+    if not isinstance(gateway, str) or not 1 <= len(gateway) <= 50:
+        raise _refuse("invalid_value", "gateway must be 1-50 characters", "gateway")
+    if gateway_reference is not None and (not isinstance(gateway_reference, str)
+                                          or len(gateway_reference) > 255):
+        raise _refuse("invalid_value", "gateway_reference must be at most 255 characters",
+                      "gateway_reference")
+    paid = _amount(amount)
+    try:
+        oid = order_id if isinstance(order_id, uuid.UUID) else uuid.UUID(str(order_id))
+    except ValueError:
+        raise OrderNotFound(order_id) from None
+    tenant = str(parse_tenant_id(tenant_id))
+    at = datetime.now(UTC)
+    products: list[str] = []
+    async with db.tenant_transaction(tenant) as tx:
+        order = await lock_order(tx, oid)
+        # after the order lock: a concurrent delivery of the same callback has committed
+        existing = await tx.fetchrow(PAYMENT_BY_KEY_SQL, idempotency_key)
+        if existing is not None:
+            return _replay(existing, oid, paid, status)
+        if status == SUCCEEDED and paid != order.total_amount:
+            raise _refuse("amount_mismatch", f"the order's total is {order.total_amount}, "
+                          f"the payment {paid}", "amount")
+        outcome = payment_outcome(order.status, order.payment_status, status)
+        order_status = (order.status.value if outcome.action is None
+                        else next_status(order.status, outcome.action,
+                                        payment_method=order.payment_method).value)
+        meta = {"order_status": order_status,
+                "payment_status": outcome.payment_status or order.payment_status,
+                "refund_amount": str(paid) if outcome.refund else None}
+        row = await tx.fetchrow(INSERT_PAYMENT_SQL, oid, idempotency_key, gateway, gateway_reference,
+                                order.payment_method or "unknown", paid, status, json.dumps(meta))
+        if row is None:   # the key was taken for another order meanwhile
+            return _replay(await tx.fetchrow(PAYMENT_BY_KEY_SQL, idempotency_key), oid, paid, status)
+        details = {"payment_id": str(row["id"]), "payment_status": status, "amount": str(paid)}
+        if outcome.action is OrderAction.PAY:
+            await change_status(tx, tenant, order, outcome.action, actor=f"gateway:{gateway}",
+                                reason=None, at=at, payment_status=outcome.payment_status,
+                                extra=details)
+            await reservations.hold(tx, oid)
+        elif outcome.action is OrderAction.FAIL_PAYMENT:
+            await change_status(tx, tenant, order, outcome.action, actor=f"gateway:{gateway}",
+                                reason="payment failed", at=at,
+                                payment_status=outcome.payment_status, extra=details)
+            products = await give_back(tx, order, at)
+        else:
+            if outcome.refund:
+                await tx.execute(REFUND_PAYMENT_SQL, oid, row["id"], paid, order.payment_method,
+                                 "payment for an order no longer wanted" if order.status in _LATE
+                                 else "duplicate payment")
+            if outcome.payment_status is not None:
+                await tx.execute(SET_PAYMENT_STATUS_SQL, oid, outcome.payment_status)
+            await write_event(tx, tenant, order, "record_payment", from_status=order.status.value,
+                              to_status=order.status.value, at=at, actor=f"gateway:{gateway}",
+                              reason=None, extra={**details, "refund": outcome.refund})
+    if cache is not None:
+        await cache.invalidate(tenant, [f"order:{oid}", *(f"inventory:{p}" for p in products)])
+    return _result(row, replayed=False)
+
+
+def _replay(existing: asyncpg.Record, oid: uuid.UUID, amount: Decimal, status: str) -> dict[str, Any]:
+    if existing["order_id"] != oid or existing["amount"] != amount or existing["status"] != status:
+        raise _refuse("idempotency_conflict", "this idempotency_key was used for another payment "
+                      "(order, amount or status differ)", "idempotency_key", 409)
+    return _result(existing, replayed=True)

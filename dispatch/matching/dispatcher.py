@@ -1,0 +1,502 @@
+"""The dispatcher: from a new delivery to a delivered one, inside the running engine.
+
+Flow
+----
+1. ``dispatch.deliveries.create_delivery`` writes a ``created`` event to the tenant's outbox;
+   the relay (``OutboxRelay.run``) publishes it on ``delivery-events``.
+2. ``Dispatcher.run`` consumes ``delivery-events`` (every engine reads every partition; the
+   first to claim an event in Redis handles it, see ``run``). ``created`` starts matching:
+   greedy (each delivery at once: ``nearest`` drivers, ETAs, an offer round) or batch (every
+   ``window_s`` the window's deliveries of a tenant are solved together with
+   ``assign_batch``; each round then starts with its optimal driver).
+3. Offers, accept/decline/timeout and giving up belong to ``dispatch.offers.OfferEngine``;
+   an accept calls ``on_assigned`` here, which writes the ``dispatch.active`` hash the
+   location stream tracks (geofence arrival at pickup, live ETAs: ``dispatch.tracking``).
+4. The driver confirms pick-up and delivery (``driver_update``, from the websocket or HTTP);
+   delivery or failure frees the driver (``claims.release``), records the leg in the ETA
+   calibration, and retries the tenant's unassigned deliveries.
+5. Unassigned deliveries are retried when a driver frees up (a ``deliver``/``fail``/
+   ``cancel`` event on the topic, from any engine), when a driver starts a shift
+   (``retry_soon``), and every ``retry_interval_s`` as a backstop.
+
+Where the seed is silent: the driver's pay is the order's ``delivery_fee``; the maximum
+pickup distance is the vendor's ``delivery_radius``; an order asks for cold storage or
+particular vehicles with ``orders.metadata`` keys ``needs_cold_storage`` (bool) and
+``vehicle_types`` (list). Every step checks the delivery's state first, so an event handled
+twice is harmless, and a pending delivery that no round is working on is picked up by the
+periodic sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.asyncio import Redis
+
+from dispatch.core.cache import Cache
+from dispatch.deliveries.state import DeliveryEvent, DeliveryState, IllegalTransition, InvalidFact
+from dispatch.deliveries.store import CREATED_EVENT, UnknownDelivery, transition
+from dispatch.identity.drivers import VEHICLE_TYPES
+from dispatch.matching import active
+from dispatch.matching.assignment import assign_batch
+from dispatch.matching.calibration import CalibrationStore
+from dispatch.matching.claims import DriverClaims, delivery_offer_key
+from dispatch.matching.nearest import DriverFacts, load_driver_facts, nearest
+from dispatch.matching.offers import OfferCandidate, OfferEngine, RoundOutcome, round_key, tried_key
+from dispatch.matching.ranking import Job, RankedCandidate
+from geo import CIRCUITY, EtaCalibration, distance_m, eta_seconds
+from schema.db import TenantDatabase
+from schema.errors import WakalaError
+from schema.tenants import list_tenants
+from streams.location_store import LocationStore, as_text, canonical_uuid, state_key
+
+__all__ = ["DispatchJob", "Dispatcher", "DriverUpdateRefused", "parse_driver_update"]
+
+log = logging.getLogger(__name__)
+
+JOB_SQL = """
+SELECT d.status, d.order_id,
+       ST_Y(d.pickup_location::geometry) AS pickup_lat, ST_X(d.pickup_location::geometry) AS pickup_lng,
+       ST_Y(d.dropoff_location::geometry) AS dropoff_lat, ST_X(d.dropoff_location::geometry) AS dropoff_lng,
+       coalesce(o.delivery_fee, 0) AS pay, coalesce(o.metadata, '{}'::jsonb) AS order_metadata,
+       coalesce(v.delivery_radius, 5000) AS max_pickup_m
+FROM deliveries d JOIN orders o ON o.id = d.order_id JOIN vendors v ON v.id = o.vendor_id
+WHERE d.id = $1
+"""
+# Pending for a while: a round would have taken it to offered or unassigned by now.
+STRANDED_SQL = """
+SELECT id FROM deliveries
+WHERE status = 'pending' AND created_at < now() - interval '20 seconds'
+ORDER BY created_at LIMIT 100
+"""
+# KEYS: the shared offsets hash. ARGV: partition, next offset. Positions only move forward.
+_ADVANCE = """
+local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1
+"""
+LEG_SQL = """
+SELECT estimated_duration_s, actual_duration_s,
+       ST_Y(dropoff_location::geometry) AS lat, ST_X(dropoff_location::geometry) AS lng
+FROM deliveries WHERE id = $1
+"""
+
+# Events on delivery-events after which a driver may be free again.
+_FREEING = frozenset({DeliveryEvent.DELIVER.value, DeliveryEvent.FAIL.value, DeliveryEvent.CANCEL.value})
+# What a driver may report about their own delivery.
+DRIVER_EVENTS = {"pick_up": DeliveryEvent.PICK_UP, "deliver": DeliveryEvent.DELIVER,
+                 "fail": DeliveryEvent.FAIL}
+MAX_PROOF_BYTES = 8 * 1024
+MAX_REASON_CHARS = 500
+DRIVER_ACTOR = "driver:{}"
+
+
+class DriverUpdateRefused(WakalaError):
+    """A driver's pick_up/deliver/fail report was refused; nothing changed."""
+
+    def __init__(self, status: int, reason: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.field = status, reason, message, field
+
+
+@dataclass(frozen=True, slots=True)
+class DriverUpdate:
+    delivery_id: str
+    event: DeliveryEvent
+    proof_of_delivery: dict[str, Any] | None
+    reason: str | None
+
+
+def parse_driver_update(payload: Any, delivery_id: object = None) -> DriverUpdate:
+    """Validate ``{"delivery_id", "event": "pick_up"|"deliver"|"fail", "proof_of_delivery",
+    "reason"}`` (the delivery id may come from the URL instead). Pure; raises DriverUpdateRefused."""
+    if not isinstance(payload, dict):
+        raise DriverUpdateRefused(422, "wrong_type", "the body must be a JSON object")
+    raw_id = delivery_id if delivery_id is not None else payload.get("delivery_id")
+    if raw_id is None:
+        raise DriverUpdateRefused(422, "missing_field", "delivery_id is required", "delivery_id")
+    try:
+        if not isinstance(raw_id, str) or len(raw_id) > 45:
+            raise ValueError
+        delivery = canonical_uuid(raw_id, "delivery_id")
+    except ValueError:
+        raise DriverUpdateRefused(422, "wrong_type", "delivery_id must be a UUID", "delivery_id") from None
+    event = payload.get("event")
+    if not isinstance(event, str) or event not in DRIVER_EVENTS:   # a list or dict is unhashable
+        raise DriverUpdateRefused(422, "invalid_value",
+                                  f"event must be one of {', '.join(DRIVER_EVENTS)}", "event")
+    proof = payload.get("proof_of_delivery")
+    if event == "deliver":
+        if not isinstance(proof, dict) or not proof:
+            raise DriverUpdateRefused(422, "missing_field", "deliver needs proof_of_delivery "
+                                      "(a JSON object: photo, signature, code...)", "proof_of_delivery")
+        if len(json.dumps(proof)) > MAX_PROOF_BYTES:
+            raise DriverUpdateRefused(413, "too_large", f"proof_of_delivery is over {MAX_PROOF_BYTES} bytes",
+                                      "proof_of_delivery")
+    elif proof is not None:
+        raise DriverUpdateRefused(422, "unexpected_field", f"{event} takes no proof_of_delivery",
+                                  "proof_of_delivery")
+    reason = payload.get("reason")
+    if event == "fail":
+        if reason is None:
+            raise DriverUpdateRefused(422, "missing_field",
+                                      f"fail needs a reason (1-{MAX_REASON_CHARS} characters)", "reason")
+        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
+            raise DriverUpdateRefused(422, "invalid_value",
+                                      f"reason must be 1-{MAX_REASON_CHARS} characters of text", "reason")
+    elif reason is not None:
+        raise DriverUpdateRefused(422, "unexpected_field", f"{event} takes no reason", "reason")
+    return DriverUpdate(delivery, DRIVER_EVENTS[event], proof, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchJob:
+    """A delivery waiting for a driver, as the matcher sees it."""
+
+    tenant_id: str
+    delivery_id: str
+    job: Job
+    pay: Decimal
+    status: str
+
+
+def _vehicle_types(metadata: dict[str, Any]) -> frozenset[str] | None:
+    wanted = metadata.get("vehicle_types")
+    if not isinstance(wanted, list):
+        return None
+    return frozenset(v for v in wanted if isinstance(v, str) and v in VEHICLE_TYPES)
+
+
+class Dispatcher:
+    def __init__(self, db: TenantDatabase, redis: Redis, store: LocationStore, offers: OfferEngine, *,
+                 mode: Literal["greedy", "batch"] = "greedy", window_s: float = 2.0, k: int = 10,
+                 retry_interval_s: float = 10.0, calibration: CalibrationStore | None = None,
+                 facts_ttl_s: float = 60.0, cache: Cache | None = None) -> None:
+        if mode not in ("greedy", "batch"):
+            raise ValueError(f"mode must be greedy or batch, got {mode!r}")
+        self.db, self.redis, self.store, self.offers = db, redis, store, offers
+        self.claims: DriverClaims = offers.claims
+        self.mode, self.window_s, self.k = mode, window_s, k
+        self.retry_interval_s = retry_interval_s
+        self.calibration = calibration or CalibrationStore(redis)
+        self.facts_ttl_s = facts_ttl_s
+        self.cache = cache   # order views to invalidate when a driver's report moves the order
+        self._facts: dict[str, tuple[float, dict[str, DriverFacts]]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        offers.on_assigned = self.on_assigned
+
+    # -- matching -------------------------------------------------------------------------------
+
+    async def job_for(self, tenant_id: str, delivery_id: str) -> DispatchJob | None:
+        """The delivery as a matching job; None when it is unknown to the tenant."""
+        async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
+            row = await tx.fetchrow(JOB_SQL, uuid.UUID(delivery_id))
+        if row is None or row["pickup_lat"] is None or row["dropoff_lat"] is None:
+            return None
+        metadata = row["order_metadata"]
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata)
+        metadata = metadata if isinstance(metadata, dict) else {}
+        job = Job(str(tenant_id), row["pickup_lat"], row["pickup_lng"], row["dropoff_lat"], row["dropoff_lng"],
+                  _vehicle_types(metadata), metadata.get("needs_cold_storage") is True,
+                  float(row["max_pickup_m"]))
+        return DispatchJob(str(tenant_id), delivery_id, job, Decimal(row["pay"]), row["status"])
+
+    async def _driver_facts(self, tenant_id: str) -> dict[str, DriverFacts]:
+        cached = self._facts.get(tenant_id)
+        if cached is not None and time.monotonic() - cached[0] < self.facts_ttl_s:
+            return cached[1]
+        facts = await load_driver_facts(self.db, tenant_id)
+        self._facts[tenant_id] = (time.monotonic(), facts)
+        return facts
+
+    async def ranked(self, job: Job) -> list[RankedCandidate]:
+        found = await nearest(self.store, self.db, job, k=self.k,
+                              driver_facts=await self._driver_facts(job.tenant_id))
+        return found.candidates
+
+    async def offer_candidates(self, job: Job, ranked: Sequence[RankedCandidate]) -> list[OfferCandidate]:
+        """Pickup ETAs (road distance ÷ vehicle speed at this hour × the pickup cell's calibration)."""
+        now = datetime.now(UTC)
+        factor = (await self.calibration.current()).factor(EtaCalibration.cell_for(job.pickup_lat, job.pickup_lng))
+        return [OfferCandidate(r.driver_id, round(eta_seconds(r.distance_m / CIRCUITY, r.candidate.vehicle_type,
+                                                               now, calibration=factor)))
+                for r in ranked]
+
+    async def candidates_for(self, job: Job) -> list[OfferCandidate]:
+        return await self.offer_candidates(job, await self.ranked(job))
+
+    async def dropoff_eta_s(self, job: Job, vehicle_type: str) -> int:
+        factor = (await self.calibration.current()).factor(EtaCalibration.cell_for(job.dropoff_lat, job.dropoff_lng))
+        return round(eta_seconds(distance_m(job.pickup_lat, job.pickup_lng, job.dropoff_lat, job.dropoff_lng),
+                                 vehicle_type, datetime.now(UTC), calibration=factor))
+
+    async def _start(self, dj: DispatchJob, candidates: list[OfferCandidate],
+                     vehicle_type: str) -> RoundOutcome:
+        return await self.offers.start_round(dj.job, dj.delivery_id, candidates, pay=dj.pay,
+                                             dropoff_eta_s=await self.dropoff_eta_s(dj.job, vehicle_type))
+
+    async def dispatch(self, tenant_id: str, delivery_id: str) -> RoundOutcome | None:
+        """Greedy: offer one pending delivery to its nearest drivers. None when it is not
+        pending or a round is already under way (a replayed event)."""
+        dj = await self.job_for(tenant_id, delivery_id)
+        if dj is None or dj.status != DeliveryState.PENDING.value:
+            return None
+        ranked = await self.ranked(dj.job)
+        vehicle = ranked[0].candidate.vehicle_type if ranked else "motorbike"
+        try:
+            return await self._start(dj, await self.offer_candidates(dj.job, ranked), vehicle)
+        except WakalaError as exc:   # RoundInProgress: another engine is on it
+            log.info("delivery %s not dispatched: %s", delivery_id, exc)
+            return None
+
+    async def dispatch_batch(self, tenant_id: str, delivery_ids: Sequence[str]) -> list[RoundOutcome]:
+        """Batch: solve the window's pending deliveries of a tenant together, then start each
+        round with its optimal driver followed by the rest of its own ranking."""
+        jobs = [dj for d in dict.fromkeys(delivery_ids)
+                if (dj := await self.job_for(tenant_id, d)) is not None and dj.status == DeliveryState.PENDING.value]
+        if not jobs:
+            return []
+        rankings = [await self.ranked(dj.job) for dj in jobs]
+        pool = {r.driver_id: r.candidate for ranking in rankings for r in ranking}
+        chosen = {a.job_index: a.driver_id for a in assign_batch(
+            [dj.job for dj in jobs], list(pool.values()), at=datetime.now(UTC),
+            calibration=await self.calibration.current())}
+        outcomes = []
+        for i, (dj, ranking) in enumerate(zip(jobs, rankings, strict=True)):
+            first = chosen.get(i)
+            ordered = sorted(ranking, key=lambda r: r.driver_id != first)   # stable: the rest keep their order
+            vehicle = ordered[0].candidate.vehicle_type if ordered else "motorbike"
+            try:
+                outcomes.append(await self._start(dj, await self.offer_candidates(dj.job, ordered), vehicle))
+            except WakalaError as exc:
+                log.info("delivery %s not dispatched: %s", dj.delivery_id, exc)
+        return outcomes
+
+    async def retry(self, tenant_id: str) -> list[RoundOutcome]:
+        """Offer the tenant's unassigned deliveries again, to the drivers available now."""
+        return await self.offers.retry_unassigned(tenant_id, self.candidates_for)
+
+    def retry_soon(self, tenant_id: str) -> None:
+        """``retry`` in the background (a driver just started a shift)."""
+        self._spawn(self.retry(tenant_id), f"retry {tenant_id}")
+
+    def _spawn(self, coro, what: str) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("%s failed", what)
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- after the accept -----------------------------------------------------------------------
+
+    async def on_assigned(self, tenant_id: str, delivery_id: str, driver_id: str, job: Job) -> None:
+        vehicle = await self.redis.hget(state_key(driver_id), "vehicle")
+        await active.write(self.redis, active.ActiveDelivery(
+            delivery_id, tenant_id, driver_id, as_text(vehicle) if vehicle else "motorbike", "assigned",
+            (job.pickup_lat, job.pickup_lng), (job.dropoff_lat, job.dropoff_lng), round(time.time() * 1000)))
+
+    async def driver_update(self, tenant_id: str, driver_id: str, update: DriverUpdate) -> DeliveryState:
+        """A driver reports pick-up, delivery or failure of their own delivery.
+
+        Pick-up is accepted from ``assigned`` too (the driver is at the counter even when GPS
+        did not show the arrival): the arrival is then recorded first, then the pick-up.
+        """
+        actor = DRIVER_ACTOR.format(driver_id)
+        delivery = update.delivery_id
+        facts: dict[str, Any] = {}
+        if update.proof_of_delivery is not None:
+            facts["proof_of_delivery"] = update.proof_of_delivery
+        try:
+            try:
+                snap = await transition(self.db, tenant_id, delivery, update.event, actor=actor,
+                                        reason=update.reason, driver_must_be=driver_id, cache=self.cache,
+                                        **facts)
+            except IllegalTransition as exc:
+                if update.event is not DeliveryEvent.PICK_UP or exc.state is not DeliveryState.ASSIGNED:
+                    raise
+                await transition(self.db, tenant_id, delivery, DeliveryEvent.ARRIVE_PICKUP, actor=actor,
+                                 driver_must_be=driver_id, cache=self.cache)
+                snap = await transition(self.db, tenant_id, delivery, DeliveryEvent.PICK_UP, actor=actor,
+                                        driver_must_be=driver_id, cache=self.cache)
+        except UnknownDelivery:
+            raise DriverUpdateRefused(404, "unknown_delivery", f"you have no delivery {delivery}",
+                                      "delivery_id") from None
+        except IllegalTransition as exc:
+            raise DriverUpdateRefused(409, "illegal_transition", str(exc), "event") from None
+        except InvalidFact as exc:
+            raise DriverUpdateRefused(422, "invalid_value", str(exc)) from None
+        state = snap.state
+        if state is DeliveryState.PICKED_UP:
+            await active.set_status(self.redis, delivery, state.value)
+        else:   # delivered or failed: the job is over
+            await active.delete(self.redis, delivery)
+            await self.claims.release(driver_id, delivery)
+            if state is DeliveryState.DELIVERED:
+                await self._learn(tenant_id, delivery)
+            self.retry_soon(tenant_id)
+        return state
+
+    async def forget(self, delivery_id: str) -> None:
+        """Drop the Redis side of a delivery that has ended: the driver's slot (``release``
+        makes a busy driver available), an open offer, the round and the tracked copy.
+        Idempotent; run for every deliver/fail/cancel event, whoever caused it."""
+        driver = await self.claims.driver_of(delivery_id)
+        if driver is not None:
+            await self.claims.release(driver, delivery_id)
+        offered = await self.redis.get(delivery_offer_key(delivery_id))
+        if offered is not None:
+            await self.claims.decline(as_text(offered), delivery_id)
+        await self.redis.delete(round_key(delivery_id), tried_key(delivery_id))
+        await active.delete(self.redis, delivery_id)
+
+    async def _learn(self, tenant_id: str, delivery_id: str) -> None:
+        async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
+            leg = await tx.fetchrow(LEG_SQL, uuid.UUID(delivery_id))
+        if leg is None or not leg["estimated_duration_s"] or leg["actual_duration_s"] is None:
+            return
+        await self.calibration.observe(leg["lat"], leg["lng"], leg["estimated_duration_s"], leg["actual_duration_s"])
+
+    # -- the event loop -------------------------------------------------------------------------
+
+    async def handle(self, events: Sequence[dict[str, Any]]) -> None:
+        """Handle a batch of ``delivery-events`` messages (see ``dispatch.outbox.event_message``)."""
+        created: dict[str, list[str]] = {}
+        freed: set[str] = set()
+        ended: list[str] = []
+        for event in events:
+            try:
+                tenant = canonical_uuid(event["tenant_id"], "tenant_id")
+                delivery = canonical_uuid(event["delivery_id"], "delivery_id")
+                kind = event["type"]
+            except (KeyError, TypeError, ValueError):
+                log.warning("ignored a malformed delivery event: %.200r", event)
+                continue
+            if kind == CREATED_EVENT:
+                created.setdefault(tenant, []).append(delivery)
+            elif kind in _FREEING:
+                freed.add(tenant)
+                ended.append(delivery)
+        for delivery in ended:   # however it ended (driver, vendor, customer, operator)
+            await self.forget(delivery)
+        for tenant, deliveries in created.items():
+            if self.mode == "batch":
+                await self.dispatch_batch(tenant, deliveries)
+            else:
+                await asyncio.gather(*(self.dispatch(tenant, d) for d in deliveries))
+        for tenant in freed:
+            await self.retry(tenant)
+
+    async def run(self, bootstrap: str, topic: str, group: str) -> None:
+        """Consume ``delivery-events`` until cancelled; the periodic retry runs alongside.
+
+        Every engine reads every partition (no consumer group: on tansu a group left uncleanly
+        by a killed engine was seen to rebalance forever, starving the dispatcher). Each event
+        is handled by the one engine that claims it first (``SET NX`` on its id), and the read
+        position is shared in Redis (``dispatch:offsets:{group}``, only moving forward), so a
+        restarted engine resumes where the deployment left off. An engine that dies holding a
+        claim loses at most that event's trigger: the pending sweep (``_sweep_pending``) finds
+        the delivery again.
+        """
+        offsets = f"dispatch:offsets:{group}:{topic}"
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+        retries = asyncio.create_task(self._retry_forever(), name="unassigned-retry")
+        try:
+            await consumer.start()
+            await consumer.topics()   # metadata, so the partitions are known
+            partitions = sorted(consumer.partitions_for_topic(topic) or ())
+            if not partitions:
+                raise RuntimeError(f"topic {topic} has no partitions yet")
+            tps = [TopicPartition(topic, p) for p in partitions]
+            consumer.assign(tps)
+            stored = {as_text(k): int(as_text(v)) for k, v in (await self.redis.hgetall(offsets)).items()}
+            for tp in tps:
+                if str(tp.partition) in stored:
+                    consumer.seek(tp, stored[str(tp.partition)])
+                else:
+                    await consumer.seek_to_beginning(tp)
+            while True:
+                timeout_ms = round(self.window_s * 1000) if self.mode == "batch" else 200
+                batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=500)
+                if self.mode == "batch" and batches:
+                    await asyncio.sleep(max(0.0, self.window_s - 0.05))   # let the window fill
+                    for tp, more in (await consumer.getmany(timeout_ms=0, max_records=5000)).items():
+                        batches.setdefault(tp, []).extend(more)
+                if not batches:
+                    continue
+                events = []
+                for messages in batches.values():
+                    for message in messages:
+                        try:
+                            events.append(json.loads(message.value))
+                        except (ValueError, TypeError):
+                            log.warning("ignored an undecodable delivery event at offset %s", message.offset)
+                try:
+                    await self.handle(await self._claim(group, events))
+                except Exception:
+                    # Postgres or Redis away: the claims lapse and the sweep finds what was missed.
+                    log.exception("dispatching %d delivery events failed", len(events))
+                    await asyncio.sleep(1)
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for tp, messages in batches.items():
+                        pipe.eval(_ADVANCE, 1, offsets, tp.partition, messages[-1].offset + 1)
+                    await pipe.execute()
+        finally:
+            retries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retries
+            for task in list(self._tasks):
+                task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(consumer.stop(), 2.0)
+
+    async def _claim(self, group: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The events this engine is first to claim (by event id; one hour)."""
+        ids = [e.get("id") if isinstance(e, dict) else None for e in events]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event_id in ids:
+                pipe.set(f"dispatch:event:{group}:{event_id}", "1", nx=True, ex=3600)
+            won = await pipe.execute()
+        return [e for e, event_id, ok in zip(events, ids, won, strict=True) if ok and event_id is not None]
+
+    async def _sweep_pending(self) -> int:
+        """Dispatch pending deliveries that no round is working on (a lost trigger)."""
+        started = 0
+        for tenant in await list_tenants(self.db.settings):
+            if tenant.status != "active":
+                continue
+            async with self.db.tenant_transaction(tenant.id, readonly=True) as tx:
+                rows = await tx.fetch(STRANDED_SQL)
+            for row in rows:
+                delivery = str(row["id"])
+                if not await self.redis.exists(round_key(delivery)):
+                    if await self.dispatch(str(tenant.id), delivery) is not None:
+                        started += 1
+        return started
+
+    async def _retry_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.retry_interval_s)
+            try:
+                for tenant in await self.offers.unassigned_tenants():
+                    await self.retry(tenant)
+                if (swept := await self._sweep_pending()):
+                    log.info("started %d offer rounds for pending deliveries that had none", swept)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("periodic retry of unassigned deliveries failed")
