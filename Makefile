@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test services migrate lint bench clean-venv
+.PHONY: demo test unit services migrate lint bench clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,11 @@ demo: migrate
 
 test: migrate
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest tests/unit tests/integration
+
+# The inner loop: pure rules, parsers and generators; no service needed (under a minute).
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -12,11 +12,19 @@ from dispatch.tracking.tracker import Tracker
 from geo import destination
 from schema.db import TenantDatabase
 from streams.location_store import LocationStore
-from tests.engine_helpers import running_app
-from tests.test_api import SECRET, Shop, _tenant_with_admin
-from tests.test_hub import SHOP_AT, accept_offer, land, link, new_driver, ready_order, settings  # noqa: F401
-from tests.test_streams import driver_ping
-from tests.test_tracking_page import browser, chromium, marker_xy  # noqa: F401
+from tests.integration.api.test_api import SECRET, Shop, _tenant_with_admin
+from tests.integration.engine_helpers import running_app
+from tests.integration.streams.test_streams import driver_ping
+from tests.integration.tracking.test_hub import (  # noqa: F401
+    SHOP_AT,
+    accept_offer,
+    land,
+    link,
+    new_driver,
+    ready_order,
+    settings,
+)
+from tests.integration.tracking.test_tracking_page import browser, chromium, marker_xy  # noqa: F401
 
 
 @pytest.mark.timeout(900)   # the first browser test of a fresh machine installs Chromium

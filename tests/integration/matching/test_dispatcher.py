@@ -64,11 +64,11 @@ from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.location_store import LocationStore, location_key, state_key
-from tests.engine_helpers import running_app
-from tests.test_dispatch_e2e import DROPOFF, PROOF, VENDOR, _driver, _world
-from tests.test_nearest import put_live
-from tests.test_offers import RecordingNotifier
-from tests.test_streams import eventually
+from tests.integration.engine_helpers import running_app
+from tests.integration.matching.test_nearest import put_live
+from tests.integration.matching.test_offers import RecordingNotifier
+from tests.integration.streams.test_streams import eventually
+from tests.integration.test_dispatch_e2e import DROPOFF, PROOF, VENDOR, _driver, _world
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,8 +16,8 @@ from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.app import create_app
 from streams.location_store import LocationStore, location_key
-from tests.engine_helpers import running_engine
-from tests.test_streams import SESSION_TIMEOUT_S, create_topics, eventually
+from tests.integration.engine_helpers import running_engine
+from tests.integration.streams.test_streams import SESSION_TIMEOUT_S, create_topics, eventually
 
 pytestmark = pytest.mark.timeout(180)
 ORLANDO = (-26.2360, 27.9090)

@@ -10,7 +10,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from dispatch.deliveries.outbox import OutboxRelay
 from dispatch.deliveries.store import transition
-from tests.test_deliveries import T0, world  # noqa: F401 - the fixture
+from tests.integration.deliveries.test_store import T0, world  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -35,8 +35,8 @@ from dispatch.tracking.tracker import (
 )
 from geo import EtaCalibration, bearing_deg, destination, distance_m, eta_seconds
 from streams.location_store import location_key, state_key
-from tests.test_deliveries import DROPOFF, PICKUP, _tables, world  # noqa: F401 - the fixture
-from tests.test_streams import (  # noqa: F401 - the fixture gives back the topics it created
+from tests.integration.deliveries.test_store import DROPOFF, PICKUP, _tables, world  # noqa: F401 - the fixture
+from tests.integration.streams.test_streams import (  # noqa: F401 - the fixture gives back the topics it created
     _delete_created_topics,
     _value,
     create_topics,

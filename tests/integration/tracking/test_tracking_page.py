@@ -28,14 +28,14 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, WebSocket
 
 from dispatch.tracking.pages.tracking import PAGE, PAGE_GZIP, accepts_gzip, router
-from tests.engine_helpers import free_port, serving
+from tests.integration.engine_helpers import free_port, serving
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 TOKEN = "wkt_" + "0123456789abcdef" * 2 + "_" + "Ab3-_" * 8 + "xyz"
 VENDOR = {"name": "Mama Thandi's Spaza", "lat": -26.2485, "lng": 27.8540}
 DROPOFF = {"lat": -26.2405, "lng": 27.8700}
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[3]
 
 assert re.fullmatch(r"wkt_[0-9a-f]{32}_[A-Za-z0-9_-]{43}", TOKEN)
 

@@ -25,10 +25,10 @@ from fastapi import Request, WebSocket
 
 from dispatch.api import sign
 from dispatch.tracking.pages.vendor import PAGE, PAGE_GZIP, router
-from tests.engine_helpers import free_port, running_app, serving
-from tests.test_api import SECRET, Shop, _pay, _tenant_with_admin, auth
-from tests.test_hub import settings  # noqa: F401
-from tests.test_tracking_page import bare_app, browser, chromium, get_from  # noqa: F401
+from tests.integration.api.test_api import SECRET, Shop, _pay, _tenant_with_admin, auth
+from tests.integration.engine_helpers import free_port, running_app, serving
+from tests.integration.tracking.test_hub import settings  # noqa: F401
+from tests.integration.tracking.test_tracking_page import bare_app, browser, chromium, get_from  # noqa: F401
 
 TOKEN = "wku_" + "0123456789abcdef" * 2 + "_" + "Ab3-_" * 8 + "xyz"
 

@@ -18,7 +18,7 @@ from dispatch.identity.auth import issue_driver_token, revoke_token
 from dispatch.identity.drivers import InvalidDriver, NewDriver, create_driver
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
-from tests.engine_helpers import running_engine
+from tests.integration.engine_helpers import running_engine
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -30,8 +30,8 @@ from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.app import create_app
 from streams.location_store import LocationStore
-from tests.engine_helpers import running_app
-from tests.test_streams import SESSION_TIMEOUT_S, create_topics, eventually
+from tests.integration.engine_helpers import running_app
+from tests.integration.streams.test_streams import SESSION_TIMEOUT_S, create_topics, eventually
 
 pytestmark = pytest.mark.timeout(240)
 

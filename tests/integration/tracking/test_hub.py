@@ -45,9 +45,22 @@ from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase
 from streams.app import create_app as create_worker
 from streams.location_store import LocationStore
-from tests.engine_helpers import running_app
-from tests.test_api import SECRET, VENDOR, Shop, _pay, _tenant_with_admin, auth, phone
-from tests.test_streams import SESSION_TIMEOUT_S, create_topics, driver_ping, eventually
+from tests.integration.api.test_api import (
+    SECRET,
+    VENDOR,
+    Shop,
+    _pay,
+    _tenant_with_admin,
+    auth,
+    phone,
+)
+from tests.integration.engine_helpers import running_app
+from tests.integration.streams.test_streams import (
+    SESSION_TIMEOUT_S,
+    create_topics,
+    driver_ping,
+    eventually,
+)
 
 pytestmark = pytest.mark.timeout(240)
 

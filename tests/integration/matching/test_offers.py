@@ -42,7 +42,7 @@ from dispatch.matching.ranking import Job
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.location_store import LocationStore, location_key, state_key
-from tests.engine_helpers import running_app
+from tests.integration.engine_helpers import running_app
 
 pytestmark = pytest.mark.timeout(120)
 

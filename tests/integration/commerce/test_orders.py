@@ -45,7 +45,7 @@ from dispatch.deliveries.store import transition
 from geo import destination
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
-from tests.test_outbox import _events as consume
+from tests.integration.deliveries.test_outbox import _events as consume
 
 pytestmark = pytest.mark.timeout(180)
 

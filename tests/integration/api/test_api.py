@@ -10,7 +10,7 @@ from dispatch.api import sign
 from dispatch.identity.users import create_user, issue_user_token
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
-from tests.engine_helpers import running_app
+from tests.integration.engine_helpers import running_app
 
 pytestmark = pytest.mark.timeout(180)
 SECRET = "test-webhook-secret"

@@ -16,8 +16,8 @@ from dispatch.commerce.orders import cancel_order, get_order
 from dispatch.commerce.orders.lifecycle import OrderRejected
 from dispatch.commerce.pricing import allocate, money, refund_share
 from dispatch.commerce.promotions import PricedLine, Promotion, apply_promotions
-from tests import test_orders
-from tests.test_orders import T0, place, snapshot, stock
+from tests.integration.commerce import test_orders
+from tests.integration.commerce.test_orders import T0, place, snapshot, stock
 
 shop = test_orders.shop   # the fixture: a tenant with a vendor, customers, products and stock
 
