@@ -1,7 +1,13 @@
-"""The engine's ASGI app: one HTTP port for the driver gateway, (later) the REST API and tracking.
+"""The engine's ASGI app: one HTTP port for the driver gateway, the REST API and tracking.
 
 FastAPI on uvicorn, with uvicorn's websocket protocol provided by the ``websockets``
 library (``ws="websockets"``). See README, "Why FastAPI + uvicorn".
+
+Routes are registered gateway first (``POST /v1/drivers/locations``), then the tracking and
+vendor pages (not in the OpenAPI document), then the REST API (``dispatch.api``, drivers'
+routes first), then the operators' probes: the OpenAPI document lists them in that order.
+The websockets (driver stream, tracking, vendor screen) are answered in front of FastAPI by
+``DriverStreamRoute`` and ``HubRoute``.
 """
 
 from __future__ import annotations
@@ -18,19 +24,21 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.api import install as install_api
-from dispatch.commerce.catalogue import run_view_refresher
-from dispatch.commerce.orders import run_reservation_sweeper
+from dispatch.commerce.catalogue.views import run_view_refresher
+from dispatch.commerce.orders.expiry import run_reservation_sweeper
 from dispatch.core.cache import Cache
 from dispatch.core.settings import EngineSettings
 from dispatch.deliveries.outbox import OutboxRelay
-from dispatch.gateway.ingest import DriverStreamRoute, Ingest, close_revoked, router
+from dispatch.deliveries.transitions import PostgresTransitions
+from dispatch.gateway.ingest import DriverStreamRoute, Ingest, close_revoked
+from dispatch.gateway.ingest import router as ingest_router
 from dispatch.identity.auth import DriverAuthenticator
 from dispatch.identity.users import UserAuthenticator
 from dispatch.matching.calibration import CalibrationStore
 from dispatch.matching.claims import DriverClaims
 from dispatch.matching.dispatcher import Dispatcher
 from dispatch.matching.notify import RoutedNotifier
-from dispatch.matching.offers import OfferEngine, PostgresTransitions, WebsocketNotifier
+from dispatch.matching.offers import OfferEngine, WebsocketNotifier
 from dispatch.tracking.hub import TrackingHub
 from dispatch.tracking.pages.tracking import router as tracking_page_router
 from dispatch.tracking.pages.vendor import router as vendor_page_router
@@ -100,12 +108,12 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
             db, redis, app.state.locations, app.state.offers, mode=engine.matching_mode,
             window_s=engine.batch_window_ms / 1000, retry_interval_s=engine.retry_interval_s, cache=cache,
             calibration=CalibrationStore(redis, time_scale=engine.sim_time_scale))
-        # The REST API (dispatch/api.py): users' tokens, per-caller limits, the cache.
+        # The REST API (dispatch.api): users' tokens, per-caller limits, the cache.
         users = UserAuthenticator(db, redis, cache_ttl_s=engine.token_cache_s)
         await users.start()
         app.state.engine, app.state.users = engine, users
         app.state.api_limiter = SlidingWindowLimiter(redis, engine.api_rate_limit, engine.api_rate_window_s)
-        # The tracking hub (dispatch/hub.py): this process's tracking pages and vendor screens.
+        # The tracking hub (dispatch.tracking.hub): this process's tracking pages and vendor screens.
         app.state.hub = hub = TrackingHub.from_settings(redis, db, engine, streams)
         await hub.start()
         users.on_revoked(hub.close_token)
@@ -146,7 +154,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
 
     app = FastAPI(title="Wakala dispatch engine", version="0.1.0", lifespan=lifespan,
                   description="Streaming geospatial dispatch and tracking for last-mile commerce.")
-    app.include_router(router)
+    app.include_router(ingest_router)
     app.include_router(tracking_page_router)
     app.include_router(vendor_page_router)
     install_api(app)

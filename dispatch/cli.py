@@ -149,7 +149,7 @@ def _engine(args: argparse.Namespace) -> int:
     import subprocess
 
     if args.role == "worker":
-        from streams.app import run_worker
+        from dispatch.tracking.worker import run_worker
 
         run_worker(pg=_pg(), loglevel=args.log_level)
         return 0

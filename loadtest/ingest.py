@@ -34,7 +34,8 @@ from schema.db import TenantDatabase
 from schema.errors import TenantExists
 from schema.settings import PostgresSettings
 from schema.tenants import create_tenant, list_tenants
-from streams.location_store import INGEST_COUNTS_KEY, INGEST_LATENCY_KEY, LocationStore
+from streams.keys import INGEST_COUNTS_KEY, INGEST_LATENCY_KEY
+from streams.location_store import LocationStore
 from streams.records import DriverPing
 from streams.settings import StreamSettings
 

@@ -37,7 +37,8 @@ from schema.db import TenantDatabase
 from schema.errors import TenantExists
 from schema.settings import PostgresSettings
 from schema.tenants import create_tenant, list_tenants
-from streams.location_store import LocationStore, available_key, location_key, state_key
+from streams.keys import available_key, location_key, state_key
+from streams.location_store import LocationStore
 from streams.records import DriverPing
 from streams.settings import StreamSettings
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from dispatch.commerce.orders import COLD_CHAIN_TAG
+from dispatch.commerce.orders.placing import COLD_CHAIN_TAG
 from dispatch.identity.auth import issue_driver_token
 from dispatch.identity.drivers import NewDriver, create_driver
 from dispatch.identity.users import create_user, issue_user_token

@@ -41,6 +41,7 @@ import httpx
 import websockets
 
 from dispatch.api import SIGNATURE_HEADER, sign
+from dispatch.matching.keys import dispatcher_offsets_key
 from loadtest import city as city_scenario
 from loadtest.city_driver import CityDriver
 from loadtest.city_report import ReplayMetrics, print_report
@@ -263,7 +264,7 @@ class Replay:
                         if label == "location-worker":
                             done = {tp.partition: await consumer.committed(tp) or 0 for tp in tps[topic]}
                         else:
-                            key = f"dispatch:offsets:{streams.app_id}-dispatcher:{topic}"
+                            key = dispatcher_offsets_key(f"{streams.app_id}-dispatcher", topic)
                             done = {int(k): int(v) for k, v in (await redis.hgetall(key)).items()}
                         lag = sum(max(0, end - done.get(tp.partition, 0)) for tp, end in ends.items())
                         self.metrics.record_broker_lag(label, lag)

@@ -42,7 +42,7 @@ from dispatch.identity.auth import issue_driver_token
 from dispatch.identity.drivers import NewDriver, create_driver
 from dispatch.identity.users import create_vendor
 from dispatch.matching import active
-from dispatch.matching.claims import deliveries_key
+from dispatch.matching.keys import deliveries_key
 from dispatch.tracking.links import issue_link
 from geo import destination
 from loadtest.ingest import (
@@ -59,7 +59,8 @@ from schema.db import TenantDatabase
 from schema.errors import TenantExists
 from schema.settings import PostgresSettings
 from schema.tenants import create_tenant, list_tenants
-from streams.location_store import INGEST_LATENCY_KEY, LocationStore
+from streams.keys import INGEST_LATENCY_KEY
+from streams.location_store import LocationStore
 from streams.settings import StreamSettings
 
 BENCH_SLUG = "bench-tracking"

@@ -16,6 +16,9 @@ import uuid
 from schema.errors import WakalaError
 
 _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# The longest spelling uuid.UUID reads is "urn:uuid:" + 36 characters: anything longer is
+# refused before it is parsed (hostile input costs nothing).
+_LONGEST = 45
 
 
 class InvalidId(WakalaError, ValueError):
@@ -37,6 +40,8 @@ def canonical_uuid(value: object, field: str = "id") -> str:
     if isinstance(value, str):
         if len(value) == 36 and _CANONICAL.fullmatch(value):
             return value
+        if len(value) > _LONGEST:
+            raise InvalidId(field, value)
         try:
             return str(uuid.UUID(value))
         except ValueError:
@@ -49,7 +54,7 @@ def parse_uuid(value: object, field: str = "id") -> uuid.UUID:
     ``InvalidId`` naming ``field``. Bytes, numbers and other types are refused, not coerced."""
     if isinstance(value, uuid.UUID):
         return value
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= _LONGEST:
         try:
             return uuid.UUID(value)
         except ValueError:

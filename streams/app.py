@@ -6,9 +6,11 @@ Flow per batch (up to ``batch_size`` events, or whatever arrived within ``batch_
    on the dead-letter topic (their delivery is awaited before the batch is acknowledged);
 2. one ``LocationStore.write_batch`` (a Lua script per 500 pings, one round trip) does the
    out-of-order and jump checks against the stored positions, the writes and the index;
-3. the landed pings go to the tracker (``dispatch.tracking``): geofence arrivals of assigned
-   deliveries and their live ETAs. Best effort within TRACKING_TIMEOUT_S: a failure is logged
-   and counted (``tracking_errors``) and never holds back step 4;
+3. the landed pings go to the batch observer the composition root handed in (the engine's
+   tracker, built by ``dispatch/tracking/worker.py``: geofence arrivals of assigned deliveries
+   and their live ETAs). Best effort within TRACKING_TIMEOUT_S: a failure is logged and
+   counted (``tracking_errors``) and never holds back step 4. This package never imports the
+   engine: ``create_app(..., observer=None)`` lands pings and nothing more;
 4. only then are the batch's events acknowledged, so faust commits their offsets only after
    Redis has the data;
 5. accepted positions are remembered for the throttled Postgres writer, a timer that writes
@@ -60,7 +62,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import aiokafka
 import faust
@@ -70,21 +72,16 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from schema.db import TenantDatabase
-from schema.errors import InvalidTenantId, TenantNotActive, UnknownTenant
 from schema.settings import PostgresSettings
 from streams.decode import UndecodablePing, decode_pings
 from streams.location_store import BatchOutcome, LocationStore
+from streams.pg_writer import PgLocationWriter
 from streams.records import DeadLetter, DriverPing
 from streams.settings import StreamSettings
-
-if TYPE_CHECKING:
-    from dispatch.tracking.tracker import Tracker
 
 log = logging.getLogger("wakala.streams")
 
 PG_FLUSH_EVERY_S = 1.0
-PG_FLUSH_TIMEOUT_S = 10.0
-UNKNOWN_TENANT_SKIP_S = 60.0    # positions of an unknown or inactive tenant are dropped this long
 STATS_LOG_INTERVAL_S = 10.0
 REDIS_BACKOFF_MAX_S = 5.0
 SHUTDOWN_GRACE_S = 5.0
@@ -100,12 +97,24 @@ DEFAULT_SESSION_TIMEOUT_S = 10.0
 # the bundled tansu holds every fetch for the full wait, which put up to 1.5 s on every ping.
 FETCH_MAX_WAIT_MS = 50
 
-UPDATE_LOCATIONS_SQL = """
-UPDATE drivers AS d
-SET current_location = ST_SetSRID(ST_MakePoint(u.lng, u.lat), 4326)::geography
-FROM unnest($1::uuid[], $2::float8[], $3::float8[]) AS u(id, lat, lng)
-WHERE d.id = u.id
-"""
+
+
+class ObservedBatch(Protocol):
+    """What an observer reports about one batch (counted in ``ingest_stats``)."""
+
+    arrived_pickup: int
+    arrived_dropoff: int
+    etas_written: int
+    failed: int
+
+
+class BatchObserver(Protocol):
+    async def on_pings(self, pings: list[DriverPing]) -> ObservedBatch:
+        """Act on a batch of pings that Redis has accepted."""
+
+
+# Builds the observer once the pipeline's clients exist: (redis, db or None) -> observer.
+ObserverFactory = Callable[[Redis, TenantDatabase | None], BatchObserver]
 
 
 class PipelineClosed(RuntimeError):
@@ -119,93 +128,24 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("OOM", "MASTERDOWN"))
 
 
-class PgLocationWriter:
-    """Throttled ``drivers.current_location`` writes: latest position, at most once per interval.
-
-    ``note`` is called with every batch's accepted pings (cheap: a dict update per ping);
-    ``flush`` writes the drivers whose last write (or attempt) is at least ``interval_s`` old,
-    one statement per tenant. State is per process: a driver whose partition moves to another
-    worker is written by that worker at its first ping.
-    """
-
-    def __init__(self, db: TenantDatabase, interval_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.db = db
-        self.interval_s = interval_s
-        self.clock = clock
-        self._pending: dict[str, tuple[str, float, float]] = {}   # driver -> (tenant, lat, lng)
-        self._last: dict[str, float] = {}                         # driver -> last write/attempt
-        self._unknown: dict[str, float] = {}                      # tenant -> skip until
-
-    def note(self, pings: Sequence[DriverPing]) -> None:
-        pending = self._pending
-        for p in pings:
-            pending[p.driver_id] = (p.tenant_id, p.lat, p.lng)
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    async def flush(self, *, force: bool = False) -> tuple[int, int]:
-        """Write what is due; returns (rows updated, positions that failed)."""
-        now = self.clock()
-        horizon = now - self.interval_s
-        last = self._last
-        due: dict[str, list[tuple[str, float, float]]] = {}
-        for driver, (tenant, lat, lng) in list(self._pending.items()):
-            if force or last.get(driver, -1e18) <= horizon:
-                due.setdefault(tenant, []).append((driver, lat, lng))
-                del self._pending[driver]
-                last[driver] = now
-        for driver in [d for d, t in last.items() if t < horizon and d not in self._pending]:
-            del last[driver]   # forget drivers that went quiet (and keep the dict bounded)
-        if not due:
-            return 0, 0
-        results = await asyncio.gather(*(self._write_tenant(t, rows) for t, rows in due.items()))
-        return sum(r[0] for r in results), sum(r[1] for r in results)
-
-    async def _write_tenant(self, tenant: str, rows: list[tuple[str, float, float]]) -> tuple[int, int]:
-        if self._unknown.get(tenant, -1e18) > self.clock():
-            return 0, len(rows)    # refused recently: do not ask the control plane every second
-        rows.sort()   # same lock order in every statement
-        ids = [r[0] for r in rows]
-        lats = [r[1] for r in rows]
-        lngs = [r[2] for r in rows]
-        try:
-            async with asyncio.timeout(PG_FLUSH_TIMEOUT_S):
-                async with self.db.tenant_transaction(tenant) as conn:
-                    status = await conn.execute(UPDATE_LOCATIONS_SQL, ids, lats, lngs)
-            return int(status.rsplit(" ", 1)[-1]), 0
-        except (UnknownTenant, TenantNotActive, InvalidTenantId) as exc:
-            log.warning("dropping driver positions of tenant %s for %.0f s: %s",
-                        tenant, UNKNOWN_TENANT_SKIP_S, exc)
-            self._unknown[tenant] = self.clock() + UNKNOWN_TENANT_SKIP_S
-            return 0, len(rows)
-        except Exception as exc:  # noqa: BLE001 - any PG failure: count, retry next interval
-            log.warning("writing %d driver position(s) of tenant %s failed (%s: %s); "
-                        "retrying in %.0f s", len(rows), tenant, type(exc).__name__, exc,
-                        self.interval_s)
-            for driver, lat, lng in rows:
-                self._pending.setdefault(driver, (tenant, lat, lng))   # a newer one wins
-            return 0, len(rows)
-
-
 class IngestPipeline:
     """What the agent does with a batch of events; owns the Redis client and the PG writer."""
 
     def __init__(self, app: faust.App, settings: StreamSettings, pg: PostgresSettings | None,
-                 dead_letters: TopicT, *, latency_samples: bool) -> None:
+                 dead_letters: TopicT, *, latency_samples: bool,
+                 observer: ObserverFactory | None = None) -> None:
         self.app = app
         self.settings = settings
         self.pg_settings = pg
         self.dead_letters = dead_letters
         self.latency_samples = latency_samples
+        self.observer_factory = observer
         self.stats: Counter[str] = Counter()
         self.redis: Redis | None = None
         self.store: LocationStore | None = None
         self.db: TenantDatabase | None = None
         self.pg_writer: PgLocationWriter | None = None
-        self.tracker: Tracker | None = None
+        self.tracker: BatchObserver | None = None
         self.closing = False
         self._open_lock = asyncio.Lock()
         self._batch_lock = asyncio.Lock()
@@ -221,18 +161,8 @@ class IngestPipeline:
             if self.pg_settings is not None:
                 self.db = TenantDatabase(self.pg_settings)
                 self.pg_writer = PgLocationWriter(self.db, self.settings.pg_write_interval_s)
-            # dispatch imports streams (records, the location store): import it when running
-            from dispatch.core.cache import Cache
-            from dispatch.matching.calibration import CalibrationStore
-            from dispatch.matching.offers import PostgresTransitions
-            from dispatch.tracking.tracker import Tracker
-
-            transitions = None if self.db is None else PostgresTransitions(self.db, Cache(self.redis))
-            self.tracker = Tracker(
-                self.redis, transitions, db=self.db,
-                pickup_radius_m=self.settings.geofence_pickup_m,
-                dropoff_radius_m=self.settings.geofence_dropoff_m,
-                calibration=CalibrationStore(self.redis))   # the engines' shared calibration
+            if self.observer_factory is not None:
+                self.tracker = self.observer_factory(self.redis, self.db)
 
     async def close(self) -> None:
         self.closing = True
@@ -283,7 +213,7 @@ class IngestPipeline:
             self.stats["batches"] += 1
 
     async def _track(self, pings: list[DriverPing]) -> None:
-        """Geofence arrivals and ETAs (dispatch.tracking) of the landed pings. Best effort: the
+        """The observer's work on the landed pings (the engine's geofence arrivals and ETAs). Best effort: the
         pings are in Redis already, so a failure is logged and counted, never a reason to hold
         back the acknowledgement; the driver's next ping tries again."""
         if self.tracker is None or not pings:
@@ -419,8 +349,10 @@ def _broker_url(bootstrap: str) -> str:
 
 def create_app(settings: StreamSettings, pg: PostgresSettings | None = None, *,
                web_port: int | None = None, latency_samples: bool | None = None,
-               session_timeout_s: float | None = None) -> faust.App:
-    """The ingest app: topics, the agent, the PG timer. ``pg=None`` skips Postgres writes.
+               session_timeout_s: float | None = None,
+               observer: ObserverFactory | None = None) -> faust.App:
+    """The ingest app: topics, the agent, the PG timer. ``pg=None`` skips Postgres writes;
+    ``observer`` (see ``BatchObserver``) is handed every landed batch.
 
     ``web_port=None`` disables faust's web server. ``latency_samples`` defaults to
     ``WAKALA_INGEST_LATENCY_SAMPLES=1``; ``session_timeout_s`` (Kafka consumer group session)
@@ -460,7 +392,8 @@ def create_app(settings: StreamSettings, pg: PostgresSettings | None = None, *,
         partitions=settings.locations_partitions,
     )
     app.declare_on_start = (locations, dead_letters)
-    pipeline = IngestPipeline(app, settings, pg, dead_letters, latency_samples=latency_samples)
+    pipeline = IngestPipeline(app, settings, pg, dead_letters, latency_samples=latency_samples,
+                              observer=observer)
     app.ingest = pipeline                 # type: ignore[attr-defined]
     app.ingest_stats = pipeline.stats     # type: ignore[attr-defined]
     batch_size = settings.batch_size
@@ -514,11 +447,13 @@ def create_app(settings: StreamSettings, pg: PostgresSettings | None = None, *,
 
 
 def run_worker(settings: StreamSettings | None = None, pg: PostgresSettings | None = None, *,
-               loglevel: str = "info", web_port: int | None = None, use_uvloop: bool = True) -> None:
-    """Run the ingest worker in the foreground until SIGINT/SIGTERM (what `wakala engine worker` calls).
+               loglevel: str = "info", web_port: int | None = None, use_uvloop: bool = True,
+               observer: ObserverFactory | None = None) -> None:
+    """Run the ingest worker in the foreground until SIGINT/SIGTERM (`wakala engine worker`
+    calls it through ``dispatch.tracking.worker``, which hands in the tracker).
 
     uvloop, when installed, makes faust's per-event path about 20% faster. The collector runs
-    old generations rarely (see dispatch/app.py: same heap-scan cost, many live events).
+    old generations rarely (as the engine's app does: same heap-scan cost, many live events).
     """
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
@@ -528,7 +463,7 @@ def run_worker(settings: StreamSettings | None = None, pg: PostgresSettings | No
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     settings = settings or StreamSettings.from_env()
-    app = create_app(settings, pg, web_port=web_port)
+    app = create_app(settings, pg, web_port=web_port, observer=observer)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
 
@@ -536,6 +471,7 @@ def run_worker(settings: StreamSettings | None = None, pg: PostgresSettings | No
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m streams.app worker -l info`` (faust's CLI) with settings from WAKALA_*.
 
+    Lands pings only (no tracker: that is the engine's, ``wakala engine worker``).
     ``WAKALA_STREAMS_PG=0`` disables the Postgres writer.
     """
     settings = StreamSettings.from_env()

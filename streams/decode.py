@@ -36,16 +36,16 @@ from __future__ import annotations
 import json
 import math
 import re
-import uuid
 from typing import Any
 
+from schema.ids import InvalidId, canonical_uuid
 from streams.records import SCHEMA_VERSION, DriverPing
 
 MAX_PING_BYTES = 4096          # a ping is ~330 bytes of JSON; anything near this is not a ping
 MAX_PINGS_PER_MESSAGE = 500    # the gateway's largest batch
 MAX_MESSAGE_BYTES = MAX_PINGS_PER_MESSAGE * MAX_PING_BYTES // 4
 MAX_VEHICLE_TYPE_LEN = 50      # drivers.vehicle_type is VARCHAR(50)
-# Same physical bounds as the gateway's validation (dispatch/pings.py).
+# Same physical bounds as the gateway's validation (dispatch/gateway/pings.py; the record's field names differ).
 BOUNDS: dict[str, tuple[float, float]] = {
     "lat": (-90.0, 90.0),
     "lng": (-180.0, 180.0),
@@ -57,7 +57,6 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "received_at": (1.0, 4_102_444_800.0),
 }
 _VEHICLE_TYPE = re.compile(r"[A-Za-z0-9_.\- ]+")
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _json_loads = json.loads
 _isfinite = math.isfinite
 
@@ -95,13 +94,9 @@ def _uuid(obj: dict[str, Any], field: str) -> str:
         raise UndecodablePing(f"missing_field:{field}")
     if value.__class__ is not str:
         raise UndecodablePing(f"wrong_type:{field}")
-    if len(value) == 36 and _CANONICAL_UUID.fullmatch(value):
-        return value
-    if len(value) > 45:  # longest accepted spelling is "urn:uuid:" + 36
-        raise UndecodablePing(f"bad_uuid:{field}")
     try:
-        return str(uuid.UUID(value))
-    except ValueError:
+        return canonical_uuid(value, field)
+    except InvalidId:
         raise UndecodablePing(f"bad_uuid:{field}") from None
 
 

@@ -60,8 +60,6 @@ call per tenant and slot.
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,29 +68,21 @@ import h3
 from redis.asyncio import Redis
 
 from geo import cell_of, disk
+from schema.ids import canonical_uuid
+from streams.keys import (
+    INGEST_COUNTS_KEY,
+    INGEST_LATENCY_KEY,
+    location_key,
+    state_key,
+)
 from streams.records import DriverPing
+from streams.replies import as_text
 from streams.settings import StreamSettings
 
 STATUSES = ("offline", "available", "busy")
 WRITE_CHUNK = 500                  # pings per script call: ~5 ms of Redis time, then others run
 LATENCY_SAMPLES_MAX = 200_000
-INGEST_COUNTS_KEY = "metrics:ingest:counts"
-INGEST_LATENCY_KEY = "metrics:ingest:latency_ms"
 OUTCOMES = {"a": "accepted", "o": "out_of_order", "j": "implausible_jump"}
-
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def location_key(driver_id: str) -> str:
-    return f"driver:location:{driver_id}"
-
-
-def state_key(driver_id: str) -> str:
-    return f"driver:state:{driver_id}"
-
-
-def available_key(tenant_id: str, cell: str) -> str:
-    return f"drivers:available:{tenant_id}:{cell}"
 
 
 class UnknownDriverState(LookupError):
@@ -244,25 +234,6 @@ return out
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _FLOAT_FIELDS = frozenset({"lat", "lng", "speed", "heading", "accuracy", "ts", "battery"})
-
-
-def as_text(value: Any) -> str:
-    """A Redis reply value as text (bytes without decode_responses, str with it)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def canonical_uuid(value: object, what: str = "id") -> str:
-    """Canonical lower-case UUID text (the form used in every key), or ValueError."""
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, str):
-        if len(value) == 36 and _CANONICAL_UUID.fullmatch(value):
-            return value
-        try:
-            return str(uuid.UUID(value))
-        except ValueError:
-            pass
-    raise ValueError(f"{what} must be a UUID, got {value!r:.60}")
 
 
 @dataclass

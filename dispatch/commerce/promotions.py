@@ -1,9 +1,7 @@
-"""Promotions: which codes apply to an order and what they take off; claiming their uses.
+"""Promotions: which codes apply to an order and what they take off.
 
-The rules are pure (``check_applicable``, ``apply_promotions``); the SQL that loads
-promotions and claims and gives back their uses runs on the caller's transaction.
-
-Rules, per promotion, in the order the codes were given:
+``check_applicable`` says whether an order may use a promotion, ``apply_promotions`` what
+each takes off which line. The rules, per promotion, in the order the codes were given:
 
 * ``status`` is ``active`` and ``start_date <= now < end_date``;
 * ``applicable_vendors`` (if not empty) names the order's vendor;
@@ -18,84 +16,33 @@ Rules, per promotion, in the order the codes were given:
 * each promotion works on what earlier ones left of each line, so stacked codes never take a
   line below zero; a discount is split over its lines in proportion, in exact cents.
 
-Uses: ``usage_count`` is raised by a conditional UPDATE (``usage_count < usage_limit``),
-which also locks the promotion row until commit; under that lock the customer's uses (their
-orders with this promotion that were not cancelled or rejected) are counted against
-``customer_usage_limit``. Both limits therefore hold under any concurrency. Promotions are
-claimed in id order, before any stock row is locked, so two orders never wait on each other
-in a cycle. A cancelled or rejected order gives its uses back (``release``).
+Pure: plain data in, plain data out. Loading promotions, claiming their uses and giving them
+back are ``dispatch.commerce.promotion_store``'s, on the caller's transaction.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-import asyncpg
-
-from dispatch.commerce.orders.lifecycle import OrderRejected
 from dispatch.commerce.pricing import ZERO, allocate, money
+from dispatch.core.errors import INVALID_PROMOTION, Refusal
+from dispatch.core.ids import InvalidId, canonical_uuid
 
 __all__ = [
     "AppliedPromotion",
     "PricedLine",
     "Promotion",
     "apply_promotions",
-    "category_paths",
     "check_applicable",
-    "claim",
-    "load",
-    "record",
-    "release",
+    "invalid_promotion",
 ]
 
 PERCENTAGE, FIXED, BOGO = "percentage", "fixed", "bogo"
-
-LOAD_SQL = """
-SELECT id, code, type, value, minimum_order_value, maximum_discount, usage_limit,
-       coalesce(usage_count, 0) AS usage_count, customer_usage_limit, applicable_products,
-       applicable_categories, applicable_vendors, start_date, end_date, status
-FROM promotions
-WHERE upper(code) = ANY($1::text[])
-"""
-# A category and its ancestors (bounded: a cycle in parent_id must not loop forever).
-CATEGORY_PATHS_SQL = """
-WITH RECURSIVE up(start_id, id, parent_id, depth) AS (
-    SELECT c.id, c.id, c.parent_id, 0 FROM categories c WHERE c.id = ANY($1::uuid[])
-    UNION ALL
-    SELECT up.start_id, c.id, c.parent_id, up.depth + 1
-    FROM categories c JOIN up ON c.id = up.parent_id
-    WHERE up.depth < 32
-)
-SELECT start_id, array_agg(id) AS path FROM up GROUP BY start_id
-"""
-CLAIM_SQL = """
-UPDATE promotions SET usage_count = coalesce(usage_count, 0) + 1, updated_at = now()
-WHERE id = $1 AND (usage_limit IS NULL OR coalesce(usage_count, 0) < usage_limit)
-RETURNING usage_count
-"""
-CUSTOMER_USES_SQL = """
-SELECT count(*) FROM order_promotions op JOIN orders o ON o.id = op.order_id
-WHERE op.promotion_id = $1 AND o.customer_id = $2 AND o.status NOT IN ('cancelled', 'rejected')
-"""
-INSERT_SQL = """
-INSERT INTO order_promotions (order_id, promotion_id, discount_amount)
-SELECT $1, p.id, p.amount FROM unnest($2::uuid[], $3::numeric[]) AS p(id, amount)
-"""
-# Locked in id order first: two orders giving back the same promotions never deadlock.
-LOCK_ORDER_PROMOTIONS_SQL = """
-SELECT id FROM promotions
-WHERE id IN (SELECT promotion_id FROM order_promotions WHERE order_id = $1)
-ORDER BY id FOR UPDATE
-"""
-RELEASE_SQL = """
-UPDATE promotions SET usage_count = greatest(coalesce(usage_count, 0) - 1, 0), updated_at = now()
-WHERE id = ANY($1::uuid[])
-"""
 
 
 def _ids(raw: object) -> frozenset[str]:
@@ -103,8 +50,8 @@ def _ids(raw: object) -> frozenset[str]:
     out = set()
     for value in values if isinstance(values, list) else []:
         try:
-            out.add(str(uuid.UUID(str(value))))
-        except ValueError:
+            out.add(canonical_uuid(value))
+        except InvalidId:
             continue   # not an id: matches nothing
     return frozenset(out)
 
@@ -128,7 +75,8 @@ class Promotion:
     status: str | None
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Promotion:
+    def from_row(cls, row: Mapping[str, Any]) -> Promotion:
+        """From a ``promotions`` row (or any mapping with its columns)."""
         return cls(
             id=str(row["id"]), code=row["code"], type=row["type"], value=row["value"],
             minimum_order_value=row["minimum_order_value"], maximum_discount=row["maximum_discount"],
@@ -161,14 +109,19 @@ class AppliedPromotion:
     line_discounts: tuple[Decimal, ...]   # per order line, zeros where not eligible
 
 
-def _refuse(promo: Promotion, field: str, why: str) -> OrderRejected:
-    return OrderRejected(422, "invalid_promotion", f"promotion {promo.code}: {why}", field)
+def invalid_promotion(code: str, field: str, why: str) -> Refusal:
+    """422 ``invalid_promotion``: the code named by ``field`` cannot be used, and ``why``."""
+    return Refusal(422, INVALID_PROMOTION, f"promotion {code}: {why}", field)
+
+
+def _refuse(promo: Promotion, field: str, why: str) -> Refusal:
+    return invalid_promotion(promo.code, field, why)
 
 
 def check_applicable(
     promo: Promotion, *, vendor_id: str, subtotal: Decimal, now: datetime, field: str
 ) -> None:
-    """Refuse (OrderRejected 422 invalid_promotion) a promotion this order cannot use."""
+    """Refuse (422 ``invalid_promotion``) a promotion this order cannot use."""
     if promo.status != "active":
         raise _refuse(promo, field, "is not active")
     if now < promo.start:
@@ -228,63 +181,3 @@ def apply_promotions(
         left = [remaining - d for remaining, d in zip(left, discounts, strict=True)]
         applied.append(AppliedPromotion(promo, sum(discounts, ZERO), tuple(discounts)))
     return applied
-
-
-# -- on the caller's transaction -------------------------------------------------------------
-
-
-async def load(tx: asyncpg.Connection, codes: Sequence[str], fields: Sequence[str]) -> list[Promotion]:
-    """The promotions named by ``codes`` (upper-case), in that order; unknown code: 422."""
-    if not codes:
-        return []
-    found: dict[str, list[Promotion]] = {}
-    for row in await tx.fetch(LOAD_SQL, list(codes)):
-        found.setdefault(row["code"].upper(), []).append(Promotion.from_row(row))
-    out = []
-    for code, field in zip(codes, fields, strict=True):
-        matches = found.get(code, [])
-        if len(matches) != 1:
-            why = "no such promotion" if not matches else "matches several promotions"
-            raise OrderRejected(422, "invalid_promotion", f"promotion {code}: {why}", field)
-        out.append(matches[0])
-    return out
-
-
-async def category_paths(tx: asyncpg.Connection, category_ids: Iterable[str]) -> dict[str, frozenset[str]]:
-    """Each category with its ancestors (for category-scoped promotions)."""
-    ids = sorted({c for c in category_ids if c})
-    if not ids:
-        return {}
-    rows = await tx.fetch(CATEGORY_PATHS_SQL, ids)
-    return {str(r["start_id"]): frozenset(str(c) for c in r["path"]) for r in rows}
-
-
-async def claim(tx: asyncpg.Connection, applied: Sequence[AppliedPromotion], fields: Sequence[str], *,
-                customer_id: str) -> None:
-    """Take one use of each promotion for ``customer_id``, or refuse (422) with nothing kept.
-
-    Runs before any stock is locked; promotion rows are locked in id order.
-    """
-    for promo, field in sorted(((a.promotion, f) for a, f in zip(applied, fields, strict=True)),
-                               key=lambda pair: pair[0].id):
-        if await tx.fetchval(CLAIM_SQL, uuid.UUID(promo.id)) is None:
-            raise _refuse(promo, field, "has been used up")
-        if promo.customer_usage_limit is not None:
-            # the row is locked until commit: every earlier use by this customer is visible
-            used = await tx.fetchval(CUSTOMER_USES_SQL, uuid.UUID(promo.id), uuid.UUID(customer_id))
-            if used >= promo.customer_usage_limit:
-                raise _refuse(promo, field, f"can be used {promo.customer_usage_limit} time(s) "
-                                            "per customer, and you have")
-
-
-async def record(tx: asyncpg.Connection, order_id: uuid.UUID, applied: Sequence[AppliedPromotion]) -> None:
-    if applied:
-        await tx.execute(INSERT_SQL, order_id, [uuid.UUID(a.promotion.id) for a in applied],
-                         [a.amount for a in applied])
-
-
-async def release(tx: asyncpg.Connection, order_id: uuid.UUID) -> None:
-    """Give back the uses an order took (it was cancelled or rejected)."""
-    locked = [r["id"] for r in await tx.fetch(LOCK_ORDER_PROMOTIONS_SQL, order_id)]
-    if locked:
-        await tx.execute(RELEASE_SQL, locked)

@@ -35,7 +35,7 @@ from datetime import datetime
 
 import asyncpg
 
-from dispatch.commerce.orders.lifecycle import OrderRejected
+from dispatch.core.errors import OUT_OF_STOCK, Refusal
 
 __all__ = ["StockNeed", "hold", "out_of_stock", "release", "reserve", "restock", "sell",
            "write_off"]
@@ -113,10 +113,11 @@ class StockNeed:
     line: int
 
 
-def out_of_stock(line: int, available: int, wanted: int) -> OrderRejected:
-    return OrderRejected(409, "out_of_stock",
-                         f"line {line}: {max(available, 0)} in stock, {wanted} wanted",
-                         f"lines[{line}].quantity")
+def out_of_stock(line: int, available: int, wanted: int) -> Refusal:
+    """409 ``out_of_stock`` naming the order line short of stock."""
+    return Refusal(409, OUT_OF_STOCK,
+                   f"line {line}: {max(available, 0)} in stock, {wanted} wanted",
+                   f"lines[{line}].quantity")
 
 
 async def reserve(tx: asyncpg.Connection, order_id: uuid.UUID, needs: Sequence[StockNeed],

@@ -1,6 +1,7 @@
-"""The Redis cache of section 3 of the seed: cache-aside reads, tag-based invalidation.
+"""The Redis read cache of the data design document: cache-aside reads, tag-based invalidation.
 
-Key patterns and TTLs are the seed's (section 3.1), with two departures:
+Key patterns and TTLs are the design's (its Redis key patterns), with two departures; the
+builders are in ``dispatch.core.cache_keys``:
 
 * every key carries the tenant, so one tenant can never be served another's entry (the seed's
   ``inventory:{product_id}`` and ``order:{order_id}`` do not);
@@ -29,7 +30,6 @@ read cannot put back a value a concurrent write has just made stale.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from decimal import Decimal
@@ -37,42 +37,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from streams.location_store import as_text
+from dispatch.core.cache_keys import gen_key, tag_key
+from streams.replies import as_text
 
-__all__ = ["TTL", "Cache", "inventory_key", "order_key", "product_key", "product_list_key", "search_key"]
+__all__ = ["TTL", "Cache"]
 
 TTL = {"product": 1800, "product_list": 300, "inventory": 60, "order": 300, "search": 600}
 TAG_TTL_S = 3600   # a tag set outlives the entries it lists (max TTL above is 1800)
-
-
-def product_key(tenant: str, product_id: str) -> str:
-    return f"product:{tenant}:{product_id}"
-
-
-def product_list_key(tenant: str, category_id: str | None, vendor_id: str | None, page: int, size: int) -> str:
-    return f"products:{tenant}:{category_id or 'all'}:{vendor_id or 'all'}:page:{page}:{size}"
-
-
-def inventory_key(tenant: str, product_id: str) -> str:
-    return f"inventory:{tenant}:{product_id}"
-
-
-def order_key(tenant: str, order_id: str) -> str:
-    return f"order:{tenant}:{order_id}"
-
-
-def search_key(tenant: str, query: str, *extra: object) -> str:
-    normalised = " ".join(query.lower().split())
-    digest = hashlib.sha256(json.dumps([normalised, *map(str, extra)]).encode()).hexdigest()[:32]
-    return f"search:{tenant}:{digest}"
-
-
-def _tag_key(tenant: str, tag: str) -> str:
-    return f"cache:tag:{tenant}:{tag}"
-
-
-def _gen_key(tenant: str, tag: str) -> str:
-    return f"cache:gen:{tenant}:{tag}"
 
 
 def _default(value: Any) -> Any:
@@ -147,13 +118,13 @@ class Cache:
             self.hits += 1
             return cached
         self.misses += 1
-        gens = [_gen_key(tenant, t) for t in tags]
+        gens = [gen_key(tenant, t) for t in tags]
         before = ["0" if g is None else as_text(g) for g in (await self.redis.mget(gens) if gens else [])]
         value = await factory()
         if value is None:
             return None
         encoded = json.dumps(value, default=_default, separators=(",", ":"))
-        await self._store(keys=[key, *gens, *(_tag_key(tenant, t) for t in tags)],
+        await self._store(keys=[key, *gens, *(tag_key(tenant, t) for t in tags)],
                           args=[encoded, int(ttl_s), len(tags), *before])
         return json.loads(encoded)   # what a hit would return: same types either way
 
@@ -162,5 +133,5 @@ class Cache:
         tags = list(dict.fromkeys(tags))
         if not tags:
             return 0
-        return int(await self._invalidate(keys=[*(_gen_key(tenant, t) for t in tags),
-                                                *(_tag_key(tenant, t) for t in tags)]))
+        return int(await self._invalidate(keys=[*(gen_key(tenant, t) for t in tags),
+                                                *(tag_key(tenant, t) for t in tags)]))

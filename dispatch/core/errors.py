@@ -26,22 +26,63 @@ NULL_ISLAND = "null_island"
 FUTURE_TIMESTAMP = "future_timestamp"
 STALE_TIMESTAMP = "stale_timestamp"
 UNKNOWN_FIELD = "unknown_field"
+UNEXPECTED_FIELD = "unexpected_field"     # a known field that this event does not take
 TOO_LARGE = "too_large"
 BAD_JSON = "bad_json"
 INVALID_VALUE = "invalid_value"
+TOO_LONG = "too_long"                     # text over its length limit (names, descriptions)
+TOO_MANY = "too_many"                     # a list over its item limit
+EMPTY = "empty"                           # text or a list that must have something in it
+BAD_FORMAT = "bad_format"                 # text of the wrong shape (a slug, a URL, a SKU)
 INVALID_REQUEST = "invalid_request"
 # Who is asking.
 UNKNOWN_TOKEN = "unknown_token"
 REVOKED_TOKEN = "revoked_token"
 EXPIRED_TOKEN = "expired_token"
 WRONG_DRIVER = "wrong_driver"
+INVALID_TOKEN = "invalid_token"           # a tracking link's token: malformed, unknown or revoked
+UNKNOWN_USER = "unknown_user"
+BAD_SIGNATURE = "bad_signature"           # a payment callback not signed with our key
 FORBIDDEN = "forbidden"
 RATE_LIMITED = "rate_limited"
 # What is asked about.
 NOT_FOUND = "not_found"
+UNKNOWN_DELIVERY = "unknown_delivery"     # a driver's report about a delivery that is not theirs
 DUPLICATE = "duplicate"
 ILLEGAL_TRANSITION = "illegal_transition"
+UNKNOWN_CATEGORY = "unknown_category"
+DUPLICATE_SKU = "duplicate_sku"
+DUPLICATE_SLUG = "duplicate_slug"
+STOCK_RESERVED = "stock_reserved"         # stock cannot go below what orders hold
 NOT_CONFIGURED = "not_configured"
+# Deliveries, offers and tracking.
+OFFER_NOT_HELD = "offer_not_held"         # a reply to an offer the driver does not hold
+OFFER_WITHDRAWN = "offer_withdrawn"       # accepted too late: the delivery went elsewhere
+NO_DISPATCHER = "no_dispatcher"           # this engine process does not dispatch
+NOT_READY = "not_ready"                   # no tracking link before the order is ready
+TRACKING_ENDED = "tracking_ended"         # the link's grace after delivery is over
+TOO_SLOW = "too_slow"                     # a socket that does not keep up is closed
+
+# Commerce: orders, stock, promotions, payments.
+CLIENT_PRICE = "client_price"
+INVALID_ID = "invalid_id"
+DUPLICATE_LINE = "duplicate_line"
+UNKNOWN_VENDOR = "unknown_vendor"
+VENDOR_UNAVAILABLE = "vendor_unavailable"
+UNKNOWN_CUSTOMER = "unknown_customer"
+CUSTOMER_UNAVAILABLE = "customer_unavailable"
+OUTSIDE_DELIVERY_RADIUS = "outside_delivery_radius"
+PAYMENT_METHOD_NOT_ACCEPTED = "payment_method_not_accepted"
+UNKNOWN_PRODUCT = "unknown_product"
+PRODUCT_OF_ANOTHER_VENDOR = "product_of_another_vendor"
+PRODUCT_UNAVAILABLE = "product_unavailable"
+UNKNOWN_VARIANT = "unknown_variant"
+BELOW_MINIMUM_ORDER = "below_minimum_order"
+INVALID_PROMOTION = "invalid_promotion"
+OUT_OF_STOCK = "out_of_stock"
+INVALID_RETURN_LINE = "invalid_return_line"
+AMOUNT_MISMATCH = "amount_mismatch"
+IDEMPOTENCY_CONFLICT = "idempotency_conflict"
 
 
 class Refusal(WakalaError, ValueError):

@@ -1,18 +1,36 @@
-"""Engine (HTTP/websocket) settings from WAKALA_* variables."""
+"""Engine settings from WAKALA_* variables, one group per concern.
+
+Each concern (the HTTP edge, matching, the REST API, commerce's background work, the
+tracking hub) owns its fields and how they are read from the environment; ``EngineSettings``
+is their union, so call sites keep one flat object (``engine.port``, ``engine.hub_stall_s``)
+while a reader finds every knob of a concern in one place. Location-stream settings are
+``streams.settings``, database settings ``schema.settings``. Every bad value is refused
+naming its variable (``ConfigError``); nothing half-applies.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from schema.errors import ConfigError
 from schema.settings import env_int as _int
 from schema.settings import env_number as _num
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.lower() in ("1", "true", "yes") if not default else raw.lower() not in ("0", "false", "no")
+
+
 @dataclass(frozen=True)
-class EngineSettings:
+class EdgeSettings:
+    """The one HTTP port: bind address, input limits, websocket behaviour, token trust."""
+
     host: str = "127.0.0.1"
     port: int = 8080
     ping_rate_limit: int = 60            # pings per driver per window
@@ -24,60 +42,126 @@ class EngineSettings:
     token_cache_s: int = 60
     ws_compression: bool = False         # permessage-deflate: see README ("Websocket compression")
     ws_ping_interval_s: int = 20         # server keepalive pings find dead connections
+
+    @staticmethod
+    def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+        d = EdgeSettings
+        return dict(
+            host=env.get("WAKALA_HTTP_HOST") or d.host,
+            port=_int(env, "WAKALA_HTTP_PORT", d.port, 0, 65535),
+            ping_rate_limit=_int(env, "WAKALA_PING_RATE_LIMIT", d.ping_rate_limit, 1, 1_000_000),
+            ping_rate_window_s=_int(env, "WAKALA_PING_RATE_WINDOW_S", d.ping_rate_window_s, 1, 3600),
+            max_message_bytes=_int(env, "WAKALA_MAX_MESSAGE_BYTES", d.max_message_bytes, 256, 1 << 20),
+            max_body_bytes=_int(env, "WAKALA_MAX_BODY_BYTES", d.max_body_bytes, 1024, 16 << 20),
+            max_batch_pings=_int(env, "WAKALA_MAX_BATCH_PINGS", d.max_batch_pings, 1, 100_000),
+            auth_timeout_s=_int(env, "WAKALA_WS_AUTH_TIMEOUT_S", d.auth_timeout_s, 1, 300),
+            token_cache_s=_int(env, "WAKALA_TOKEN_CACHE_S", d.token_cache_s, 0, 3600),
+            ws_compression=_flag(env, "WAKALA_WS_COMPRESSION", False),
+            ws_ping_interval_s=_int(env, "WAKALA_WS_PING_INTERVAL_S", d.ws_ping_interval_s, 1, 3600),
+        )
+
+
+@dataclass(frozen=True)
+class MatchingSettings:
+    """Offers, the dispatcher, batch matching and the unassigned retry."""
+
     offer_timeout_s: int = 20            # a driver's time to accept an offer
     offer_max_attempts: int = 5          # offers per round before the delivery is unassigned
     dispatcher: bool = True              # match new deliveries in this process (WAKALA_DISPATCHER=0: gateway only)
     matching_mode: str = "greedy"        # greedy (each delivery at once) or batch (solved per window)
     batch_window_ms: int = 2000          # batch mode: how long deliveries gather before a solve
     retry_interval_s: int = 10           # backstop retry of unassigned deliveries
-    api_rate_limit: int = 120            # REST requests per caller per window
-    api_rate_window_s: int = 60
-    payment_webhook_secret: str = ""     # HMAC key of the payment gateway's callbacks ("" = refuse them)
-    reservation_sweep_s: int = 30        # how often expired stock reservations are released
-    view_refresh_s: int = 900            # materialized views refreshed and popular products warmed
-    tracking_link_grace_s: int = 3600    # a tracking link outlives its delivery's end by this much
-    hub_queue_max: int = 32              # frames (not positions) waiting for one watcher before 4408 too_slow
-    hub_heartbeat_s: int = 15            # heartbeat frames to every watcher and vendor screen
-    hub_stall_s: int = 30                # one frame's send blocked this long: 4408 too_slow
     # Replays only (`wakala loadtest replay --speed 10x`): simulated seconds per wall second. A
     # leg's wall-clock duration times this is what the ETA calibration learns; 1 in production.
     sim_time_scale: float = 1.0
 
+    @staticmethod
+    def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+        d = MatchingSettings
+        return dict(
+            offer_timeout_s=_int(env, "WAKALA_OFFER_TIMEOUT_S", d.offer_timeout_s, 1, 3600),
+            offer_max_attempts=_int(env, "WAKALA_OFFER_MAX_ATTEMPTS", d.offer_max_attempts, 1, 100),
+            dispatcher=_flag(env, "WAKALA_DISPATCHER", True),
+            matching_mode=_mode(env.get("WAKALA_MATCHING_MODE") or d.matching_mode),
+            batch_window_ms=_int(env, "WAKALA_BATCH_WINDOW_MS", d.batch_window_ms, 50, 60_000),
+            retry_interval_s=_int(env, "WAKALA_RETRY_INTERVAL_S", d.retry_interval_s, 1, 3600),
+            sim_time_scale=_num(env, "WAKALA_SIM_TIME_SCALE", d.sim_time_scale, 0.01, 1000),
+        )
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The REST API's per-caller limit and the payment gateway's webhook key."""
+
+    api_rate_limit: int = 120            # REST requests per caller per window
+    api_rate_window_s: int = 60
+    payment_webhook_secret: str = ""     # HMAC key of the payment gateway's callbacks ("" = refuse them)
+
+    @staticmethod
+    def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+        d = ApiSettings
+        return dict(
+            api_rate_limit=_int(env, "WAKALA_API_RATE_LIMIT", d.api_rate_limit, 1, 1_000_000),
+            api_rate_window_s=_int(env, "WAKALA_API_RATE_WINDOW_S", d.api_rate_window_s, 1, 3600),
+            payment_webhook_secret=env.get("WAKALA_PAYMENT_WEBHOOK_SECRET", ""),
+        )
+
+
+@dataclass(frozen=True)
+class CommerceSettings:
+    """Commerce's background work: the reservation sweeper and the view refresher."""
+
+    reservation_sweep_s: int = 30        # how often expired stock reservations are released
+    view_refresh_s: int = 900            # materialized views refreshed and popular products warmed
+
+    @staticmethod
+    def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+        d = CommerceSettings
+        return dict(
+            reservation_sweep_s=_int(env, "WAKALA_RESERVATION_SWEEP_S", d.reservation_sweep_s, 1, 3600),
+            view_refresh_s=_int(env, "WAKALA_VIEW_REFRESH_S", d.view_refresh_s, 10, 86_400),
+        )
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """Tracking links and the hub's sockets."""
+
+    tracking_link_grace_s: int = 3600    # a tracking link outlives its delivery's end by this much
+    hub_queue_max: int = 32              # frames (not positions) waiting for one watcher before 4408 too_slow
+    hub_heartbeat_s: int = 15            # heartbeat frames to every watcher and vendor screen
+    hub_stall_s: int = 30                # one frame's send blocked this long: 4408 too_slow
+
+    @staticmethod
+    def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+        d = TrackingSettings
+        return dict(
+            tracking_link_grace_s=_int(env, "WAKALA_TRACKING_LINK_GRACE_S", d.tracking_link_grace_s,
+                                       0, 30 * 86_400),
+            hub_queue_max=_int(env, "WAKALA_HUB_QUEUE_MAX", d.hub_queue_max, 1, 100_000),
+            hub_heartbeat_s=_int(env, "WAKALA_HUB_HEARTBEAT_S", d.hub_heartbeat_s, 1, 3600),
+            hub_stall_s=_int(env, "WAKALA_HUB_STALL_S", d.hub_stall_s, 1, 3600),
+        )
+
+
+CONCERNS = (EdgeSettings, MatchingSettings, ApiSettings, CommerceSettings, TrackingSettings)
+
+
+@dataclass(frozen=True)
+class EngineSettings(TrackingSettings, CommerceSettings, ApiSettings, MatchingSettings, EdgeSettings):
+    """Every concern's settings in one flat, frozen object (the engine process's settings)."""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
         env = os.environ if env is None else env
-        return cls(
-            host=env.get("WAKALA_HTTP_HOST") or cls.host,
-            port=_int(env, "WAKALA_HTTP_PORT", cls.port, 0, 65535),
-            ping_rate_limit=_int(env, "WAKALA_PING_RATE_LIMIT", cls.ping_rate_limit, 1, 1_000_000),
-            ping_rate_window_s=_int(env, "WAKALA_PING_RATE_WINDOW_S", cls.ping_rate_window_s, 1, 3600),
-            max_message_bytes=_int(env, "WAKALA_MAX_MESSAGE_BYTES", cls.max_message_bytes, 256, 1 << 20),
-            max_body_bytes=_int(env, "WAKALA_MAX_BODY_BYTES", cls.max_body_bytes, 1024, 16 << 20),
-            max_batch_pings=_int(env, "WAKALA_MAX_BATCH_PINGS", cls.max_batch_pings, 1, 100_000),
-            auth_timeout_s=_int(env, "WAKALA_WS_AUTH_TIMEOUT_S", cls.auth_timeout_s, 1, 300),
-            token_cache_s=_int(env, "WAKALA_TOKEN_CACHE_S", cls.token_cache_s, 0, 3600),
-            ws_compression=(env.get("WAKALA_WS_COMPRESSION", "").lower() in ("1", "true", "yes")),
-            ws_ping_interval_s=_int(env, "WAKALA_WS_PING_INTERVAL_S", cls.ws_ping_interval_s, 1, 3600),
-            offer_timeout_s=_int(env, "WAKALA_OFFER_TIMEOUT_S", cls.offer_timeout_s, 1, 3600),
-            offer_max_attempts=_int(env, "WAKALA_OFFER_MAX_ATTEMPTS", cls.offer_max_attempts, 1, 100),
-            dispatcher=env.get("WAKALA_DISPATCHER", "1").lower() not in ("0", "false", "no"),
-            matching_mode=_mode(env.get("WAKALA_MATCHING_MODE") or cls.matching_mode),
-            batch_window_ms=_int(env, "WAKALA_BATCH_WINDOW_MS", cls.batch_window_ms, 50, 60_000),
-            retry_interval_s=_int(env, "WAKALA_RETRY_INTERVAL_S", cls.retry_interval_s, 1, 3600),
-            api_rate_limit=_int(env, "WAKALA_API_RATE_LIMIT", cls.api_rate_limit, 1, 1_000_000),
-            api_rate_window_s=_int(env, "WAKALA_API_RATE_WINDOW_S", cls.api_rate_window_s, 1, 3600),
-            payment_webhook_secret=env.get("WAKALA_PAYMENT_WEBHOOK_SECRET", ""),
-            reservation_sweep_s=_int(env, "WAKALA_RESERVATION_SWEEP_S", cls.reservation_sweep_s, 1, 3600),
-            view_refresh_s=_int(env, "WAKALA_VIEW_REFRESH_S", cls.view_refresh_s, 10, 86_400),
-            tracking_link_grace_s=_int(env, "WAKALA_TRACKING_LINK_GRACE_S", cls.tracking_link_grace_s, 0, 30 * 86_400),
-            hub_queue_max=_int(env, "WAKALA_HUB_QUEUE_MAX", cls.hub_queue_max, 1, 100_000),
-            hub_heartbeat_s=_int(env, "WAKALA_HUB_HEARTBEAT_S", cls.hub_heartbeat_s, 1, 3600),
-            hub_stall_s=_int(env, "WAKALA_HUB_STALL_S", cls.hub_stall_s, 1, 3600),
-            sim_time_scale=_num(env, "WAKALA_SIM_TIME_SCALE", cls.sim_time_scale, 0.01, 1000),
-        )
+        values: dict[str, Any] = {}
+        for concern in CONCERNS:
+            values.update(concern._from_env(env))
+        return cls(**values)
 
 
 def _mode(value: str) -> str:
     if value not in ("greedy", "batch"):
         raise ConfigError(f"WAKALA_MATCHING_MODE must be greedy or batch, got {value!r}")
     return value
+

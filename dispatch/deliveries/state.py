@@ -63,6 +63,10 @@ class DeliveryEvent(StrEnum):
     RETRY = "retry"
 
 
+# Not a transition: the fact, recorded once on the delivery's event stream, that the driver
+# reached the dropoff circle (the state stays picked_up until the driver reports delivery).
+ARRIVED_DROPOFF_EVENT = "arrived_dropoff"
+
 S, E = DeliveryState, DeliveryEvent
 TERMINAL_STATES: frozenset[DeliveryState] = frozenset({S.DELIVERED, S.FAILED, S.CANCELLED})
 

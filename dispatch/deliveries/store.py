@@ -29,6 +29,9 @@ from dispatch.commerce.orders.records import (
     on_delivery_changed_order,
 )
 from dispatch.core.cache import Cache
+from dispatch.core.cache_keys import inventory_tag
+from dispatch.core.errors import INVALID_REQUEST, Refusal
+from dispatch.core.ids import InvalidId, canonical_uuid, parse_uuid
 from dispatch.deliveries.state import (
     DeliveryEvent,
     DeliverySnapshot,
@@ -70,8 +73,11 @@ class UnknownOrder(WakalaError):
     """A delivery was requested for an order the tenant does not have."""
 
 
-class InvalidDeliveryInput(WakalaError, ValueError):
-    """An id is not a UUID, or a coordinate is out of range."""
+class InvalidDeliveryInput(Refusal):
+    """An id is not a UUID, or a coordinate is out of range; nothing was written."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(400, INVALID_REQUEST, message, field)
 
 
 SNAPSHOT_SQL = """
@@ -152,12 +158,10 @@ RETURNING id, order_id
 
 
 def _uuid(value: object, label: str) -> uuid.UUID:
-    if isinstance(value, uuid.UUID):
-        return value
     try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        raise InvalidDeliveryInput(f"{label} must be a UUID, got {value!r}") from None
+        return parse_uuid(value if isinstance(value, uuid.UUID) else str(value), label)
+    except InvalidId as exc:
+        raise InvalidDeliveryInput(exc.message, label) from None
 
 
 def _snapshot(row: asyncpg.Record) -> DeliverySnapshot:
@@ -227,8 +231,8 @@ async def transition(
     delivery_uuid = _uuid(delivery_id, "delivery_id")
     if isinstance(facts.get("driver_id"), str) and facts["driver_id"]:
         try:
-            facts["driver_id"] = str(uuid.UUID(facts["driver_id"]))
-        except ValueError:
+            facts["driver_id"] = canonical_uuid(facts["driver_id"], "driver_id")
+        except InvalidId:
             raise InvalidFact(f"driver_id must be a UUID, got {facts['driver_id']!r}") from None
     when = at if at is not None else datetime.now(UTC)
 
@@ -304,7 +308,7 @@ async def transition(
         await tx.execute(NOTIFY_OUTBOX_SQL, str(tenant_id))
     if cache is not None and order_changed:
         await cache.invalidate(str(tenant_id), [f"order:{order_id}",
-                                                *(f"inventory:{p}" for p in stock_changed)])
+                                                *(inventory_tag(p) for p in stock_changed)])
     return new
 
 

@@ -24,7 +24,8 @@ from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
 
-from dispatch.gateway.pings import EXPIRED_TOKEN, REVOKED_TOKEN, UNKNOWN_TOKEN
+from dispatch.core.errors import EXPIRED_TOKEN, REVOKED_TOKEN, UNKNOWN_TOKEN, Refusal
+from dispatch.core.ids import InvalidId, parse_uuid
 from schema.db import TenantDatabase
 from schema.errors import InvalidTenantId, TenantNotActive, UnknownTenant, WakalaError
 
@@ -57,11 +58,13 @@ class UnknownDriver(WakalaError):
     """No active driver with this id in this tenant."""
 
 
-class TokenRejected(WakalaError):
+class TokenRejected(Refusal):
+    """A bearer token refused (401): ``reason`` is unknown_token, revoked_token or
+    expired_token. Its own type because every caller catches exactly this case: the gateway
+    counts it, the API adds ``WWW-Authenticate``, the vendor socket closes 4401."""
+
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+        super().__init__(401, reason, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +104,8 @@ async def issue_driver_token(db: TenantDatabase, tenant_id: object, driver_id: o
     if not 60 <= ttl_s <= 366 * 86400:
         raise WakalaError(f"token lifetime must be between 60 s and 366 days, got {ttl_s:g} s")
     try:
-        did = uuid.UUID(str(driver_id))
-    except ValueError:
+        did = parse_uuid(str(driver_id), "driver_id")
+    except InvalidId:
         raise UnknownDriver(f"driver id is not a UUID: {str(driver_id)[:40]!r}") from None
     placement = await db.placement(tenant_id)
     token = f"wkd_{placement.tenant_id.hex}_{secrets.token_urlsafe(32)}"
@@ -118,8 +121,8 @@ async def revoke_token(db: TenantDatabase, redis: Redis | None, tenant_id: objec
     """Revoke a token (``driver`` or a user's ``access`` token) by id; True if it was live.
     Every process drops it immediately."""
     try:
-        tid = uuid.UUID(str(token_id))
-    except ValueError:
+        tid = parse_uuid(str(token_id), "token_id")
+    except InvalidId:
         raise WakalaError(f"token id is not a UUID: {str(token_id)[:40]!r}") from None
     async with db.tenant_transaction(tenant_id) as tx:
         token_hash = await tx.fetchval(REVOKE_SQL, tid, token_type)
@@ -207,7 +210,7 @@ class TokenAuthenticator(Generic[P]):
             ttl = self.negative_ttl_s if isinstance(result, TokenRejected) else self.cache_ttl_s
             self._cache[token_hash] = (now_mono + ttl, result)
         if isinstance(result, TokenRejected):
-            raise result
+            raise result.with_traceback(None)   # cached: do not grow one traceback per request
         if result.expires_at <= time.time():
             raise TokenRejected(EXPIRED_TOKEN, "the token has expired; ask for a new one")
         return result

@@ -6,8 +6,8 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from dispatch.core.errors import INVALID_VALUE, Refusal
 from schema.db import TenantDatabase
-from schema.errors import WakalaError
 
 VEHICLE_TYPES = ("bicycle", "motorbike", "car", "bakkie", "van")
 _PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
@@ -24,10 +24,16 @@ VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id
 """
 
 
-class InvalidDriver(WakalaError):
+class InvalidDriver(Refusal):
+    """A driver record refused (422 ``invalid_value``); nothing was written. A ``Refusal``
+    whose text names the field (``phone_number: an E.164 number ...``), as the CLI prints it;
+    ``field`` and ``message`` are also apart for an API to render."""
+
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+        super().__init__(422, INVALID_VALUE, message, field)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """People of a tenant who use the REST API: tenant admins, vendors and customers.
 
 A user authenticates with a bearer token ``wku_<tenant uuid hex>_<secret>`` (the shape of the
-drivers' ``wkd_`` tokens, see ``dispatch.auth``): stored as a SHA-256 in ``auth_tokens``
+drivers' ``wkd_`` tokens, see ``dispatch.identity.auth``): stored as a SHA-256 in ``auth_tokens``
 (``token_type = 'access'``), expiring, revocable by id. What a user may do comes from their
 roles (``roles`` / ``user_roles``): ``tenant_admin``, ``vendor`` (acts for the vendor whose
 ``vendors.user_id`` is theirs) and ``customer`` (the ``customers`` row whose ``user_id`` is
@@ -22,7 +22,18 @@ from typing import Any
 import asyncpg
 
 from dispatch.commerce.orders.input import PAYMENT_METHODS
-from dispatch.gateway.pings import UNKNOWN_TOKEN
+from dispatch.core.errors import (
+    DUPLICATE,
+    INVALID_VALUE,
+    MISSING_FIELD,
+    UNKNOWN_FIELD,
+    UNKNOWN_TOKEN,
+    UNKNOWN_USER,
+    UNKNOWN_VENDOR,
+    WRONG_TYPE,
+    Refusal,
+)
+from dispatch.core.ids import InvalidId, optional_uuid, parse_uuid
 from dispatch.identity.auth import IssuedToken, TokenAuthenticator, TokenRejected, hash_token
 from schema.db import TenantDatabase
 from schema.errors import WakalaError
@@ -79,10 +90,17 @@ _ROLE_TEXT = {"tenant_admin": "administers the tenant: users, vendors, all order
               "customer": "browses, orders, pays and tracks"}
 
 
-class InvalidUser(WakalaError):
-    def __init__(self, field: str, message: str, status: int = 422, reason: str = "invalid_value") -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.message, self.status, self.reason = field, message, status, reason
+class InvalidUser(Refusal):
+    """A user or vendor body refused (422 unless said otherwise); nothing was written.
+
+    A ``Refusal`` whose text names the field (``phone: must be an E.164 number ...``), as
+    the CLI prints it; the API carries ``field`` and ``message`` apart."""
+
+    def __init__(self, field: str, message: str, status: int = 422, reason: str = INVALID_VALUE) -> None:
+        super().__init__(status, reason, message, field)
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +142,10 @@ def _text(body: dict[str, Any], field: str, *, required: bool = True, max_len: i
     value = body.get(field)
     if value is None:
         if required:
-            raise InvalidUser(field, "is required", reason="missing_field")
+            raise InvalidUser(field, "is required", reason=MISSING_FIELD)
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > max_len:
-        raise InvalidUser(field, f"must be a non-empty string of at most {max_len} characters", reason="wrong_type")
+        raise InvalidUser(field, f"must be a non-empty string of at most {max_len} characters", reason=WRONG_TYPE)
     return value.strip()
 
 
@@ -140,9 +158,9 @@ def _number(body: dict[str, Any], field: str, default: float, lo: float, hi: flo
 
 def _only(body: Any, allowed: set[str]) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise InvalidUser("body", "must be a JSON object", reason="wrong_type")
+        raise InvalidUser("body", "must be a JSON object", reason=WRONG_TYPE)
     if unknown := sorted(set(body) - allowed):
-        raise InvalidUser(unknown[0], "is not a field of this request", reason="unknown_field")
+        raise InvalidUser(unknown[0], "is not a field of this request", reason=UNKNOWN_FIELD)
     return body
 
 
@@ -152,7 +170,7 @@ async def _grant(tx: asyncpg.Connection, user_id: uuid.UUID, role: str, granted_
         # Another transaction created the role meanwhile: our INSERT waited for it and did
         # nothing, and our SELECT's snapshot predates its commit. A new statement sees it.
         role_id = await tx.fetchval(ROLE_ID_SQL, role)
-    await tx.execute(GRANT_SQL, user_id, role_id, None if granted_by is None else uuid.UUID(granted_by))
+    await tx.execute(GRANT_SQL, user_id, role_id, optional_uuid(granted_by, "granted_by"))
 
 
 async def create_vendor(db: TenantDatabase, tenant_id: object, body: Any) -> str:
@@ -169,7 +187,7 @@ async def create_vendor(db: TenantDatabase, tenant_id: object, body: Any) -> str
     kind = _text(body, "business_type", required=False, max_len=100)
     address = body.get("address", {})
     if not isinstance(address, dict):
-        raise InvalidUser("address", "must be an object", reason="wrong_type")
+        raise InvalidUser("address", "must be an object", reason=WRONG_TYPE)
     lat = _number(body, "lat", float("nan"), -90, 90)
     lng = _number(body, "lng", float("nan"), -180, 180)
     radius = int(_number(body, "delivery_radius_m", 5000, 100, 100_000))
@@ -199,17 +217,17 @@ async def create_user(db: TenantDatabase, tenant_id: object, body: Any, *, grant
     vendor_id = None
     if role == "vendor":
         try:
-            vendor_id = uuid.UUID(str(body.get("vendor_id")))
-        except ValueError:
+            vendor_id = parse_uuid(str(body.get("vendor_id")), "vendor_id")
+        except InvalidId:
             raise InvalidUser("vendor_id", "a vendor user needs the vendor_id (a UUID) it acts for") from None
     elif "vendor_id" in body:
-        raise InvalidUser("vendor_id", "only a vendor user acts for a vendor", reason="unknown_field")
+        raise InvalidUser("vendor_id", "only a vendor user acts for a vendor", reason=UNKNOWN_FIELD)
     async with db.tenant_transaction(tenant_id) as tx:
         try:
             user_id = await tx.fetchval(CREATE_USER_SQL, phone, name, role)
         except asyncpg.UniqueViolationError:
             raise InvalidUser("phone", "a user with this phone number exists", status=409,
-                              reason="duplicate") from None
+                              reason=DUPLICATE) from None
         await _grant(tx, user_id, role, granted_by)
         out: dict[str, Any] = {"user_id": str(user_id), "role": role}
         if role == "customer":
@@ -217,7 +235,7 @@ async def create_user(db: TenantDatabase, tenant_id: object, body: Any, *, grant
         elif role == "vendor":
             if await tx.fetchval(LINK_VENDOR_SQL, vendor_id, user_id) is None:
                 raise InvalidUser("vendor_id", "no vendor without a user has this id", status=404,
-                                  reason="unknown_vendor")
+                                  reason=UNKNOWN_VENDOR)
             out["vendor_id"] = str(vendor_id)
     return out
 
@@ -227,8 +245,8 @@ async def issue_user_token(db: TenantDatabase, tenant_id: object, user_id: objec
     if not 60 <= ttl_s <= 366 * 86400:
         raise WakalaError(f"token lifetime must be between 60 s and 366 days, got {ttl_s:g} s")
     try:
-        uid = uuid.UUID(str(user_id))
-    except ValueError:
+        uid = parse_uuid(str(user_id), "user_id")
+    except InvalidId:
         raise InvalidUser("user_id", "is not a UUID") from None
     placement = await db.placement(tenant_id)
     token = f"wku_{placement.tenant_id.hex}_{secrets.token_urlsafe(32)}"
@@ -236,5 +254,5 @@ async def issue_user_token(db: TenantDatabase, tenant_id: object, user_id: objec
         row = await tx.fetchrow(ISSUE_SQL, uid, hash_token(token), float(ttl_s))
     if row is None:
         raise InvalidUser("user_id", f"no active user {uid} in tenant {placement.tenant_id}", status=404,
-                          reason="unknown_user")
+                          reason=UNKNOWN_USER)
     return IssuedToken(token, row["id"], row["expires_at"])

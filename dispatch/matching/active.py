@@ -26,21 +26,14 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from dispatch.matching.claims import deliveries_key
-from streams.location_store import as_text
+from dispatch.matching.keys import ACTIVE_PREFIX, active_key, deliveries_key
+from streams.replies import as_text
 
 __all__ = ["ACTIVE_PREFIX", "ACTIVE_TTL_S", "TRACKED_STATUSES", "ActiveDelivery", "active_key", "delete",
            "for_drivers", "mark_once", "read", "set_status", "unmark", "write"]
 
 ACTIVE_TTL_S = 86_400
 TRACKED_STATUSES = frozenset({"assigned", "at_pickup", "picked_up"})
-
-
-ACTIVE_PREFIX = "delivery:active:"
-
-
-def active_key(delivery_id: str) -> str:
-    return f"{ACTIVE_PREFIX}{delivery_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,12 @@ import time
 
 from redis.asyncio import Redis
 
+from dispatch.matching.keys import CALIBRATION_KEY
 from geo.eta import EtaCalibration
-from streams.location_store import as_text
+from streams.replies import as_text
 
 __all__ = ["CALIBRATION_KEY", "CalibrationStore"]
 
-CALIBRATION_KEY = "eta:calibration"
 
 log = logging.getLogger(__name__)
 

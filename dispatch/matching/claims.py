@@ -44,12 +44,20 @@ import math
 
 from redis.asyncio import Redis
 
+from dispatch.core.ids import canonical_uuid
+from dispatch.matching.keys import (
+    deliveries_key,
+    delivery_driver_key,
+    delivery_offer_key,
+    offer_key,
+)
 from schema.errors import WakalaError
-from streams.location_store import SET_STATUS_LUA, as_text, canonical_uuid, location_key, state_key
+from streams.keys import location_key, state_key
+from streams.location_store import SET_STATUS_LUA
+from streams.replies import as_text
 
 __all__ = [
     "DriverClaims",
-    "InvalidClaimId",
     "InvalidClaimSettings",
     "deliveries_key",
     "delivery_driver_key",
@@ -57,36 +65,10 @@ __all__ = [
     "offer_key",
 ]
 
-_MAX_ID_CHARS = 45   # the longest UUID spelling ("urn:uuid:" + 36); longer input is refused unread
-
-
-class InvalidClaimId(WakalaError, ValueError):
-    """A driver or delivery id that is not a UUID; nothing was read or written."""
-
-    def __init__(self, field: str, value: object) -> None:
-        super().__init__(f"{field} must be a UUID like 3f2b8c1e-9a4d-4c1b-8e2f-0a1b2c3d4e5f, "
-                         f"got {value!r:.60}")
-        self.field = field
-
 
 class InvalidClaimSettings(WakalaError, ValueError):
     """capacity or offer_ttl_s out of range."""
 
-
-def offer_key(driver_id: str) -> str:
-    return f"driver:offer:{driver_id}"
-
-
-def deliveries_key(driver_id: str) -> str:
-    return f"driver:deliveries:{driver_id}"
-
-
-def delivery_offer_key(delivery_id: str) -> str:
-    return f"delivery:offer:{delivery_id}"
-
-
-def delivery_driver_key(delivery_id: str) -> str:
-    return f"delivery:driver:{delivery_id}"
 
 
 # Script result codes (the public methods return bools; the codes say why, for debugging).
@@ -161,15 +143,6 @@ return 2
 """
 
 
-def _uuid(value: object, field: str) -> str:
-    if isinstance(value, str) and len(value) > _MAX_ID_CHARS:
-        raise InvalidClaimId(field, value)
-    try:
-        return canonical_uuid(value, field)
-    except ValueError:
-        raise InvalidClaimId(field, value) from None
-
-
 class DriverClaims:
     """Offers, accepts, declines and releases of drivers, each one atomic Redis script.
 
@@ -203,7 +176,7 @@ class DriverClaims:
         Refused (False) when the driver has an open offer, is at capacity or is not
         ``available``, or the delivery is already offered or active with anyone.
         """
-        driver, delivery = _uuid(driver_id, "driver_id"), _uuid(delivery_id, "delivery_id")
+        driver, delivery = canonical_uuid(driver_id, "driver_id"), canonical_uuid(delivery_id, "delivery_id")
         code = await self._offer(
             keys=[offer_key(driver), deliveries_key(driver), delivery_offer_key(delivery),
                   delivery_driver_key(delivery), state_key(driver)],
@@ -219,7 +192,7 @@ class DriverClaims:
         returned. The accept that fills the driver's last slot makes it ``busy`` and takes it
         out of the availability index.
         """
-        driver, delivery = _uuid(driver_id, "driver_id"), _uuid(delivery_id, "delivery_id")
+        driver, delivery = canonical_uuid(driver_id, "driver_id"), canonical_uuid(delivery_id, "delivery_id")
         code = await self._accept(
             keys=[offer_key(driver), deliveries_key(driver), delivery_offer_key(delivery),
                   delivery_driver_key(delivery), state_key(driver), location_key(driver)],
@@ -232,7 +205,7 @@ class DriverClaims:
 
         False when that offer is not open (already expired, accepted or declined).
         """
-        driver, delivery = _uuid(driver_id, "driver_id"), _uuid(delivery_id, "delivery_id")
+        driver, delivery = canonical_uuid(driver_id, "driver_id"), canonical_uuid(delivery_id, "delivery_id")
         code = await self._decline(keys=[offer_key(driver), delivery_offer_key(delivery)],
                                    args=[driver, delivery])
         return int(code) == OK
@@ -244,7 +217,7 @@ class DriverClaims:
         once if its location is live (else by its next ping). False when the delivery was not
         active with the driver (so repeating a release is harmless).
         """
-        driver, delivery = _uuid(driver_id, "driver_id"), _uuid(delivery_id, "delivery_id")
+        driver, delivery = canonical_uuid(driver_id, "driver_id"), canonical_uuid(delivery_id, "delivery_id")
         code = await self._release(
             keys=[deliveries_key(driver), delivery_driver_key(delivery), state_key(driver),
                   location_key(driver)],
@@ -254,15 +227,15 @@ class DriverClaims:
 
     async def offer_of(self, driver_id: str) -> str | None:
         """The delivery id the driver has an open offer for, or None."""
-        value = await self.redis.get(offer_key(_uuid(driver_id, "driver_id")))
+        value = await self.redis.get(offer_key(canonical_uuid(driver_id, "driver_id")))
         return None if value is None else as_text(value)
 
     async def active_deliveries(self, driver_id: str) -> set[str]:
         """The driver's active delivery ids."""
-        members = await self.redis.smembers(deliveries_key(_uuid(driver_id, "driver_id")))
+        members = await self.redis.smembers(deliveries_key(canonical_uuid(driver_id, "driver_id")))
         return {as_text(m) for m in members}
 
     async def driver_of(self, delivery_id: str) -> str | None:
         """The driver the delivery is active with, or None."""
-        value = await self.redis.get(delivery_driver_key(_uuid(delivery_id, "delivery_id")))
+        value = await self.redis.get(delivery_driver_key(canonical_uuid(delivery_id, "delivery_id")))
         return None if value is None else as_text(value)

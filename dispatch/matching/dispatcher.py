@@ -34,7 +34,6 @@ import contextlib
 import json
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,21 +44,34 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from dispatch.core.cache import Cache
+from dispatch.core.errors import ILLEGAL_TRANSITION, INVALID_VALUE, UNKNOWN_DELIVERY
+from dispatch.core.ids import canonical_uuid, parse_uuid
+from dispatch.deliveries.reports import DriverUpdate, DriverUpdateRefused, parse_driver_update
 from dispatch.deliveries.state import DeliveryEvent, DeliveryState, IllegalTransition, InvalidFact
 from dispatch.deliveries.store import CREATED_EVENT, UnknownDelivery, transition
 from dispatch.identity.drivers import VEHICLE_TYPES
 from dispatch.matching import active
 from dispatch.matching.assignment import assign_batch
 from dispatch.matching.calibration import CalibrationStore
-from dispatch.matching.claims import DriverClaims, delivery_offer_key
+from dispatch.matching.claims import DriverClaims
+from dispatch.matching.keys import (
+    delivery_offer_key,
+    dispatcher_event_key,
+    dispatcher_offsets_key,
+    round_key,
+    tried_key,
+)
 from dispatch.matching.nearest import DriverFacts, load_driver_facts, nearest
-from dispatch.matching.offers import OfferCandidate, OfferEngine, RoundOutcome, round_key, tried_key
+from dispatch.matching.offers import OfferEngine
 from dispatch.matching.ranking import Job, RankedCandidate
+from dispatch.matching.terms import OfferCandidate, RoundOutcome
 from geo import CIRCUITY, EtaCalibration, distance_m, eta_seconds
 from schema.db import TenantDatabase
 from schema.errors import WakalaError
 from schema.tenants import list_tenants
-from streams.location_store import LocationStore, as_text, canonical_uuid, state_key
+from streams.keys import state_key
+from streams.location_store import LocationStore
+from streams.replies import as_text
 
 __all__ = ["DispatchJob", "Dispatcher", "DriverUpdateRefused", "parse_driver_update"]
 
@@ -94,70 +106,7 @@ FROM deliveries WHERE id = $1
 
 # Events on delivery-events after which a driver may be free again.
 _FREEING = frozenset({DeliveryEvent.DELIVER.value, DeliveryEvent.FAIL.value, DeliveryEvent.CANCEL.value})
-# What a driver may report about their own delivery.
-DRIVER_EVENTS = {"pick_up": DeliveryEvent.PICK_UP, "deliver": DeliveryEvent.DELIVER,
-                 "fail": DeliveryEvent.FAIL}
-MAX_PROOF_BYTES = 8 * 1024
-MAX_REASON_CHARS = 500
 DRIVER_ACTOR = "driver:{}"
-
-
-class DriverUpdateRefused(WakalaError):
-    """A driver's pick_up/deliver/fail report was refused; nothing changed."""
-
-    def __init__(self, status: int, reason: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message, self.field = status, reason, message, field
-
-
-@dataclass(frozen=True, slots=True)
-class DriverUpdate:
-    delivery_id: str
-    event: DeliveryEvent
-    proof_of_delivery: dict[str, Any] | None
-    reason: str | None
-
-
-def parse_driver_update(payload: Any, delivery_id: object = None) -> DriverUpdate:
-    """Validate ``{"delivery_id", "event": "pick_up"|"deliver"|"fail", "proof_of_delivery",
-    "reason"}`` (the delivery id may come from the URL instead). Pure; raises DriverUpdateRefused."""
-    if not isinstance(payload, dict):
-        raise DriverUpdateRefused(422, "wrong_type", "the body must be a JSON object")
-    raw_id = delivery_id if delivery_id is not None else payload.get("delivery_id")
-    if raw_id is None:
-        raise DriverUpdateRefused(422, "missing_field", "delivery_id is required", "delivery_id")
-    try:
-        if not isinstance(raw_id, str) or len(raw_id) > 45:
-            raise ValueError
-        delivery = canonical_uuid(raw_id, "delivery_id")
-    except ValueError:
-        raise DriverUpdateRefused(422, "wrong_type", "delivery_id must be a UUID", "delivery_id") from None
-    event = payload.get("event")
-    if not isinstance(event, str) or event not in DRIVER_EVENTS:   # a list or dict is unhashable
-        raise DriverUpdateRefused(422, "invalid_value",
-                                  f"event must be one of {', '.join(DRIVER_EVENTS)}", "event")
-    proof = payload.get("proof_of_delivery")
-    if event == "deliver":
-        if not isinstance(proof, dict) or not proof:
-            raise DriverUpdateRefused(422, "missing_field", "deliver needs proof_of_delivery "
-                                      "(a JSON object: photo, signature, code...)", "proof_of_delivery")
-        if len(json.dumps(proof)) > MAX_PROOF_BYTES:
-            raise DriverUpdateRefused(413, "too_large", f"proof_of_delivery is over {MAX_PROOF_BYTES} bytes",
-                                      "proof_of_delivery")
-    elif proof is not None:
-        raise DriverUpdateRefused(422, "unexpected_field", f"{event} takes no proof_of_delivery",
-                                  "proof_of_delivery")
-    reason = payload.get("reason")
-    if event == "fail":
-        if reason is None:
-            raise DriverUpdateRefused(422, "missing_field",
-                                      f"fail needs a reason (1-{MAX_REASON_CHARS} characters)", "reason")
-        if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON_CHARS:
-            raise DriverUpdateRefused(422, "invalid_value",
-                                      f"reason must be 1-{MAX_REASON_CHARS} characters of text", "reason")
-    elif reason is not None:
-        raise DriverUpdateRefused(422, "unexpected_field", f"{event} takes no reason", "reason")
-    return DriverUpdate(delivery, DRIVER_EVENTS[event], proof, reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +150,7 @@ class Dispatcher:
     async def job_for(self, tenant_id: str, delivery_id: str) -> DispatchJob | None:
         """The delivery as a matching job; None when it is unknown to the tenant."""
         async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
-            row = await tx.fetchrow(JOB_SQL, uuid.UUID(delivery_id))
+            row = await tx.fetchrow(JOB_SQL, parse_uuid(delivery_id, "delivery_id"))
         if row is None or row["pickup_lat"] is None or row["dropoff_lat"] is None:
             return None
         metadata = row["order_metadata"]
@@ -334,12 +283,12 @@ class Dispatcher:
                 snap = await transition(self.db, tenant_id, delivery, DeliveryEvent.PICK_UP, actor=actor,
                                         driver_must_be=driver_id, cache=self.cache)
         except UnknownDelivery:
-            raise DriverUpdateRefused(404, "unknown_delivery", f"you have no delivery {delivery}",
+            raise DriverUpdateRefused(404, UNKNOWN_DELIVERY, f"you have no delivery {delivery}",
                                       "delivery_id") from None
         except IllegalTransition as exc:
-            raise DriverUpdateRefused(409, "illegal_transition", str(exc), "event") from None
+            raise DriverUpdateRefused(409, ILLEGAL_TRANSITION, str(exc), "event") from None
         except InvalidFact as exc:
-            raise DriverUpdateRefused(422, "invalid_value", str(exc)) from None
+            raise DriverUpdateRefused(422, INVALID_VALUE, str(exc)) from None
         state = snap.state
         if state is DeliveryState.PICKED_UP:
             await active.set_status(self.redis, delivery, state.value)
@@ -366,7 +315,7 @@ class Dispatcher:
 
     async def _learn(self, tenant_id: str, delivery_id: str) -> None:
         async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
-            leg = await tx.fetchrow(LEG_SQL, uuid.UUID(delivery_id))
+            leg = await tx.fetchrow(LEG_SQL, parse_uuid(delivery_id, "delivery_id"))
         if leg is None or not leg["estimated_duration_s"] or leg["actual_duration_s"] is None:
             return
         await self.calibration.observe(leg["lat"], leg["lng"], leg["estimated_duration_s"], leg["actual_duration_s"])
@@ -412,7 +361,7 @@ class Dispatcher:
         claim loses at most that event's trigger: the pending sweep (``_sweep_pending``) finds
         the delivery again.
         """
-        offsets = f"dispatch:offsets:{group}:{topic}"
+        offsets = dispatcher_offsets_key(group, topic)
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
         retries = asyncio.create_task(self._retry_forever(), name="unassigned-retry")
         try:
@@ -469,7 +418,7 @@ class Dispatcher:
         ids = [e.get("id") if isinstance(e, dict) else None for e in events]
         async with self.redis.pipeline(transaction=False) as pipe:
             for event_id in ids:
-                pipe.set(f"dispatch:event:{group}:{event_id}", "1", nx=True, ex=3600)
+                pipe.set(dispatcher_event_key(group, event_id), "1", nx=True, ex=3600)
             won = await pipe.execute()
         return [e for e, event_id, ok in zip(events, ids, won, strict=True) if ok and event_id is not None]
 

@@ -26,6 +26,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from dispatch.core.ids import InvalidId, parse_uuid
 from dispatch.matching.ranking import (
     AVAILABLE,
     Candidate,
@@ -176,8 +177,8 @@ def _uuids(ids: Collection[str]) -> list[uuid.UUID]:
     out = []
     for value in ids:
         try:
-            out.append(uuid.UUID(str(value)))
-        except ValueError:
+            out.append(parse_uuid(value if isinstance(value, uuid.UUID) else str(value), "driver_id"))
+        except InvalidId:
             continue  # not a driver id of ours: it cannot match any row
     return out
 

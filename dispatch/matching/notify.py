@@ -29,8 +29,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from dispatch.matching.offers import Offer, WebsocketNotifier
-from streams.location_store import as_text
+from dispatch.matching.keys import socket_key
+from dispatch.matching.offers import WebsocketNotifier
+from dispatch.matching.terms import Offer
+from streams.replies import as_text
 
 __all__ = ["RoutedNotifier", "socket_key"]
 
@@ -43,10 +45,6 @@ _FORGET = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def socket_key(driver_id: str) -> str:
-    return f"driver:socket:{driver_id}"
 
 
 class RoutedNotifier:

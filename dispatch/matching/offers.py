@@ -38,22 +38,41 @@ import json
 import logging
 import math
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from dispatch.core.cache import Cache
+from dispatch.core.errors import OFFER_NOT_HELD
 from dispatch.deliveries.state import DeliveryEvent, IllegalTransition
-from dispatch.deliveries.store import UnknownDelivery, UnknownDriver, transition
-from dispatch.matching.claims import DriverClaims, delivery_driver_key, delivery_offer_key
+from dispatch.deliveries.store import UnknownDelivery, UnknownDriver
+from dispatch.deliveries.transitions import DeliveryTransitions, PostgresTransitions
+from dispatch.matching.claims import DriverClaims
+from dispatch.matching.keys import (
+    UNASSIGNED_TENANTS_KEY,
+    deadlines_key,
+    delivery_driver_key,
+    delivery_offer_key,
+    round_key,
+    tried_key,
+    unassigned_key,
+)
 from dispatch.matching.ranking import Job
-from schema.db import TenantDatabase
+from dispatch.matching.terms import (
+    InvalidOffer,
+    InvalidOfferReply,
+    Offer,
+    OfferCandidate,
+    OfferReply,
+    RoundOutcome,
+    eta_s,
+    offer_id,
+    parse_offer_reply,
+)
 from schema.errors import WakalaError
-from streams.location_store import as_text, canonical_uuid
+from streams.replies import as_text
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -85,26 +104,7 @@ DEFAULT_OFFER_TIMEOUT_S = 20.0
 DEFAULT_MAX_ATTEMPTS = 5
 ROUND_TTL_S = 86_400
 SYSTEM_ACTOR = "system:offers"
-OFFER_NOT_HELD = "offer_not_held"
 
-
-def round_key(delivery_id: str) -> str:
-    return f"delivery:round:{delivery_id}"
-
-
-def tried_key(delivery_id: str) -> str:
-    return f"delivery:tried:{delivery_id}"
-
-
-def deadlines_key(app_id: str) -> str:
-    return f"offers:deadlines:{app_id}"
-
-
-def unassigned_key(tenant_id: str) -> str:
-    return f"deliveries:unassigned:{tenant_id}"
-
-
-UNASSIGNED_TENANTS_KEY = "deliveries:unassigned:tenants"
 
 # Called once a driver's accept is recorded: (tenant_id, delivery_id, driver_id, job).
 OnAssigned = Callable[[str, str, str, Job], Awaitable[None]]
@@ -127,18 +127,6 @@ return 0
 """
 
 
-class InvalidOffer(WakalaError, ValueError):
-    """Offer terms or engine settings out of range (pay not a Decimal, a negative ETA, ...)."""
-
-
-class InvalidOfferReply(WakalaError, ValueError):
-    """A driver's ``offer_reply`` frame is malformed; ``reason`` and ``field`` say how."""
-
-    def __init__(self, reason: str, field: str, message: str) -> None:
-        super().__init__(message)
-        self.reason, self.field, self.message = reason, field, message
-
-
 class RoundInProgress(WakalaError):
     """The delivery already has an open offer or a driver; a new round would burn candidates."""
 
@@ -147,85 +135,6 @@ class OfferNotHeld(WakalaError):
     """The driver has no open offer of this delivery (never made, someone else's, expired)."""
 
     reason = OFFER_NOT_HELD
-
-
-# -- plain data ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class OfferCandidate:
-    """A driver to offer to, in ranking order, with its ETA to the pickup."""
-
-    driver_id: str
-    pickup_eta_s: int
-
-
-@dataclass(frozen=True, slots=True)
-class Offer:
-    """What the driver sees. ``pay`` is money: a Decimal, sent as a string, never a float."""
-
-    delivery_id: str
-    tenant_id: str
-    pickup: tuple[float, float]   # (lat, lng)
-    dropoff: tuple[float, float]  # (lat, lng)
-    pay: Decimal
-    pickup_eta_s: int
-    dropoff_eta_s: int
-    expires_at: float             # epoch seconds
-
-    def frame(self) -> dict[str, Any]:
-        return {
-            "type": "offer",
-            "delivery_id": self.delivery_id,
-            "pickup": {"lat": self.pickup[0], "lng": self.pickup[1]},
-            "dropoff": {"lat": self.dropoff[0], "lng": self.dropoff[1]},
-            "pay": str(self.pay),
-            "pickup_eta_s": self.pickup_eta_s,
-            "dropoff_eta_s": self.dropoff_eta_s,
-            "expires_at": self.expires_at,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class OfferReply:
-    delivery_id: str
-    accept: bool
-
-
-def parse_offer_reply(payload: dict[str, Any]) -> OfferReply:
-    """Validate ``{"type": "offer_reply", "delivery_id": <uuid>, "accept": <bool>}``. Pure."""
-    if "delivery_id" not in payload:
-        raise InvalidOfferReply("missing_field", "delivery_id", "delivery_id is required")
-    if "accept" not in payload:
-        raise InvalidOfferReply("missing_field", "accept", "accept (true or false) is required")
-    raw = payload["delivery_id"]
-    try:
-        if not isinstance(raw, str) or len(raw) > 45:
-            raise ValueError
-        delivery_id = str(uuid.UUID(raw))
-    except ValueError:
-        raise InvalidOfferReply("wrong_type", "delivery_id", "delivery_id must be a UUID") from None
-    if not isinstance(payload["accept"], bool):
-        raise InvalidOfferReply("wrong_type", "accept", "accept must be true or false")
-    return OfferReply(delivery_id, payload["accept"])
-
-
-RoundStatus = Literal["offered", "assigned", "unassigned", "abandoned"]
-
-
-@dataclass(frozen=True, slots=True)
-class RoundOutcome:
-    """Where a round stands after a step.
-
-    ``offered``: open offer to ``driver_id``; ``assigned``: ``driver_id`` accepted;
-    ``unassigned``: given up, ``reason`` says why; ``abandoned``: the delivery could not take
-    the transition (cancelled meanwhile, unknown), ``reason`` says which.
-    """
-
-    delivery_id: str
-    status: RoundStatus
-    driver_id: str | None = None
-    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,45 +160,12 @@ def _job_from_json(raw: str) -> Job:
     return Job(**fields)
 
 
-def _canonical(value: object, field: str) -> str:
-    try:
-        return canonical_uuid(value if isinstance(value, str | uuid.UUID) else str(value), field)
-    except ValueError:
-        raise InvalidOffer(f"{field} must be a UUID, got {value!r:.60}") from None
-
-
-def _eta(value: object, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidOffer(f"{field} must be a non-negative int of seconds, got {value!r}")
-    return value
-
-
 # -- ports --------------------------------------------------------------------------------------
 
 
 class Notifier(Protocol):
     async def send_offer(self, driver_id: str, offer: Offer) -> bool:
         """Deliver the offer; False when the driver is not connected here."""
-
-
-class DeliveryTransitions(Protocol):
-    async def __call__(self, tenant_id: str, delivery_id: str, event: DeliveryEvent, *,
-                       actor: str | None = None, reason: str | None = None, **facts: Any) -> object:
-        """Apply one ``dispatch.state`` event to the delivery's stored state."""
-
-
-class PostgresTransitions:
-    """``dispatch.deliveries.transition`` on one TenantDatabase; with a ``cache``, the order's
-    cached view is invalidated when a transition changes the order's status."""
-
-    def __init__(self, db: TenantDatabase, cache: Cache | None = None) -> None:
-        self.db = db
-        self.cache = cache
-
-    async def __call__(self, tenant_id: str, delivery_id: str, event: DeliveryEvent, *,
-                       actor: str | None = None, reason: str | None = None, **facts: Any) -> object:
-        return await transition(self.db, tenant_id, delivery_id, event, actor=actor, reason=reason,
-                                cache=self.cache, **facts)
 
 
 class WebsocketNotifier:
@@ -361,12 +237,12 @@ class OfferEngine:
         Candidates already tried for this delivery are skipped and offers already made count
         towards ``max_attempts`` (``retry_unassigned`` resets both).
         """
-        delivery = _canonical(delivery_id, "delivery_id")
-        tenant = _canonical(job.tenant_id, "tenant_id")
+        delivery = offer_id(delivery_id, "delivery_id")
+        tenant = offer_id(job.tenant_id, "tenant_id")
         if not isinstance(pay, Decimal) or not pay.is_finite() or pay < 0:
             raise InvalidOffer(f"pay must be a non-negative, finite Decimal, got {pay!r}")
-        _eta(dropoff_eta_s, "dropoff_eta_s")
-        listed = tuple(OfferCandidate(_canonical(c.driver_id, "driver_id"), _eta(c.pickup_eta_s, "pickup_eta_s"))
+        eta_s(dropoff_eta_s, "dropoff_eta_s")
+        listed = tuple(OfferCandidate(offer_id(c.driver_id, "driver_id"), eta_s(c.pickup_eta_s, "pickup_eta_s"))
                        for c in candidates)
         if await self.redis.exists(delivery_offer_key(delivery), delivery_driver_key(delivery)):
             raise RoundInProgress(f"delivery {delivery} already has an open offer or a driver")
@@ -384,8 +260,8 @@ class OfferEngine:
     async def reply(self, driver_id: str, delivery_id: str, accept: bool) -> RoundOutcome:
         """The driver's answer. Raises OfferNotHeld, changing nothing, when the driver has no
         open offer of this delivery (or its deadline was just handled by a sweep)."""
-        driver = _canonical(driver_id, "driver_id")
-        delivery = _canonical(delivery_id, "delivery_id")
+        driver = offer_id(driver_id, "driver_id")
+        delivery = offer_id(delivery_id, "delivery_id")
         if await self.claims.offer_of(driver) != delivery:
             raise OfferNotHeld(f"driver {driver} holds no offer of delivery {delivery}")
         if not await self.redis.zrem(self.deadlines, _member(delivery, driver)):
@@ -452,7 +328,7 @@ class OfferEngine:
         return out
 
     async def unassigned(self, tenant_id: str) -> set[str]:
-        return {as_text(m) for m in await self.redis.smembers(unassigned_key(_canonical(tenant_id, "tenant_id")))}
+        return {as_text(m) for m in await self.redis.smembers(unassigned_key(offer_id(tenant_id, "tenant_id")))}
 
     async def retry_unassigned(
         self, tenant_id: str,
@@ -464,7 +340,7 @@ class OfferEngine:
         available (e.g. ``dispatch.nearest.nearest`` plus ETAs). A delivery whose round has
         expired (a day) cannot be rebuilt from Redis and is dropped from the set, logged.
         """
-        tenant = _canonical(tenant_id, "tenant_id")
+        tenant = offer_id(tenant_id, "tenant_id")
         popped = await self.redis.spop(unassigned_key(tenant), limit)
         outcomes = []
         waiting = []

@@ -1,7 +1,7 @@
 """The tracking hub: live frames to customers' tracking pages and vendors' screens.
 
 Every engine process runs one ``TrackingHub`` for the websockets it holds
-(``dispatch.hub_sockets``: ``/v1/track/{token}`` and ``/v1/vendors/stream``). Nothing is
+(``dispatch.tracking.sockets``: ``/v1/track/{token}`` and ``/v1/vendors/stream``). Nothing is
 fanned out through process memory alone: whatever makes a frame reaches every process through
 a shared channel, and each hub forwards it to its own sockets.
 
@@ -9,11 +9,11 @@ Where frames come from
 ----------------------
 * **Positions and ETAs**: Redis pub/sub. The location worker PUBLISHes the tracking document
   on ``delivery:tracking:{delivery_id}`` on every landed ping of an assigned driver
-  (``dispatch.tracking``). A hub SUBSCRIBEs to that channel only while it holds a watcher of
-  that delivery, so a process hears only the deliveries it serves. One pub/sub connection per
-  hub, owned by one task that applies subscription changes between reads; a watcher's
-  snapshot is read only once its channel's subscription is confirmed, so no position falls in
-  the gap. The same connection hears ``tracking:revocations`` (revoked links).
+  (``dispatch.tracking.tracker``). A hub SUBSCRIBEs to that channel only while it holds a
+  watcher of that delivery, so a process hears only the deliveries it serves. One pub/sub
+  connection per hub, owned by one task that applies subscription changes between reads; a
+  watcher's snapshot is read only once its channel's subscription is confirmed, so no position
+  falls in the gap. The same connection hears ``tracking:revocations`` (revoked links).
 * **Status changes**: Kafka ``delivery-events``; **orders**: Kafka ``order-events``. Each
   hub consumes every partition of both topics without a consumer group (``group_id=None``)
   from the latest offset at start-up, positioned before the engine takes connections. A
@@ -25,7 +25,9 @@ Where frames come from
 Per socket
 ----------
 A ``Client`` has a ``FrameQueue`` and its own send task (the pump), so the loops that
-broadcast never wait for a socket: they only put frames in queues.
+broadcast never wait for a socket: they only put frames in queues (``Client`` and
+``DeliveryFeed`` are in ``dispatch.tracking.clients``; the queue and the frames themselves are
+built without I/O in ``dispatch.tracking.frames``; this module is the I/O around them).
 
 * Positions are coalesced: one slot per client holds the latest position frame; a slow client
   gets the newest position, never a backlog.
@@ -52,9 +54,8 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -63,8 +64,18 @@ from prometheus_client import Gauge
 from redis.asyncio import Redis
 
 from dispatch.commerce.orders.records import VIEW_SQL, view_from_row
+from dispatch.core.errors import REVOKED_TOKEN, TOO_SLOW
 from dispatch.deliveries.state import TERMINAL_STATES
 from dispatch.matching.active import TRACKED_STATUSES
+from dispatch.tracking.clients import Client, DeliveryFeed, Send
+from dispatch.tracking.frames import (
+    epoch_seconds,
+    frame_text,
+    heartbeat_frame,
+    order_frame,
+    published_position_frame,
+    status_frame,
+)
 from dispatch.tracking.links import (
     CLOSE_EXPIRED,
     EXPIRED_TOKEN,
@@ -72,19 +83,17 @@ from dispatch.tracking.links import (
     TrackingLink,
 )
 from dispatch.tracking.snapshot import load_snapshot
-from dispatch.tracking.tracker import ARRIVED_DROPOFF_EVENT, tracking_key
 from schema.db import TenantDatabase
-from streams.location_store import as_text
+from streams.keys import TRACKING_PREFIX, tracking_key
+from streams.replies import as_text
 
-__all__ = ["CLOSE_TOO_SLOW", "Client", "FrameQueue", "TrackingHub", "position_frame", "status_frame"]
+__all__ = ["CLOSE_TOO_SLOW", "Client", "TrackingHub"]
 
 log = logging.getLogger(__name__)
 
-CLOSE_TOO_SLOW, TOO_SLOW = 4408, "too_slow"
+CLOSE_TOO_SLOW = 4408
 CLOSE_UNAUTHORISED = 4401
-TRACKING_PREFIX = tracking_key("")
 TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
-SEEN_EVENTS = 64            # event ids a feed remembers (at-least-once duplicates)
 SUBSCRIBE_WAIT_S = 5.0      # a watcher's snapshot waits this long for its channel at most
 POLL_S = 0.05               # the pub/sub task applies subscription changes this often at least
 FETCH_MAX_WAIT_MS = 50      # tansu holds every fetch for the full wait (see streams/app.py)
@@ -93,145 +102,13 @@ HUB_CLIENTS = Gauge("wakala_hub_clients", "Open tracking and vendor sockets of t
 HUB_FRAMES = PromCounter("wakala_hub_frames_total", "Frames handed to tracking and vendor sockets", ["kind"])
 HUB_CLOSED = PromCounter("wakala_hub_closed_total", "Sockets the hub closed, by reason", ["reason"])
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-def _dumps(frame: dict[str, Any]) -> str:
-    return json.dumps(frame, separators=(",", ":"), default=str)
-
-
-# -- pure parts ------------------------------------------------------------------------------
-
-
-class FrameQueue:
-    """One client's outgoing frames: ordered frames up to ``limit``, plus one position slot.
-
-    ``put`` refuses (returns False) a frame beyond the limit: the caller closes the client.
-    ``pop`` gives queued frames first, in order, then the latest position. A frame may carry a
-    key (its event id) so frames already shown by a snapshot can be discarded.
-    """
-
-    __slots__ = ("frames", "limit", "position")
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit}")
-        self.limit = limit
-        self.frames: deque[tuple[str | None, str]] = deque()
-        self.position: str | None = None
-
-    def put(self, frame: str, key: str | None = None) -> bool:
-        if len(self.frames) >= self.limit:
-            return False
-        self.frames.append((key, frame))
-        return True
-
-    def put_position(self, frame: str) -> None:
-        self.position = frame   # coalesced: the older one is never sent
-
-    def drop_position(self) -> None:
-        self.position = None
-
-    def discard(self, keys: frozenset[str] | set[str]) -> None:
-        if keys and self.frames:
-            self.frames = deque(f for f in self.frames if f[0] not in keys)
-
-    def pop(self) -> str | None:
-        if self.frames:
-            return self.frames.popleft()[1]
-        frame, self.position = self.position, None
-        return frame
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-
-def position_frame(document: dict[str, Any]) -> dict[str, Any] | None:
-    """The watcher's position frame from a tracking document; None if it has no driver."""
-    driver = document.get("driver")
-    if not isinstance(driver, dict):
-        return None
-    return {"type": "position", "lat": driver.get("lat"), "lng": driver.get("lng"),
-            "heading_deg": driver.get("heading_deg"), "speed_mps": driver.get("speed_mps"),
-            "ts": driver.get("ts"), "eta_pickup_s": document.get("eta_pickup_s"),
-            "eta_dropoff_s": document.get("eta_dropoff_s"), "received_at": document.get("received_at")}
-
-
-def status_frame(event: dict[str, Any]) -> dict[str, Any] | None:
-    """The watcher's frame for a ``delivery-events`` message; None for events it does not show."""
-    payload = event.get("payload")
-    if not isinstance(payload, dict):
-        return None
-    if event.get("type") == ARRIVED_DROPOFF_EVENT:
-        return {"type": "arrived", "at": "dropoff"}
-    to_state = payload.get("to_state")
-    if not isinstance(to_state, str):
-        return None
-    return {"type": "status", "status": to_state, "at": payload.get("at") or event.get("created_at")}
-
-
-def _epoch(at: object, default: float) -> float:
-    if isinstance(at, str):
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(at).timestamp()
-    return default
-
-
-# -- clients and feeds -------------------------------------------------------------------------
-
-
-class Client:
-    """One socket's outgoing side: its queue, its pump task, and what it watches."""
-
-    __slots__ = ("closed", "expires_at", "expiry_code", "feed", "kind", "pump", "queue", "send",
-                 "sending_since", "skip", "token_hash", "vendor_key", "wake")
-
-    def __init__(self, kind: str, send: Send, queue_limit: int, *, token_hash: str,
-                 expires_at: float | None, expiry_code: int) -> None:
-        self.kind = kind
-        self.send = send
-        self.queue = FrameQueue(queue_limit)
-        self.wake = asyncio.Event()
-        self.pump: asyncio.Task | None = None
-        self.closed = False
-        self.sending_since = 0.0          # loop time a send started; 0 when idle
-        self.skip: frozenset[str] = frozenset()
-        self.token_hash = token_hash
-        self.expires_at = expires_at
-        self.expiry_code = expiry_code
-        self.feed: DeliveryFeed | None = None
-        self.vendor_key: tuple[str, str] | None = None
-
-
-class DeliveryFeed:
-    """This process's watchers of one delivery."""
-
-    __slots__ = ("clients", "delivery_id", "seen", "status", "subscribed", "tenant_id")
-
-    def __init__(self, tenant_id: str, delivery_id: str) -> None:
-        self.tenant_id, self.delivery_id = tenant_id, delivery_id
-        self.clients: set[Client] = set()
-        # Known from the first watcher's snapshot, then from each status event. Positions are
-        # forwarded only while it is assigned, at_pickup or picked_up.
-        self.status: str | None = None
-        self.seen: OrderedDict[str, None] = OrderedDict()
-        self.subscribed = asyncio.Event()
-
-    def first_time(self, event_id: object) -> bool:
-        if not isinstance(event_id, str):
-            return True
-        if event_id in self.seen:
-            return False
-        self.seen[event_id] = None
-        if len(self.seen) > SEEN_EVENTS:
-            self.seen.popitem(last=False)
-        return True
-
 
 # -- the hub -----------------------------------------------------------------------------------
 
 
 class TrackingHub:
+    """This process's tracking and vendor sockets, and the readers that feed them."""
+
     def __init__(self, redis: Redis, db: TenantDatabase, *, kafka_bootstrap: str, delivery_topic: str,
                  order_topic: str, topic_partitions: int = 4, queue_limit: int = 32,
                  heartbeat_s: float = 15.0, stall_s: float = 30.0, grace_s: float = 3600.0) -> None:
@@ -365,7 +242,7 @@ class TrackingHub:
         client.skip = snapshot.event_ids
         client.queue.discard(snapshot.event_ids)
         client.sending_since = asyncio.get_running_loop().time()
-        await client.send({"type": "websocket.send", "text": _dumps(snapshot.frame)})
+        await client.send({"type": "websocket.send", "text": frame_text(snapshot.frame)})
         client.sending_since = 0.0
         self.start_pump(client)
         return True
@@ -419,7 +296,7 @@ class TrackingHub:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def close_token(self, token_hash: str, reason: str = "revoked_token") -> None:
+    def close_token(self, token_hash: str, reason: str = REVOKED_TOKEN) -> None:
         """A link or user token was revoked (by any process): close its sockets here."""
         for client in list(self.by_token.get(token_hash, ())):
             self.close(client, CLOSE_UNAUTHORISED, reason)
@@ -511,16 +388,10 @@ class TrackingHub:
         feed = self.feeds.get(channel[len(TRACKING_PREFIX):])
         if feed is None or feed.status not in TRACKED_STATUSES:
             return
-        try:
-            document = json.loads(message["data"])
-        except (ValueError, TypeError, KeyError):
-            return
-        if not isinstance(document, dict) or document.get("tenant_id") != feed.tenant_id:
-            return
-        frame = position_frame(document)
+        frame = published_position_frame(message.get("data"), feed.tenant_id)
         if frame is None:
             return
-        text = _dumps(frame)
+        text = frame_text(frame)
         for client in feed.clients:
             if not client.closed:
                 client.queue.put_position(text)
@@ -570,7 +441,7 @@ class TrackingHub:
             self.on_delivery_event(event)
 
     def on_delivery_event(self, event: dict[str, Any]) -> None:
-        """One ``delivery-events`` message (``dispatch.outbox.event_message``) to its watchers."""
+        """One ``delivery-events`` message (``dispatch.deliveries.outbox.event_message``) to its watchers."""
         feed = self.feeds.get(str(event.get("delivery_id")))
         if feed is None or event.get("tenant_id") != feed.tenant_id or not feed.first_time(event.get("id")):
             return
@@ -580,11 +451,11 @@ class TrackingHub:
         if frame["type"] == "status":
             feed.status = frame["status"]
             if feed.status in TERMINAL:   # no position after the final status; the links' clock runs
-                expires_at = _epoch(frame.get("at"), time.time()) + self.grace_s
+                expires_at = epoch_seconds(frame.get("at"), time.time()) + self.grace_s
                 for client in feed.clients:
                     client.queue.drop_position()
                     client.expires_at = expires_at
-        text = _dumps(frame)
+        text = frame_text(frame)
         key = event.get("id") if isinstance(event.get("id"), str) else None
         for client in list(feed.clients):
             self.push(client, text, key)
@@ -613,9 +484,7 @@ class TrackingHub:
                 view = views.get(str(payload["order_id"]))
                 if view is None or view["vendor_id"] != str(payload.get("vendor_id")):
                     continue
-                if isinstance(payload.get("to_status"), str):
-                    view = {**view, "status": payload["to_status"]}   # the order as of this event
-                text = _dumps({"type": "order", "event": event.get("type"), "order": view})
+                text = frame_text(order_frame(event, view))
                 screens = self.vendors.get((tenant_id, view["vendor_id"]), ())
                 for client in list(screens):
                     self.push(client, text)
@@ -636,7 +505,7 @@ class TrackingHub:
                 next_heartbeat = loop.time() + self.heartbeat_s
 
     def sweep(self, mono: float, now: float, *, heartbeat: bool) -> None:
-        beat = _dumps({"type": "heartbeat", "ts": round(now, 3)}) if heartbeat else None
+        beat = frame_text(heartbeat_frame(now)) if heartbeat else None
         for client in list(self.clients):
             if client.sending_since and mono - client.sending_since > self.stall_s:
                 self.close(client, CLOSE_TOO_SLOW, TOO_SLOW)

@@ -11,9 +11,12 @@ is not terminal and for ``grace_s`` (``WAKALA_TRACKING_LINK_GRACE_S``, default o
 it became terminal (``delivered_at`` / ``cancelled_at`` / ``failed_at``). A revoked link is
 refused like an unknown one.
 
-Refusals carry the websocket close code and reason the tracking socket answers with:
-``4401 invalid_token`` for anything malformed, unknown, revoked or of a tenant that does not
-exist (one answer, so a guesser learns nothing), ``4410 expired_token`` once the grace is over.
+Refusals are ``dispatch.core.errors.Refusal``s. A token the socket refuses is a
+``LinkRefused`` carrying the websocket close code and reason it answers with: ``4401
+invalid_token`` for anything malformed, unknown, revoked or of a tenant that does not exist
+(one answer, so a guesser learns nothing), ``4410 expired_token`` once the grace is over. A
+link that cannot be made is a 409 (``not_ready`` before the order's delivery exists,
+``tracking_ended`` after the grace); an order that is not the caller's a 404.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from datetime import datetime
 from redis.asyncio import Redis
 
 from dispatch.commerce.orders.lifecycle import OrderNotFound
+from dispatch.core.errors import EXPIRED_TOKEN, INVALID_TOKEN, NOT_READY, TRACKING_ENDED, Refusal
+from dispatch.core.ids import InvalidId, optional_uuid, parse_uuid
 from dispatch.identity.auth import hash_token
 from schema.db import TenantDatabase
-from schema.errors import InvalidTenantId, TenantNotActive, UnknownTenant, WakalaError
+from schema.errors import InvalidTenantId, TenantNotActive, UnknownTenant
 
 __all__ = [
     "CLOSE_EXPIRED",
@@ -41,7 +46,6 @@ __all__ = [
     "IssuedLink",
     "LinkRefused",
     "TrackingLink",
-    "TrackingUnavailable",
     "issue_link",
     "link_expires_at",
     "parse_tracking_token",
@@ -50,8 +54,8 @@ __all__ = [
 ]
 
 TOKEN_RE = re.compile(r"^wkt_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
-CLOSE_INVALID, INVALID_TOKEN = 4401, "invalid_token"
-CLOSE_EXPIRED, EXPIRED_TOKEN = 4410, "expired_token"
+CLOSE_INVALID = 4401
+CLOSE_EXPIRED = 4410   # with EXPIRED_TOKEN, "expired_token"
 LINK_REVOCATIONS_CHANNEL = "tracking:revocations"   # payload: a revoked link's token hash
 
 # The order's latest delivery, if the caller owns the order ($3 customer / $4 vendor; NULL:
@@ -90,23 +94,13 @@ RETURNING token_hash
 """
 
 
-class LinkRefused(WakalaError):
-    """The tracking socket refuses the token: ``code`` and ``reason`` are its close frame."""
+class LinkRefused(Refusal):
+    """The tracking socket refuses the token: ``code`` and ``reason`` are its close frame
+    (status 401 for 4401, 410 for 4410, should an HTTP route ever answer one)."""
 
     def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"{code} {reason}")
-        self.code, self.reason = code, reason
-
-
-class TrackingUnavailable(WakalaError):
-    """No link can be made for this order (yet, or any more); the REST answer is 409."""
-
-    status = 409
-    field = None
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason, self.message = reason, message
+        super().__init__(410 if code == CLOSE_EXPIRED else 401, reason, f"{code} {reason}")
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,22 +137,19 @@ def link_expires_at(ended_at: datetime | None, grace_s: float) -> float | None:
     return None if ended_at is None else ended_at.timestamp() + grace_s
 
 
-def _uuid_or_none(value: object | None) -> uuid.UUID | None:
-    return None if value is None else uuid.UUID(str(value))
-
-
 async def issue_link(db: TenantDatabase, tenant_id: object, order_id: object, *, grace_s: float,
                      customer_id: object | None = None, vendor_id: object | None = None) -> IssuedLink:
     """A new link to the order's delivery, for its customer (``customer_id``) or its vendor
     (``vendor_id``); neither: staff. OrderNotFound (404) when the order is not the caller's;
-    TrackingUnavailable (409) before ``ready`` (no delivery yet) or after the grace."""
+    a 409 ``Refusal`` before ``ready`` (no delivery yet) or after the grace."""
     try:
-        oid = uuid.UUID(str(order_id))
-    except ValueError:
+        oid = parse_uuid(str(order_id), "order_id")
+    except InvalidId:
         raise OrderNotFound(order_id) from None
     placement = await db.placement(tenant_id)
     token = f"wkt_{placement.tenant_id.hex}_{secrets.token_urlsafe(32)}"
-    customer, vendor = _uuid_or_none(customer_id), _uuid_or_none(vendor_id)
+    customer = optional_uuid(None if customer_id is None else str(customer_id), "customer_id")
+    vendor = optional_uuid(None if vendor_id is None else str(vendor_id), "vendor_id")
     async with db.tenant_transaction(placement.tenant_id) as tx:
         delivery_id = await tx.fetchval(ISSUE_SQL, oid, hash_token(token), customer, vendor, float(grace_s))
         if delivery_id is None:
@@ -166,9 +157,8 @@ async def issue_link(db: TenantDatabase, tenant_id: object, order_id: object, *,
             if deliveries is None:
                 raise OrderNotFound(oid)
             if deliveries == 0:
-                raise TrackingUnavailable("not_ready", "the order has no delivery yet; a link can be made once "
-                                          "it is ready")
-            raise TrackingUnavailable("tracking_ended", "the delivery ended too long ago to be tracked")
+                raise Refusal(409, NOT_READY, "the order has no delivery yet; a link can be made once it is ready")
+            raise Refusal(409, TRACKING_ENDED, "the delivery ended too long ago to be tracked")
     return IssuedLink(token, str(delivery_id))
 
 
@@ -195,7 +185,7 @@ async def revoke_links(db: TenantDatabase, redis: Redis | None, tenant_id: objec
     """Revoke every live link of a delivery (a link sent to the wrong number); open tracking
     sockets of those links are closed by every engine (4401). Returns how many were live."""
     async with db.tenant_transaction(tenant_id) as tx:
-        hashes = [r["token_hash"] for r in await tx.fetch(REVOKE_SQL, uuid.UUID(str(delivery_id)))]
+        hashes = [r["token_hash"] for r in await tx.fetch(REVOKE_SQL, parse_uuid(str(delivery_id), "delivery_id"))]
     if redis is not None:
         for token_hash in hashes:
             await redis.publish(LINK_REVOCATIONS_CHANNEL, token_hash)

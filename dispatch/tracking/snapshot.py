@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
 from redis.asyncio import Redis
 
+from dispatch.core.ids import parse_uuid
 from dispatch.matching.active import TRACKED_STATUSES
-from dispatch.tracking.tracker import tracking_key
 from geo import covering_grid
 from schema.db import TenantDatabase
+from streams.keys import tracking_key
 
 __all__ = ["MAX_GRID_CELLS", "SNAPSHOT_SQL", "Snapshot", "load_snapshot", "snapshot_frame"]
 
@@ -93,7 +93,7 @@ def snapshot_frame(delivery_id: str, row: Any, document: dict[str, Any] | None, 
 async def load_snapshot(db: TenantDatabase, redis: Redis, tenant_id: str, delivery_id: str) -> Snapshot | None:
     """The snapshot of a delivery of this tenant; None if the tenant has no such delivery."""
     async with db.tenant_transaction(tenant_id, readonly=True) as tx:
-        row = await tx.fetchrow(SNAPSHOT_SQL, uuid.UUID(delivery_id))
+        row = await tx.fetchrow(SNAPSHOT_SQL, parse_uuid(delivery_id, "delivery_id"))
     if row is None:
         return None
     document = None

@@ -1,16 +1,16 @@
 """The hub's websockets: ``GET /v1/track/{token}`` (customers) and ``GET /v1/vendors/stream``.
 
-Both are raw ASGI handlers routed in front of FastAPI (``HubRoute``), like the driver socket
-(``dispatch.gateway.DriverStreamRoute``): every frame to every watcher would otherwise cross
-FastAPI's middleware layers, and the hub sends thousands a second. ``dispatch.hub`` does the
-fan-out; here is the handshake and the socket's life.
+Both are raw ASGI handlers routed in front of FastAPI (``HubRoute``), like the driver
+socket (``dispatch.gateway.ingest.DriverStreamRoute``): every frame to every watcher would
+otherwise cross FastAPI's middleware layers, and the hub sends thousands a second.
+``dispatch.tracking.hub`` does the fan-out; here is the handshake and the socket's life.
 
 Tracking socket (``/v1/track/{token}``)
     The token is in the path. A malformed, unknown or revoked token: accepted, then closed
     ``4401 invalid_token``; an expired one ``4410 expired_token``; nothing else is sent
     first. A valid one gets the snapshot, then ``position`` (while the delivery is active),
-    ``status``, ``arrived`` and ``heartbeat`` frames (see ``dispatch.hub``). Messages from the
-    page are read and ignored.
+    ``status``, ``arrived`` and ``heartbeat`` frames (see ``dispatch.tracking.hub``).
+    Messages from the page are read and ignored.
 
 Vendor screen (``/v1/vendors/stream``)
     A user token (``wku_...``) in the Authorization header, as a ``bearer.<token>``
@@ -29,10 +29,11 @@ import logging
 import socket
 from typing import Any
 
-from dispatch.gateway.ingest import SUBPROTOCOL_PREFIX, bearer
+from dispatch.core.errors import FORBIDDEN
 from dispatch.identity.auth import TokenRejected
 from dispatch.tracking.hub import TrackingHub
 from dispatch.tracking.links import LinkRefused, resolve_link
+from dispatch.web.http import SUBPROTOCOL_PREFIX, bearer
 
 __all__ = ["CLOSE_AUTH_TIMEOUT", "CLOSE_FORBIDDEN", "HubRoute", "TRACK_PREFIX", "VENDOR_STREAM_PATH"]
 
@@ -183,7 +184,7 @@ async def vendor_socket(scope, receive, send, state) -> None:
         await _close(send, CLOSE_UNAVAILABLE, "unavailable")
         return
     if "vendor" not in user.roles or user.vendor_id is None:
-        await _close(send, CLOSE_FORBIDDEN, "forbidden")
+        await _close(send, CLOSE_FORBIDDEN, FORBIDDEN)
         return
     client = hub.watch_vendor(user.tenant_id, user.vendor_id, user.token_hash, user.expires_at, send)
     try:

@@ -59,16 +59,22 @@ from datetime import UTC, datetime
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
-from dispatch.deliveries.state import DeliveryEvent, DeliveryState, IllegalTransition
+from dispatch.deliveries.state import (
+    ARRIVED_DROPOFF_EVENT,
+    DeliveryEvent,
+    DeliveryState,
+    IllegalTransition,
+)
 from dispatch.deliveries.store import UnknownDelivery, record_event
+from dispatch.deliveries.transitions import DeliveryTransitions
 from dispatch.matching import active
 from dispatch.matching.active import ActiveDelivery
 from dispatch.matching.calibration import CalibrationStore
-from dispatch.matching.offers import DeliveryTransitions
 from geo.distance import distance_m
 from geo.eta import EtaCalibration, eta_seconds
 from geo.geofence import Geofence
 from schema.db import TenantDatabase
+from streams.keys import tracking_key
 from streams.records import DriverPing
 
 __all__ = ["ARRIVED_DROPOFF_EVENT", "GEOFENCE_ACTOR", "TRACKING_TTL_S", "Tracker",
@@ -78,16 +84,10 @@ log = logging.getLogger(__name__)
 
 TRACKING_TTL_S = 60
 GEOFENCE_ACTOR = "system:geofence"
-ARRIVED_DROPOFF_EVENT = "arrived_dropoff"
 DEFAULT_RADIUS_M = 75.0
 FENCE_CACHE = 20_000   # fences kept (two per active delivery); ~2 KB each
 _ARRIVED_PICKUP = "arrived_pickup_ms"
 _ARRIVED_DROPOFF = "arrived_dropoff_ms"
-
-
-def tracking_key(delivery_id: str) -> str:
-    """The tracking document's key, and the pub/sub channel its updates go out on."""
-    return f"delivery:tracking:{delivery_id}"
 
 
 @dataclass(slots=True)

@@ -1,6 +1,7 @@
-"""Sliding-window rate limits in Redis (seed section 3.2), atomic and batched.
+"""Sliding-window rate limits in Redis (the data design document's cache implementation),
+atomic and batched.
 
-The seed's pipeline (ZREMRANGEBYSCORE, ZADD, ZCARD, EXPIRE) adds the request before it
+That document's pipeline (ZREMRANGEBYSCORE, ZADD, ZCARD, EXPIRE) adds the request before it
 knows the answer, so a client hammering past its limit keeps itself locked out forever and
 two concurrent requests can both pass. One Lua script does the trim, the count and the add
 atomically, and adds nothing when it refuses.
@@ -34,7 +35,7 @@ return {1, count + n}
 
 
 def rate_key(identifier: str, window_s: float) -> str:
-    """``rate:{identifier}:{window}`` as in the seed's key patterns."""
+    """``rate:{identifier}:{window}`` as in the data design document's key patterns."""
     return f"rate:{identifier}:{int(window_s * 1000)}ms"
 
 

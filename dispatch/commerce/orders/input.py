@@ -1,6 +1,6 @@
-"""What a client may send to place an order, checked before anything touches a database.
+"""What a client may send about an order, checked before anything touches a database.
 
-``parse_new_order`` turns an API body into a ``NewOrder`` or raises ``OrderRejected`` (422)
+``parse_new_order`` turns an API body into a ``NewOrder`` or raises ``Refusal`` (422)
 naming the field and a reason:
 
 =================  ==============================================================
@@ -21,8 +21,13 @@ reason             when
 ``invalid_value``  a payment method or promotion code of the wrong form
 =================  ==============================================================
 
+The other arguments of the order verbs are checked here too: an order id
+(``parse_order_id``: a malformed one names no order, so it is ``OrderNotFound`` like any
+order the caller cannot see), a customer or vendor id (``canonical_id``, ``optional_id``)
+and the free-text reason of a rejection, cancellation or return (``parse_reason``).
+
 Pure: no I/O. The database checks (the products exist, are the vendor's and active, the
-stock, the promotions) are ``dispatch.orders.place_order``'s.
+stock, the promotions) are ``dispatch.commerce.orders.placing``'s.
 """
 
 from __future__ import annotations
@@ -34,7 +39,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dispatch.commerce.orders.lifecycle import OrderRejected
+from dispatch.commerce.orders.lifecycle import OrderNotFound
+from dispatch.core.errors import (
+    CLIENT_PRICE,
+    DUPLICATE_LINE,
+    INVALID_ID,
+    INVALID_VALUE,
+    MISSING_FIELD,
+    Refusal,
+)
+from dispatch.core.ids import InvalidId, canonical_uuid, parse_uuid
 
 __all__ = [
     "MAX_LINES",
@@ -42,9 +56,12 @@ __all__ = [
     "PAYMENT_METHODS",
     "NewOrder",
     "OrderLine",
+    "canonical_id",
+    "optional_id",
     "parse_lines",
     "parse_new_order",
-    "parse_uuid",
+    "parse_order_id",
+    "parse_reason",
     "recheck",
 ]
 
@@ -54,6 +71,7 @@ MAX_PROMO_CODES = 5
 MAX_NOTES = 500
 MAX_ADDRESS_KEYS = 20
 MAX_ADDRESS_TEXT = 200
+MAX_REASON = 500
 PAYMENT_METHODS = ("cash", "card", "eft", "mobile_money")
 MONEY_KEYS = frozenset({
     "price", "unit_price", "total", "total_price", "total_amount", "subtotal", "line_total",
@@ -87,8 +105,8 @@ class NewOrder:
     notes: str | None = None
 
 
-def _refuse(reason: str, message: str, where: str) -> OrderRejected:
-    return OrderRejected(422, reason, message, where)
+def _refuse(reason: str, message: str, where: str) -> Refusal:
+    return Refusal(422, reason, message, where)
 
 
 def _find_money_key(value: Any, path: str, depth: int = 0) -> str | None:
@@ -109,16 +127,38 @@ def _find_money_key(value: Any, path: str, depth: int = 0) -> str | None:
     return None
 
 
-def parse_uuid(value: object, where: str) -> str:
-    """A UUID in canonical form, or 422 naming ``where``."""
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if not isinstance(value, str):
+def canonical_id(value: object, where: str) -> str:
+    """A customer, vendor, product or variant id in canonical form, or 422 naming ``where``:
+    ``wrong_type`` for anything but text, ``invalid_id`` for text that is not a UUID."""
+    if not isinstance(value, str | uuid.UUID):
         raise _refuse("wrong_type", f"{where} must be a UUID string", where)
     try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise _refuse("invalid_id", f"{where} is not a UUID", where) from None
+        return canonical_uuid(value, where)
+    except InvalidId:
+        raise _refuse(INVALID_ID, f"{where} is not a UUID", where) from None
+
+
+def optional_id(value: object | None, where: str) -> str | None:
+    """``canonical_id`` that lets None through (a filter or an owner check not asked for)."""
+    return None if value is None else canonical_id(value, where)
+
+
+def parse_order_id(value: object) -> uuid.UUID:
+    """An order id, or OrderNotFound: a malformed id names no order anyone has."""
+    try:
+        return parse_uuid(value, "order_id")
+    except InvalidId:
+        raise OrderNotFound(value) from None
+
+
+def parse_reason(reason: object, *, required: bool) -> str | None:
+    """Why a person rejects, cancels or returns: 1-500 characters, trimmed (None when not
+    ``required`` and not given)."""
+    if reason is None and not required:
+        return None
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+        raise _refuse(MISSING_FIELD, f"reason (1-{MAX_REASON} characters) is required", "reason")
+    return reason.strip()
 
 
 def _only(body: Mapping, allowed: frozenset[str], where: str) -> None:
@@ -135,9 +175,9 @@ def _line(value: object, where: str) -> OrderLine:
     for key in ("product_id", "quantity"):
         if key not in value:
             raise _refuse("missing_field", f"{where}.{key} is required", f"{where}.{key}")
-    product = parse_uuid(value["product_id"], f"{where}.product_id")
+    product = canonical_id(value["product_id"], f"{where}.product_id")
     variant = value.get("variant_id")
-    variant = None if variant is None else parse_uuid(variant, f"{where}.variant_id")
+    variant = None if variant is None else canonical_id(variant, f"{where}.variant_id")
     quantity = value["quantity"]
     if type(quantity) is not int:   # bool is an int subclass; 2.0 is not a count
         raise _refuse("wrong_type", f"{where}.quantity must be a whole number", f"{where}.quantity")
@@ -150,7 +190,7 @@ def _line(value: object, where: str) -> OrderLine:
 def parse_lines(value: object, *, where: str = "lines") -> tuple[OrderLine, ...]:
     """1 to 100 lines, each a product, an optional variant and a quantity; no line twice."""
     if (found := _find_money_key(value, where)) is not None:
-        raise _refuse("client_price", f"{found}: prices come from the catalogue, not the client", found)
+        raise _refuse(CLIENT_PRICE, f"{found}: prices come from the catalogue, not the client", found)
     if not isinstance(value, list | tuple):
         raise _refuse("wrong_type", f"{where} must be a list", where)
     if not 1 <= len(value) <= MAX_LINES:
@@ -160,7 +200,7 @@ def parse_lines(value: object, *, where: str = "lines") -> tuple[OrderLine, ...]
     for i, line in enumerate(lines):
         first = seen.setdefault((line.product_id, line.variant_id), i)
         if first != i:
-            raise _refuse("duplicate_line", f"{where}[{i}] repeats {where}[{first}]; send one line "
+            raise _refuse(DUPLICATE_LINE, f"{where}[{i}] repeats {where}[{first}]; send one line "
                           "with the total quantity", f"{where}[{i}]")
     return lines
 
@@ -186,7 +226,7 @@ def _address(value: object) -> dict:
     for key, inner in value.items():
         at = f"{where}.{key}"
         if not isinstance(key, str) or not 1 <= len(key) <= 50:
-            raise _refuse("invalid_value", f"{where} keys are 1-50 characters", where)
+            raise _refuse(INVALID_VALUE, f"{where} keys are 1-50 characters", where)
         if isinstance(inner, str):
             if len(inner) > MAX_ADDRESS_TEXT:
                 raise _refuse("out_of_range", f"{at} is longer than {MAX_ADDRESS_TEXT}", at)
@@ -207,7 +247,7 @@ def _promo_codes(value: object) -> tuple[str, ...]:
     codes: list[str] = []
     for i, code in enumerate(value):
         if not isinstance(code, str) or not PROMO_CODE.match(code):
-            raise _refuse("invalid_value", f"{where}[{i}] must be 1-50 letters, digits, _ or -",
+            raise _refuse(INVALID_VALUE, f"{where}[{i}] must be 1-50 letters, digits, _ or -",
                           f"{where}[{i}]")
         if code.upper() not in codes:
             codes.append(code.upper())
@@ -219,13 +259,13 @@ def parse_new_order(body: object, *, customer_id: object) -> NewOrder:
     if not isinstance(body, Mapping):
         raise _refuse("wrong_type", "the body must be a JSON object", "body")
     if (found := _find_money_key(body, "")) is not None:
-        raise _refuse("client_price", f"{found}: prices come from the catalogue, not the client", found)
+        raise _refuse(CLIENT_PRICE, f"{found}: prices come from the catalogue, not the client", found)
     _only(body, BODY_KEYS, "")
     for key in REQUIRED_KEYS:
         if key not in body:
             raise _refuse("missing_field", f"{key} is required", key)
-    customer = parse_uuid(customer_id, "customer_id")
-    vendor = parse_uuid(body["vendor_id"], "vendor_id")
+    customer = canonical_id(customer_id, "customer_id")
+    vendor = canonical_id(body["vendor_id"], "vendor_id")
     lines = parse_lines(body["lines"])
     lat = _coordinate(body, "delivery_lat", 90)
     lng = _coordinate(body, "delivery_lng", 180)
@@ -235,7 +275,7 @@ def parse_new_order(body: object, *, customer_id: object) -> NewOrder:
     codes = _promo_codes(body.get("promo_codes", ()))
     method = body.get("payment_method", "cash")
     if not isinstance(method, str) or method not in PAYMENT_METHODS:
-        raise _refuse("invalid_value", f"payment_method must be one of {', '.join(PAYMENT_METHODS)}",
+        raise _refuse(INVALID_VALUE, f"payment_method must be one of {', '.join(PAYMENT_METHODS)}",
                       "payment_method")
     notes = body.get("notes")
     if notes is not None and (not isinstance(notes, str) or len(notes) > MAX_NOTES):

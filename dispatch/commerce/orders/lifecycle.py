@@ -18,12 +18,14 @@
 
 Cash-on-delivery orders (``payment_method == 'cash'``) may be accepted while ``pending``;
 every other order is accepted only once ``paid``. The transitions from ``ready`` on are the
-delivery side's (``dispatch.deliveries.transition`` writes them through
-``dispatch.state.order_status_for``); they are listed here so the table is the whole story.
+delivery side's (``dispatch.deliveries.store.transition`` writes them through
+``dispatch.deliveries.state.order_status_for``); they are listed here so the table is the
+whole story.
 
-``TRANSITIONS`` is the single source of truth. The errors the order domain raises live here
-too: each carries an HTTP-like ``status``, a ``reason`` from a small vocabulary, the
-``field`` at fault (or None) and a ``message`` a person can act on.
+``TRANSITIONS`` is the single source of truth. The two order-specific refusals live here
+too, as subclasses of ``dispatch.core.errors``' one refusal type so that every shell renders
+them like any other: ``OrderNotFound`` (404) and ``IllegalOrderTransition`` (409, with what
+was tried and what is allowed). Every other refusal about an order is a plain ``Refusal``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from types import MappingProxyType
 
-from schema.errors import WakalaError
+from dispatch.core.errors import ILLEGAL_TRANSITION, INVALID_VALUE, NotFound, Refusal
 
 __all__ = [
     "CASH",
@@ -42,7 +44,6 @@ __all__ = [
     "IllegalOrderTransition",
     "OrderAction",
     "OrderNotFound",
-    "OrderRejected",
     "OrderStatus",
     "allowed_actions",
     "next_status",
@@ -119,56 +120,34 @@ DELIVERY_ACTIONS: Mapping[str, OrderAction] = MappingProxyType({
 })
 
 
-class OrderRejected(WakalaError):
-    """A request about an order is refused; nothing was written.
-
-    ``status`` is the HTTP status the REST layer answers with (422: the input is wrong;
-    409: it conflicts with the current state, e.g. ``out_of_stock``), ``reason`` a word of
-    a small vocabulary, ``field`` the input at fault (``lines[2].quantity``) or None.
-    """
-
-    def __init__(self, status: int, reason: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message, self.field = status, reason, message, field
-
-
-class OrderNotFound(WakalaError):
+class OrderNotFound(NotFound):
     """No such order for this caller: absent, another tenant's, or another customer's or
     vendor's (the same answer, so a caller learns nothing of orders that are not theirs)."""
 
-    status = 404
-    reason = "not_found"
-    field = None
-
     def __init__(self, order_id: object) -> None:
-        self.message = f"no order {order_id}"
-        super().__init__(self.message)
+        super().__init__(f"no order {order_id}")
 
 
-class IllegalOrderTransition(WakalaError):
-    """The action is not allowed from the order's current status; nothing was changed."""
-
-    status = 409
-    reason = "illegal_transition"
-    field = None
+class IllegalOrderTransition(Refusal):
+    """The action is not allowed from the order's current status (409 ``illegal_transition``);
+    nothing was changed. ``from_status``, ``action`` and ``allowed`` say what was tried and
+    what the order could do instead."""
 
     def __init__(self, status: OrderStatus, action: OrderAction, why: str | None = None) -> None:
         self.from_status = status
         self.action = action
         self.allowed = _ALLOWED[status]
         options = ", ".join(sorted(self.allowed)) or "none"
-        self.message = why or (
-            f"cannot {action.value!r} an order that is {status.value!r}; allowed: {options}"
-        )
-        super().__init__(self.message)
+        super().__init__(409, ILLEGAL_TRANSITION, why or (
+            f"cannot {action.value!r} an order that is {status.value!r}; allowed: {options}"))
 
 
 def _status(value: OrderStatus | str) -> OrderStatus:
     try:
         return OrderStatus(value)
     except ValueError:
-        raise OrderRejected(
-            422, "invalid_value", f"unknown order status {value!r}; known: {', '.join(S)}", "status"
+        raise Refusal(
+            422, INVALID_VALUE, f"unknown order status {value!r}; known: {', '.join(S)}", "status"
         ) from None
 
 

@@ -36,21 +36,18 @@ from typing import Any
 import asyncpg
 
 from dispatch.commerce import reservations
-from dispatch.commerce.orders.lifecycle import (
-    OrderAction,
-    OrderNotFound,
-    OrderRejected,
-    OrderStatus,
-    next_status,
-)
+from dispatch.commerce.orders.input import parse_order_id
+from dispatch.commerce.orders.lifecycle import OrderAction, OrderStatus, next_status
 from dispatch.commerce.orders.records import (
     SET_PAYMENT_STATUS_SQL,
     change_status,
+    forget_cached,
     give_back,
     lock_order,
     write_event,
 )
 from dispatch.core.cache import Cache
+from dispatch.core.errors import AMOUNT_MISMATCH, IDEMPOTENCY_CONFLICT, INVALID_VALUE, Refusal
 from schema.db import TenantDatabase
 from schema.tenants import parse_tenant_id
 
@@ -103,8 +100,8 @@ def payment_outcome(order_status: OrderStatus, payment_status: str | None,
     return PaymentOutcome(None, "paid", False)
 
 
-def _refuse(reason: str, message: str, field: str, status: int = 422) -> OrderRejected:
-    return OrderRejected(status, reason, message, field)
+def _refuse(reason: str, message: str, field: str, status: int = 422) -> Refusal:
+    return Refusal(status, reason, message, field)
 
 
 def _amount(value: object) -> Decimal:
@@ -113,9 +110,9 @@ def _amount(value: object) -> Decimal:
     try:
         amount = Decimal(value)
     except InvalidOperation:
-        raise _refuse("invalid_value", "amount is not a decimal number", "amount") from None
+        raise _refuse(INVALID_VALUE, "amount is not a decimal number", "amount") from None
     if not amount.is_finite() or not 0 <= amount <= MAX_AMOUNT or amount != amount.quantize(Decimal("0.01")):
-        raise _refuse("invalid_value", "amount must be 0 or more, in cents", "amount")
+        raise _refuse(INVALID_VALUE, "amount must be 0 or more, in cents", "amount")
     return amount.quantize(Decimal("0.01"))
 
 
@@ -141,24 +138,21 @@ async def record_payment(
     Returns ``payment_id, order_id, idempotency_key, status, amount, currency, gateway,
     gateway_reference, order_status, payment_status, refund_amount, created_at, replayed``
     (``replayed`` is the only difference between a first delivery and a replay).
-    Raises OrderNotFound, OrderRejected (422 input; 422 ``amount_mismatch``; 409
+    Raises OrderNotFound, Refusal (422 input; 422 ``amount_mismatch``; 409
     ``idempotency_conflict``), with nothing written.
     """
     if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= MAX_KEY:
-        raise _refuse("invalid_value", f"idempotency_key must be 1-{MAX_KEY} characters", "idempotency_key")
+        raise _refuse(INVALID_VALUE, f"idempotency_key must be 1-{MAX_KEY} characters", "idempotency_key")
     if status not in PAYMENT_STATUSES:
-        raise _refuse("invalid_value", "status must be succeeded or failed", "status")
+        raise _refuse(INVALID_VALUE, "status must be succeeded or failed", "status")
     if not isinstance(gateway, str) or not 1 <= len(gateway) <= 50:
-        raise _refuse("invalid_value", "gateway must be 1-50 characters", "gateway")
+        raise _refuse(INVALID_VALUE, "gateway must be 1-50 characters", "gateway")
     if gateway_reference is not None and (not isinstance(gateway_reference, str)
                                           or len(gateway_reference) > 255):
-        raise _refuse("invalid_value", "gateway_reference must be at most 255 characters",
+        raise _refuse(INVALID_VALUE, "gateway_reference must be at most 255 characters",
                       "gateway_reference")
     paid = _amount(amount)
-    try:
-        oid = order_id if isinstance(order_id, uuid.UUID) else uuid.UUID(str(order_id))
-    except ValueError:
-        raise OrderNotFound(order_id) from None
+    oid = parse_order_id(order_id)
     tenant = str(parse_tenant_id(tenant_id))
     at = datetime.now(UTC)
     products: list[str] = []
@@ -169,7 +163,7 @@ async def record_payment(
         if existing is not None:
             return _replay(existing, oid, paid, status)
         if status == SUCCEEDED and paid != order.total_amount:
-            raise _refuse("amount_mismatch", f"the order's total is {order.total_amount}, "
+            raise _refuse(AMOUNT_MISMATCH, f"the order's total is {order.total_amount}, "
                           f"the payment {paid}", "amount")
         outcome = payment_outcome(order.status, order.payment_status, status)
         order_status = (order.status.value if outcome.action is None
@@ -203,13 +197,12 @@ async def record_payment(
             await write_event(tx, tenant, order, "record_payment", from_status=order.status.value,
                               to_status=order.status.value, at=at, actor=f"gateway:{gateway}",
                               reason=None, extra={**details, "refund": outcome.refund})
-    if cache is not None:
-        await cache.invalidate(tenant, [f"order:{oid}", *(f"inventory:{p}" for p in products)])
+    await forget_cached(cache, tenant, oid, products)
     return _result(row, replayed=False)
 
 
 def _replay(existing: asyncpg.Record, oid: uuid.UUID, amount: Decimal, status: str) -> dict[str, Any]:
     if existing["order_id"] != oid or existing["amount"] != amount or existing["status"] != status:
-        raise _refuse("idempotency_conflict", "this idempotency_key was used for another payment "
+        raise _refuse(IDEMPOTENCY_CONFLICT, "this idempotency_key was used for another payment "
                       "(order, amount or status differ)", "idempotency_key", 409)
     return _result(existing, replayed=True)

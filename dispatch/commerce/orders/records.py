@@ -1,31 +1,33 @@
 """What an order transition writes, on the caller's tenant transaction.
 
-One transition is: the order row locked (``FOR UPDATE``), the pure ``order_state.next_status``
+One transition is: the order row locked (``FOR UPDATE``), the pure ``lifecycle.next_status``
 checked, ``orders.status`` updated, one ``order_status_history`` row (who made it), one
 ``order_events_outbox`` row and a ``NOTIFY`` on ``wakala_order_outbox`` that wakes the outbox
-relays when the transaction commits (``dispatch.outbox``, topic ``order-events``). The event
-exists if and only if the transition committed.
+relays when the transaction commits (``dispatch.deliveries.outbox``, topic ``order-events``).
+The event exists if and only if the transition committed. After commit, ``forget_cached``
+drops the order's cached view and the stock entries of the products it touched.
 
 Lock order everywhere: (delivery row,) order row, promotion rows by id, inventory rows by id.
 
-``on_delivery_changed_order`` is the hook ``dispatch.deliveries.transition`` calls in its own
-transaction when a delivery moves the order (dispatched, picked up, delivered, failed,
-cancelled): it settles the order's stock, gives back promotion uses and owes a refund where
-that applies, and writes the order event.
+``on_delivery_changed_order`` is the hook ``dispatch.deliveries.store.transition`` calls in
+its own transaction when a delivery moves the order (dispatched, picked up, delivered,
+failed, cancelled): it settles the order's stock, gives back promotion uses and owes a
+refund where that applies, and writes the order event.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 
-from dispatch.commerce import promotions, reservations
+from dispatch.commerce import promotion_store, reservations
 from dispatch.commerce.orders.lifecycle import (
     DELIVERY_ACTIONS,
     RELEASING_STATUSES,
@@ -34,6 +36,8 @@ from dispatch.commerce.orders.lifecycle import (
     OrderStatus,
     next_status,
 )
+from dispatch.core.cache import Cache
+from dispatch.core.ids import InvalidId, parse_uuid
 
 __all__ = [
     "INSERT_ORDER_HISTORY_SQL",
@@ -41,6 +45,8 @@ __all__ = [
     "LockedOrder",
     "as_user_id",
     "change_status",
+    "clock",
+    "forget_cached",
     "give_back",
     "lock_order",
     "on_delivery_changed_order",
@@ -130,13 +136,34 @@ ORDER BY o.created_at DESC, o.id
 
 
 def as_user_id(actor: str | None) -> uuid.UUID | None:
-    """The actor as a users.id candidate (a UUID), or None."""
+    """The actor as a users.id candidate (a UUID), or None: an actor that is not an id
+    (``system:reservation-sweeper``, ``gateway:ozow``) is kept as text, never refused."""
     if actor is None:
         return None
     try:
-        return uuid.UUID(actor)
-    except ValueError:
+        return parse_uuid(actor, "actor")
+    except InvalidId:
         return None
+
+
+def clock(now: datetime | None) -> datetime:
+    """``now`` (a caller's clock, in tests) or the wall clock; a naive datetime is refused."""
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now
+
+
+async def forget_cached(cache: Cache | None, tenant: str, order_id: uuid.UUID | None,
+                        products: Iterable[str]) -> None:
+    """After commit: drop the order's cached view (``order:{id}``) and the stock entries of
+    the products whose stock changed (``inventory:{product}``)."""
+    if cache is not None:
+        tags = [f"inventory:{p}" for p in products]
+        if order_id is not None:
+            tags.append(f"order:{order_id}")
+        await cache.invalidate(tenant, tags)
 
 
 @dataclass(frozen=True)
@@ -217,7 +244,7 @@ async def give_back(tx: asyncpg.Connection, order: LockedOrder, at: datetime, *,
                     expired: bool = False) -> list[str]:
     """Release what an order held (promotion uses, then stock, in lock order); the products
     whose stock changed."""
-    await promotions.release(tx, order.id)
+    await promotion_store.release(tx, order.id)
     return await reservations.release(tx, order.id, at, expired=expired)
 
 
@@ -230,8 +257,8 @@ async def on_delivery_changed_order(
     stock and write its event. Returns the products whose stock changed.
 
     delivered: held stock sold. Failed or cancelled before pick-up: released; after pick-up:
-    written off (see ``dispatch.reservations``). Cancelled: promotion uses given back. Failed
-    or cancelled: whatever was paid is owed back.
+    written off (see ``dispatch.commerce.reservations``). Cancelled: promotion uses given
+    back. Failed or cancelled: whatever was paid is owed back.
     """
     order = await lock_order(tx, order_id)
     user = as_user_id(actor)
@@ -244,7 +271,7 @@ async def on_delivery_changed_order(
         else:
             products = await reservations.release(tx, order_id, at)
         if to_status in RELEASING_STATUSES:
-            await promotions.release(tx, order_id)
+            await promotion_store.release(tx, order_id)
         await owe_refund(tx, order, f"delivery {to_status}")
     action = DELIVERY_ACTIONS.get(to_status)
     await write_event(tx, tenant_id, order, action.value if action else to_status,

@@ -1,0 +1,57 @@
+"""Tenant admins' routes (``/v1/admin/...``, tag ``tenant admin``): vendors, users and their
+tokens, categories, and every order of the tenant. Each needs the ``tenant_admin`` role."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from dispatch.api.common import actor, body, call, caller, check_limit, json_body_doc, path_id
+from dispatch.commerce.catalogue import writes as catalogue_writes
+from dispatch.commerce.orders import reads as order_reads
+from dispatch.identity.users import create_user, create_vendor, issue_user_token
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.post("/v1/admin/vendors", tags=["tenant admin"], status_code=201,
+             openapi_extra=json_body_doc({"business_name": "Mama Thoko Spaza", "address": {"street": "1 Vilakazi St"},
+                                          "lat": -26.236, "lng": 27.909, "delivery_radius_m": 5000,
+                                          "minimum_order_value": "30.00"}))
+async def admin_create_vendor(request: Request) -> dict:
+    user = await caller(request, "tenant_admin")
+    return {"vendor_id": await call(create_vendor(request.app.state.db, user.tenant_id, await body(request)))}
+
+
+@router.post("/v1/admin/users", tags=["tenant admin"], status_code=201,
+             openapi_extra=json_body_doc({"phone": "+27821234567", "name": "Thandi", "role": "customer"}))
+async def admin_create_user(request: Request) -> dict:
+    user = await caller(request, "tenant_admin")
+    return await call(create_user(request.app.state.db, user.tenant_id, await body(request),
+                                  granted_by=user.user_id))
+
+
+@router.post("/v1/admin/users/{user_id}/tokens", tags=["tenant admin"], status_code=201,
+             summary="Issue a bearer token for a user (shown once)")
+async def admin_issue_token(request: Request, user_id: str) -> dict:
+    user = await caller(request, "tenant_admin")
+    issued = await call(issue_user_token(request.app.state.db, user.tenant_id, path_id(user_id, "user_id")))
+    return {"token": issued.token, "token_id": str(issued.token_id), "expires_at": issued.expires_at.isoformat()}
+
+
+@router.post("/v1/admin/categories", tags=["tenant admin"], status_code=201,
+             openapi_extra=json_body_doc({"name": "Groceries"}))
+async def admin_create_category(request: Request) -> dict:
+    user = await caller(request, "tenant_admin")
+    state = request.app.state
+    return await call(catalogue_writes.create_category(state.db, state.cache, user.tenant_id, await body(request),
+                                                actor=actor(user)))
+
+
+@router.get("/v1/admin/orders", tags=["tenant admin"])
+async def admin_list_orders(request: Request, status: str | None = None, limit: int = 50) -> dict:
+    user = await caller(request, "tenant_admin")
+    check_limit(limit)
+    return {"orders": await call(order_reads.list_orders(request.app.state.db, user.tenant_id, status=status,
+                                                     limit=limit))}

@@ -1,0 +1,69 @@
+"""A party's own orders: the reads, the cancel and the tracking link that vendors and
+customers share.
+
+The same handler serves both audiences; the role decides whose orders are in reach (a
+vendor's: ``vendor_id``, a customer's: ``customer_id``) and the domain query filters on it,
+so another vendor's or customer's order answers 404, exactly like one that does not exist.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+
+from dispatch.api.common import (
+    actor,
+    body,
+    call,
+    caller,
+    check_limit,
+    customer_of,
+    path_id,
+    reason_of,
+    vendor_of,
+)
+from dispatch.commerce.orders import reads as order_reads
+from dispatch.commerce.orders import transitions as order_transitions
+from dispatch.identity.users import AuthUser
+from dispatch.tracking import links as tracking_links
+
+__all__ = ["party_cancel", "party_order", "party_orders", "tracking_link_for"]
+
+
+def _party(user: AuthUser, role: str) -> dict[str, str]:
+    return {"vendor_id": vendor_of(user)} if role == "vendor" else {"customer_id": customer_of(user)}
+
+
+async def party_orders(request: Request, role: str, status: str | None, limit: int) -> dict:
+    """The caller's orders, newest first: a vendor's, or a customer's own."""
+    user = await caller(request, role)
+    check_limit(limit)
+    party = _party(user, role)
+    return {"orders": await call(order_reads.list_orders(request.app.state.db, user.tenant_id, status=status,
+                                                     limit=limit, **party))}
+
+
+async def party_order(request: Request, role: str, order_id: str) -> dict:
+    """One order of the caller (404 for anyone else's)."""
+    user = await caller(request, role)
+    state = request.app.state
+    party = _party(user, role)
+    return await call(order_reads.get_order(state.db, user.tenant_id, path_id(order_id, "order_id"),
+                                       cache=state.cache, **party))
+
+
+async def party_cancel(request: Request, role: str, order_id: str) -> dict:
+    """Cancel one of the caller's orders (a vendor's, or a customer's own)."""
+    user = await caller(request, role)
+    state = request.app.state
+    party = _party(user, role)
+    return await call(order_transitions.cancel_order(state.db, user.tenant_id, path_id(order_id, "order_id"),
+                                          actor=actor(user), reason=reason_of(await body(request)),
+                                          cache=state.cache, **party))
+
+
+async def tracking_link_for(request: Request, user: AuthUser, order_id: str, **owner: str) -> dict:
+    """A new tracking link to the order's delivery, for its ``customer_id`` or ``vendor_id``."""
+    state = request.app.state
+    issued = await call(tracking_links.issue_link(state.db, user.tenant_id, path_id(order_id, "order_id"),
+                                                  grace_s=state.engine.tracking_link_grace_s, **owner))
+    return {"token": issued.token, "url": issued.url, "delivery_id": issued.delivery_id}

@@ -1,0 +1,119 @@
+"""An offer as the driver sees it, and the driver's reply: plain data and pure checks.
+
+The offer engine (``offers.py``) decides who is offered what and when; what travels to the
+driver (the frame, with money as a decimal string) and what comes back (``offer_reply``,
+validated here) are data with no I/O, testable without Redis.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+from dispatch.core.errors import MISSING_FIELD, WRONG_TYPE, Refusal
+from dispatch.core.ids import InvalidId, canonical_uuid
+from schema.errors import WakalaError
+
+
+class InvalidOffer(WakalaError, ValueError):
+    """Offer terms or engine settings out of range (pay not a Decimal, a negative ETA, ...)."""
+
+
+class InvalidOfferReply(Refusal):
+    """A driver's ``offer_reply`` frame is malformed; ``reason`` and ``field`` say how."""
+
+    def __init__(self, reason: str, field: str, message: str) -> None:
+        super().__init__(422, reason, message, field)
+
+
+@dataclass(frozen=True, slots=True)
+class OfferCandidate:
+    """A driver to offer to, in ranking order, with its ETA to the pickup."""
+
+    driver_id: str
+    pickup_eta_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What the driver sees. ``pay`` is money: a Decimal, sent as a string, never a float."""
+
+    delivery_id: str
+    tenant_id: str
+    pickup: tuple[float, float]   # (lat, lng)
+    dropoff: tuple[float, float]  # (lat, lng)
+    pay: Decimal
+    pickup_eta_s: int
+    dropoff_eta_s: int
+    expires_at: float             # epoch seconds
+
+    def frame(self) -> dict[str, Any]:
+        return {
+            "type": "offer",
+            "delivery_id": self.delivery_id,
+            "pickup": {"lat": self.pickup[0], "lng": self.pickup[1]},
+            "dropoff": {"lat": self.dropoff[0], "lng": self.dropoff[1]},
+            "pay": str(self.pay),
+            "pickup_eta_s": self.pickup_eta_s,
+            "dropoff_eta_s": self.dropoff_eta_s,
+            "expires_at": self.expires_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class OfferReply:
+    delivery_id: str
+    accept: bool
+
+
+def parse_offer_reply(payload: dict[str, Any]) -> OfferReply:
+    """Validate ``{"type": "offer_reply", "delivery_id": <uuid>, "accept": <bool>}``. Pure."""
+    if "delivery_id" not in payload:
+        raise InvalidOfferReply(MISSING_FIELD, "delivery_id", "delivery_id is required")
+    if "accept" not in payload:
+        raise InvalidOfferReply(MISSING_FIELD, "accept", "accept (true or false) is required")
+    raw = payload["delivery_id"]
+    if not isinstance(raw, str):
+        raise InvalidOfferReply(WRONG_TYPE, "delivery_id", "delivery_id must be a UUID")
+    try:
+        delivery_id = canonical_uuid(raw, "delivery_id")
+    except InvalidId:
+        raise InvalidOfferReply(WRONG_TYPE, "delivery_id", "delivery_id must be a UUID") from None
+    if not isinstance(payload["accept"], bool):
+        raise InvalidOfferReply(WRONG_TYPE, "accept", "accept must be true or false")
+    return OfferReply(delivery_id, payload["accept"])
+
+
+RoundStatus = Literal["offered", "assigned", "unassigned", "abandoned"]
+
+
+@dataclass(frozen=True, slots=True)
+class RoundOutcome:
+    """Where a round stands after a step.
+
+    ``offered``: open offer to ``driver_id``; ``assigned``: ``driver_id`` accepted;
+    ``unassigned``: given up, ``reason`` says why; ``abandoned``: the delivery could not take
+    the transition (cancelled meanwhile, unknown), ``reason`` says which.
+    """
+
+    delivery_id: str
+    status: RoundStatus
+    driver_id: str | None = None
+    reason: str | None = None
+
+
+def offer_id(value: object, field: str) -> str:
+    """An id in offer terms as canonical text; ``InvalidOffer`` if it is not a UUID."""
+    try:
+        return canonical_uuid(value if isinstance(value, str | uuid.UUID) else str(value), field)
+    except InvalidId:
+        raise InvalidOffer(f"{field} must be a UUID, got {value!r:.60}") from None
+
+
+def eta_s(value: object, field: str) -> int:
+    """A non-negative whole number of seconds; ``InvalidOffer`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidOffer(f"{field} must be a non-negative int of seconds, got {value!r}")
+    return value

@@ -1,0 +1,40 @@
+"""Redis key names that the location worker (``streams``) and the engine (``dispatch``) share.
+
+One builder per key, used by whoever writes and whoever reads it, so a key's spelling lives in
+one place. Every id in a key is canonical lower-case UUID text (``schema.ids.canonical_uuid``).
+Keys that only the engine uses live with their concern (``dispatch/matching/keys.py`` for
+offers and claims, ``dispatch/core/cache.py`` for the read cache,
+``dispatch/web/ratelimit.py`` for rate windows).
+
+| key | type | written by | read by |
+| --- | --- | --- | --- |
+| ``driver:location:{driver}`` | hash, TTL location_ttl_s | worker (Lua script) | matching, tracking |
+| ``driver:state:{driver}`` | hash | shift start/end, claims | worker, matching |
+| ``drivers:available:{tenant}:{h3 cell}`` | set | worker, status changes | nearest-driver search |
+| ``delivery:tracking:{delivery}`` | JSON, TTL 60 s; also a pub/sub channel | worker (tracker) | hub, snapshot |
+| ``metrics:ingest:counts`` | hash | worker | benches, reports |
+| ``metrics:ingest:latency_ms`` | list | worker (sampling on) | benches |
+"""
+
+from __future__ import annotations
+
+INGEST_COUNTS_KEY = "metrics:ingest:counts"
+INGEST_LATENCY_KEY = "metrics:ingest:latency_ms"
+TRACKING_PREFIX = "delivery:tracking:"
+
+
+def location_key(driver_id: str) -> str:
+    return f"driver:location:{driver_id}"
+
+
+def state_key(driver_id: str) -> str:
+    return f"driver:state:{driver_id}"
+
+
+def available_key(tenant_id: str, cell: str) -> str:
+    return f"drivers:available:{tenant_id}:{cell}"
+
+
+def tracking_key(delivery_id: str) -> str:
+    """The tracking document's key, and the pub/sub channel its updates go out on."""
+    return f"{TRACKING_PREFIX}{delivery_id}"
