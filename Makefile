@@ -23,13 +23,17 @@ migrate: services
 demo: migrate
 	$(BIN)/wakala demo
 
+# Four pytest-xdist workers even on two cores: integration tests mostly wait (on PostgreSQL's
+# checkpoints, the broker, sockets). --dist loadfile keeps a file's tests on one worker, in
+# order, with its module fixtures (one Faust worker for the stream tests, say).
 test: migrate
 	$(BIN)/ruff check .
-	$(BIN)/pytest tests/unit tests/integration
+	$(BIN)/pytest -n 4 --dist loadfile tests/unit tests/integration
 
 # The inner loop: pure rules, parsers and generators; no service needed (under a minute).
+# CPU-bound, so one worker per core; worksteal evens out the few long files.
 unit: $(STAMP)
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest -n auto --dist worksteal tests/unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,9 +3,9 @@
 Key patterns and TTLs are the design's (its Redis key patterns), with two departures; the
 builders are in ``dispatch.core.cache_keys``:
 
-* every key carries the tenant, so one tenant can never be served another's entry (the seed's
-  ``inventory:{product_id}`` and ``order:{order_id}`` do not);
-* invalidation never uses ``KEYS`` (the seed's ``invalidate(pattern)`` blocks Redis for the
+* every key carries the tenant, so one tenant can never be served another's entry (the
+  design's ``inventory:{product_id}`` and ``order:{order_id}`` do not);
+* invalidation never uses ``KEYS`` (the design's ``invalidate(pattern)`` blocks Redis for the
   whole keyspace scan). Each cached value is filed under one or more *tags* (a Redis SET
   ``cache:tag:{tenant}:{tag}`` listing the keys that depend on it); a write invalidates the
   tags it affects, deleting exactly those keys.

@@ -87,7 +87,7 @@ FROM deliveries
 WHERE id = $1
 FOR UPDATE
 """
-# Minutes are the seed's columns, kept in step with the seconds (rounded) for its readers.
+# Minutes are the data design document's columns, kept in step with the seconds (rounded) for its readers.
 # cancelled_at/failed_at are set once, by the event that enters that (terminal) state.
 UPDATE_DELIVERY_SQL = """
 UPDATE deliveries SET

@@ -1,10 +1,15 @@
-"""Running the real engine (uvicorn + FastAPI) inside a test, on a free port."""
+"""Running the real engine (uvicorn + FastAPI) inside a test, on a free port.
+
+The engine's socket is bound before the server is built and handed to it, so that no other
+process (another pytest-xdist worker, say) can take the port between choosing and serving.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 import uvicorn
@@ -12,6 +17,8 @@ import uvicorn
 from dispatch.app import create_app, uvicorn_config
 from dispatch.core.settings import EngineSettings
 from loadtest.processes import free_port
+
+__all__ = ["bound_socket", "free_port", "running_app", "running_engine", "serving"]
 
 
 @contextlib.asynccontextmanager
@@ -28,18 +35,33 @@ async def running_app(pg, streams, **engine_overrides) -> AsyncIterator[tuple[st
     ``dispatcher=True``: leaving a consumer group costs the broker a second at every stop.
     """
     engine_overrides.setdefault("dispatcher", False)
-    engine = replace(EngineSettings(), port=free_port(), **engine_overrides)
-    app = create_app(engine, streams, pg)
-    server = uvicorn.Server(uvicorn_config(app, engine))
-    server.config.loop = "asyncio"
-    async with serving(server):
-        yield f"127.0.0.1:{engine.port}", app.state
+    with bound_socket() as sock:
+        engine = replace(EngineSettings(), port=sock.getsockname()[1], **engine_overrides)
+        app = create_app(engine, streams, pg)
+        server = uvicorn.Server(uvicorn_config(app, engine))
+        server.config.loop = "asyncio"
+        async with serving(server, sockets=[sock]):
+            yield f"127.0.0.1:{engine.port}", app.state
+
+
+@contextlib.contextmanager
+def bound_socket() -> Iterator[socket.socket]:
+    """A TCP socket bound to a free port on 127.0.0.1, closed afterwards."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        yield sock
+    finally:
+        sock.close()
 
 
 @contextlib.asynccontextmanager
-async def serving(server: uvicorn.Server) -> AsyncIterator[None]:
-    """Run a uvicorn server in this event loop until the block ends."""
-    task = asyncio.create_task(server.serve())
+async def serving(server: uvicorn.Server,
+                  sockets: list[socket.socket] | None = None) -> AsyncIterator[None]:
+    """Run a uvicorn server in this event loop until the block ends (on ``sockets`` when
+    given, else on its configured host and port)."""
+    task = asyncio.create_task(server.serve(sockets=sockets))
     try:
         for _ in range(200):
             if server.started:

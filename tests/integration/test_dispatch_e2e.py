@@ -1,7 +1,7 @@
 """A whole delivery through the public interfaces of a running engine and location worker.
 
 Drivers connect over the websocket and start their shifts over HTTP; a ready order gets a
-delivery (``create_delivery``: the REST API for orders is issue 5); the dispatcher offers it to
+delivery (``create_delivery``, as the vendor marking it ready does); the dispatcher offers it to
 the nearest driver, who declines, then to the next, who accepts; that driver's pings bring
 them into the pickup geofence (the worker moves the delivery to ``at_pickup``), they report the
 pick-up, drive into the dropoff geofence and deliver with a proof. Every row the trip writes
@@ -23,12 +23,12 @@ from aiokafka import AIOKafkaConsumer
 from dispatch.deliveries.store import create_delivery
 from dispatch.identity.auth import issue_driver_token
 from dispatch.identity.drivers import NewDriver, create_driver
-from dispatch.matching.calibration import CALIBRATION_KEY
+from dispatch.matching.keys import CALIBRATION_KEY
+from dispatch.tracking.worker import create_worker
 from geo import destination
 from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
-from streams.app import create_app
 from streams.location_store import LocationStore
 from tests.integration.engine_helpers import running_app
 from tests.integration.streams.test_streams import SESSION_TIMEOUT_S, create_topics, eventually
@@ -68,7 +68,7 @@ async def _driver(db, tenant_id, n: int) -> tuple[str, str]:
 async def engine(platform, stream_settings):
     settings = replace(stream_settings, locations_partitions=1, location_ttl_s=120)
     await create_topics(settings)
-    worker = create_app(settings, platform, session_timeout_s=SESSION_TIMEOUT_S)
+    worker = create_worker(settings, platform, session_timeout_s=SESSION_TIMEOUT_S)
     await asyncio.wait_for(worker.start(), 30)
     redis = aioredis.from_url(settings.redis_url)
     try:

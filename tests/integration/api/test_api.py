@@ -1,4 +1,4 @@
-"""The REST API of issue 5 through the running engine: roles, tenants, bodies, limits, payments."""
+"""The REST API through the running engine: roles, tenants, bodies, limits, payments."""
 
 import json
 import uuid

@@ -1,4 +1,6 @@
-"""The catalogue against real Postgres and Redis: writes, cache-aside reads, isolation, views."""
+"""The catalogue against real Postgres and Redis: writes, cache-aside reads, isolation, views.
+
+The pure parsing and cache-tag rules are tested without services in tests/unit/commerce/."""
 
 from __future__ import annotations
 
@@ -14,30 +16,29 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from dispatch.commerce import catalogue
-from dispatch.commerce.catalogue import (
-    CatalogueNotFound,
-    CatalogueRejected,
+from dispatch.commerce.catalogue.reads import (
+    SEARCH_SQL,
+    get_inventory,
+    get_product,
+    list_products,
+    search_products,
+)
+from dispatch.commerce.catalogue.views import (
+    active_tenant_ids,
+    refresh_views,
+    run_view_refresher,
+    warm_popular,
+)
+from dispatch.commerce.catalogue.writes import (
     adjust_stock,
     create_category,
     create_product,
     create_variant,
-    get_inventory,
-    get_product,
-    list_products,
-    parse_money,
-    parse_new_product,
-    parse_page,
-    parse_product_update,
-    parse_search_query,
-    product_update_tags,
-    refresh_views,
-    run_view_refresher,
-    search_products,
     update_product,
-    warm_popular,
 )
-from dispatch.core.cache import Cache, inventory_key, product_key
+from dispatch.core.cache import Cache
+from dispatch.core.cache_keys import inventory_key, product_key
+from dispatch.core.errors import NotFound, Refusal
 from schema.connect import connection
 from schema.db import SET_TENANT_SQL, TenantDatabase
 from schema.settings import PostgresSettings
@@ -104,85 +105,6 @@ async def _counts(env: Env, shop: Shop) -> dict[str, int]:
                               "inventory_movements")}
 
 
-# --------------------------------------------------------------------------- pure parsing
-
-
-def test_money_is_cents_from_strings_and_numbers_and_refuses_the_rest():
-    assert parse_money("12.5") == Decimal("12.50")
-    assert parse_money(12) == Decimal("12.00")
-    assert parse_money(0.1 + 0.2) == Decimal("0.30")
-    assert parse_money("0.005") == Decimal("0.01")          # half up
-    assert str(parse_money("-0")) == "0.00"
-    assert parse_money("999999.99") == Decimal("999999.99")
-    cases = [
-        ("-0.01", "out_of_range"), (-1, "out_of_range"), ("1000000", "out_of_range"),
-        ("999999.995", "out_of_range"), (10**400, "out_of_range"), (1e300, "out_of_range"),
-        (float("nan"), "not_finite"), (float("inf"), "not_finite"), ("NaN", "not_finite"),
-        ("-Infinity", "not_finite"), (True, "wrong_type"), (None, "wrong_type"), ([1], "wrong_type"),
-        ("1e3", "bad_format"), ("12,50", "bad_format"), ("R12", "bad_format"), ("1_000", "bad_format"),
-        ("1" * 5000, "bad_format"), ("", "bad_format"),
-    ]
-    for value, reason in cases:
-        with pytest.raises(CatalogueRejected) as info:
-            parse_money(value, "price")
-        assert (info.value.status, info.value.reason, info.value.field) == (422, reason, "price"), value
-
-
-def test_a_product_body_is_checked_field_by_field():
-    product = parse_new_product({**MAIZE, "initial_stock": 3})
-    assert product.price == Decimal("65.99") and product.images == ("https://cdn.example.com/mm.jpg",)
-    assert product.initial_stock == 3 and product.status == "active"
-    bad = {
-        "extra key": ({**MAIZE, "is_admin": True}, "unknown_field", "is_admin"),
-        "no price": ({k: v for k, v in MAIZE.items() if k != "price"}, "missing_field", "price"),
-        "long name": ({**MAIZE, "name": "x" * 256}, "too_long", "name"),
-        "blank name": ({**MAIZE, "name": "   "}, "empty", "name"),
-        "sqlish name": ({**MAIZE, "name": "Bread'; DROP TABLE products; --"}, "bad_format", "name"),
-        "control": ({**MAIZE, "name": "Bread\x00"}, "bad_format", "name"),
-        "bad sku": ({**MAIZE, "sku": "x' OR '1'='1"}, "bad_format", "sku"),
-        "sku type": ({**MAIZE, "sku": 12}, "wrong_type", "sku"),
-        "11 images": ({**MAIZE, "images": ["https://a.example/x.jpg"] * 11}, "too_many", "images"),
-        "not a url": ({**MAIZE, "images": ["javascript:alert(1)"]}, "bad_format", "images[0]"),
-        "21 tags": ({**MAIZE, "tags": [f"t{i}" for i in range(21)]}, "too_many", "tags"),
-        "status": ({**MAIZE, "status": "deleted"}, "bad_format", "status"),
-        "category": ({**MAIZE, "category_id": "1 OR 1=1"}, "bad_format", "category_id"),
-        "stock bool": ({**MAIZE, "initial_stock": True}, "wrong_type", "initial_stock"),
-        "stock float": ({**MAIZE, "initial_stock": 2.0}, "wrong_type", "initial_stock"),
-        "negative stock": ({**MAIZE, "initial_stock": -1}, "out_of_range", "initial_stock"),
-        "not an object": (["sku"], "wrong_type", None),
-    }
-    for label, (body, reason, field) in bad.items():
-        with pytest.raises(CatalogueRejected) as info:
-            parse_new_product(body)
-        assert (info.value.reason, info.value.field) == (reason, field), label
-    with pytest.raises(CatalogueRejected, match="nothing to change"):
-        parse_product_update({})
-
-
-def test_pages_and_queries_are_bounded():
-    assert parse_page(1, 100) == (1, 100) and parse_page("3", "20") == (3, 20)
-    for page, size in ((0, 20), (101, 20), (1, 0), (1, 101), (True, 20), ("1; --", 20), (1.0, 20)):
-        with pytest.raises(CatalogueRejected):
-            parse_page(page, size)
-    assert parse_search_query("  maize   meal ") == "maize meal"
-    for q in ("", "   ", "x" * 201, None, 5, "a\x00b"):
-        with pytest.raises(CatalogueRejected) as info:
-            parse_search_query(q)
-        assert info.value.field == "q"
-
-
-def test_each_change_invalidates_only_what_shows_it():
-    pid = "p1"
-    for field in ("price", "name", "description"):
-        assert product_update_tags(pid, [field]) == ["product:p1", "catalogue"]
-    # the inventory entry carries the status: it decides who may see the stock
-    assert product_update_tags(pid, ["status"]) == ["product:p1", "catalogue", "inventory:p1"]
-    assert product_update_tags(pid, ["tags"]) == ["product:p1"]
-    assert product_update_tags(pid, ["cost"]) == []
-    # the product entry holds no stock, so a stock change leaves it (and every list) alone
-    assert catalogue.stock_tags(pid) == ["inventory:p1"]
-
-
 # --------------------------------------------------------------------------- round trips
 
 
@@ -236,16 +158,16 @@ async def test_create_update_list_and_search_round_trip(env):
     hidden = await update_product(db, cache, tid, shop.vendor_b, coke["id"], {"status": "inactive"},
                                   actor=str(shop.user))
     assert hidden["status"] == "inactive"
-    with pytest.raises(CatalogueNotFound):
+    with pytest.raises(NotFound):
         await get_product(db, cache, tid, coke["id"])
-    with pytest.raises(CatalogueNotFound):   # its cached stock went with the status change
+    with pytest.raises(NotFound):   # its cached stock went with the status change
         await get_inventory(db, cache, tid, coke["id"])
     vendor_view = await get_product(db, cache, tid, coke["id"], include_inactive=True, vendor_id=shop.vendor_b)
     assert vendor_view["status"] == "inactive"
     assert (await search_products(db, cache, tid, "fizzy"))["items"] == []
     assert "CK-2L" not in [p["sku"] for p in (await list_products(db, cache, tid))["items"]]
 
-    with pytest.raises(CatalogueRejected) as info:
+    with pytest.raises(Refusal) as info:
         await create_product(db, cache, tid, shop.vendor_a, BREAD, actor=str(shop.user))
     assert (info.value.status, info.value.reason, info.value.field) == (409, "duplicate_sku", "sku")
     # another vendor may use the same SKU
@@ -278,7 +200,7 @@ async def test_search_finds_by_description_through_the_full_text_index(env):
         await conn.execute(f'SET ROLE "{env.settings.app_role}"')
         async with conn.transaction(readonly=True):
             await conn.execute(SET_TENANT_SQL, f'"{shop.tenant.schema_name}", public', str(tid))
-            rows = await conn.fetch(catalogue.SEARCH_SQL, "flour", 20, 0)
+            rows = await conn.fetch(SEARCH_SQL, "flour", 20, 0)
             assert [str(r["id"]) for r in rows] == [bread["id"]]
             nested = [p for p in plans if "FROM products p" in p and "@@" in p]
             assert nested and "idx_product_search" in nested[-1], plans
@@ -378,7 +300,7 @@ async def test_a_stock_change_invalidates_inventory_and_the_product_page_only(en
     assert [tuple(m) for m in moves] == [("restock", 30, shop.user, None),
                                          ("adjustment", -4, None, "actor: system:stocktake")]
     for delta, reason in ((-1, "restock"), (0, "adjustment"), (5, "sale"), (True, "restock")):
-        with pytest.raises(CatalogueRejected) as info:
+        with pytest.raises(Refusal) as info:
             await adjust_stock(db, cache, tid, shop.vendor_a, maize["id"], delta=delta, reason=reason,
                                actor=None)
         assert info.value.status == 422
@@ -398,7 +320,7 @@ async def test_concurrent_decreases_never_take_stock_below_what_is_reserved(env)
             await adjust_stock(db, cache, tid, shop.vendor_a, maize["id"], delta=-1,
                                reason="adjustment", actor=str(shop.user))
             return "applied"
-        except CatalogueRejected as exc:
+        except Refusal as exc:
             assert (exc.status, exc.reason) == (409, "stock_reserved")
             return "refused"
 
@@ -427,10 +349,10 @@ async def test_variant_stock_is_its_own_row(env):
     inventory = await get_inventory(db, cache, tid, maize["id"])
     assert [(s["variant_id"], s["quantity"]) for s in inventory["stock"]] == [(None, 0), (variant["id"], 7)]
     other = await create_product(db, cache, tid, shop.vendor_a, BREAD, actor=str(shop.user))
-    with pytest.raises(CatalogueNotFound):   # a variant of another product
+    with pytest.raises(NotFound):   # a variant of another product
         await adjust_stock(db, cache, tid, shop.vendor_a, other["id"], variant_id=variant["id"], delta=1,
                            reason="restock", actor=None)
-    with pytest.raises(CatalogueRejected) as info:
+    with pytest.raises(Refusal) as info:
         await create_variant(db, cache, tid, shop.vendor_a, maize["id"],
                              {"sku": "MM-1KG", "name": "Again"}, actor=None)
     assert info.value.reason == "duplicate_sku"
@@ -447,9 +369,9 @@ async def test_one_tenant_can_neither_see_nor_change_anothers_products_even_thro
     before = await _counts(env, one)
 
     hits, misses = cache.hits, cache.misses
-    with pytest.raises(CatalogueNotFound):
+    with pytest.raises(NotFound):
         await get_product(db, cache, two.tenant.id, maize["id"])
-    with pytest.raises(CatalogueNotFound):
+    with pytest.raises(NotFound):
         await get_inventory(db, cache, two.tenant.id, maize["id"])
     assert cache.hits == hits and cache.misses == misses + 2     # looked up, never served
     assert (await list_products(db, cache, two.tenant.id))["items"] == []
@@ -457,16 +379,16 @@ async def test_one_tenant_can_neither_see_nor_change_anothers_products_even_thro
     for vendor in (two.vendor_a, two.vendor_b, one.vendor_a):    # only the last is the owner
         if vendor == one.vendor_a:
             continue
-        with pytest.raises(CatalogueNotFound):
+        with pytest.raises(NotFound):
             await update_product(db, cache, two.tenant.id, vendor, maize["id"], {"price": "1"}, actor=None)
-        with pytest.raises(CatalogueNotFound):
+        with pytest.raises(NotFound):
             await adjust_stock(db, cache, two.tenant.id, vendor, maize["id"], delta=5, reason="restock",
                                actor=None)
-        with pytest.raises(CatalogueNotFound):
+        with pytest.raises(NotFound):
             await create_variant(db, cache, two.tenant.id, vendor, maize["id"],
                                  {"sku": "X-1", "name": "Sneaky"}, actor=None)
     # tenant one's own vendor, named under tenant two, does not exist there
-    with pytest.raises(CatalogueNotFound):
+    with pytest.raises(NotFound):
         await update_product(db, cache, two.tenant.id, one.vendor_a, maize["id"], {"price": "1"}, actor=None)
     assert await _counts(env, one) == before
     assert (await get_product(db, cache, one.tenant.id, maize["id"]))["price"] == "65.99"
@@ -491,7 +413,7 @@ async def test_a_vendor_cannot_change_another_vendors_product(env):
         lambda: update_product(db, cache, tid, shop.vendor_b, uuid.uuid4(), {"price": "1"}, actor=None),
     ]
     for attempt in attempts:
-        with pytest.raises(CatalogueNotFound) as info:
+        with pytest.raises(NotFound) as info:
             await attempt()
         assert (info.value.status, info.value.message) == (404, "no such product")
     assert await _counts(env, shop) == before
@@ -514,17 +436,17 @@ async def test_hostile_bodies_are_refused_and_write_nothing(env):
         {**BREAD, "tags": [{"$ne": 1}]}, {**BREAD, "compare_at_price": "-5"}, "not a body",
     ]
     for body in hostile:
-        with pytest.raises(CatalogueRejected) as info:
+        with pytest.raises(Refusal) as info:
             await create_product(db, cache, tid, shop.vendor_a, body, actor=str(shop.user))
         assert info.value.status == 422, body
     for body in ({"price": "-0.01"}, {"price": float("nan")}, {"status": "deleted"}, {"vendor_id": "x"},
                  {"name": 42}, {"category_id": str(uuid.uuid4())}, {"sku": "bad sku"}, {}):
-        with pytest.raises(CatalogueRejected) as info:
+        with pytest.raises(Refusal) as info:
             await update_product(db, cache, tid, shop.vendor_a, maize["id"], body, actor=None)
         assert info.value.status == 422, body
-    with pytest.raises(CatalogueRejected):
+    with pytest.raises(Refusal):
         await create_category(db, cache, tid, {"name": "Drinks", "slug": "drinks'--"}, actor=None)
-    with pytest.raises(CatalogueRejected):
+    with pytest.raises(Refusal):
         await create_variant(db, cache, tid, shop.vendor_a, maize["id"],
                              {"sku": "V-2", "name": "Big", "price": "1000000"}, actor=None)
     assert await _counts(env, shop) == before
@@ -664,7 +586,7 @@ async def test_the_refresher_survives_a_failing_tenant_and_refreshes_the_others(
             raise ConnectionError("control plane restarting")
         return ["not-a-tenant", uuid.uuid4(), shop.tenant.id]
 
-    caplog.set_level(logging.ERROR, logger="dispatch.commerce.catalogue")
+    caplog.set_level(logging.ERROR, logger="dispatch.commerce.catalogue.views")
     task = asyncio.create_task(run_view_refresher(db, cache, tenants, interval_s=0.05))
     # both entries: warming writes the product, then its inventory (CI once cancelled the
     # refresher between the two, and the read below missed the inventory)
@@ -689,5 +611,5 @@ async def test_the_refresher_survives_a_failing_tenant_and_refreshes_the_others(
 
 
 async def test_the_refresher_provider_names_the_active_tenants(env):
-    provider = catalogue.active_tenant_ids(env.settings)
+    provider = active_tenant_ids(env.settings)
     assert set(await provider()) == {env.one.tenant.id, env.two.tenant.id}

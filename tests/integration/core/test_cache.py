@@ -6,8 +6,8 @@ from decimal import Decimal
 import pytest
 import redis.asyncio as aioredis
 
-from dispatch.core.cache import (
-    Cache,
+from dispatch.core.cache import Cache
+from dispatch.core.cache_keys import (
     inventory_key,
     order_key,
     product_key,

@@ -12,16 +12,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from dispatch.matching.claims import (
-    DriverClaims,
-    InvalidClaimId,
-    InvalidClaimSettings,
+from dispatch.matching.claims import DriverClaims, InvalidClaimSettings
+from dispatch.matching.keys import (
     deliveries_key,
     delivery_driver_key,
     delivery_offer_key,
     offer_key,
 )
-from streams.location_store import LocationStore, available_key, location_key, state_key
+from schema.ids import InvalidId
+from streams.keys import available_key, location_key, state_key
+from streams.location_store import LocationStore
 from streams.records import DriverPing
 
 pytestmark = pytest.mark.timeout(60)
@@ -414,7 +414,7 @@ async def test_hostile_ids_are_refused_before_touching_redis(bad, fleet: Fleet) 
     ]
     try:
         for call in calls:
-            with pytest.raises(InvalidClaimId, match="must be a UUID") as caught:
+            with pytest.raises(InvalidId, match="must be a UUID") as caught:
                 await call()
             assert len(str(caught.value)) < 200
     finally:

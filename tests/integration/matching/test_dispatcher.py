@@ -26,44 +26,41 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from dispatch.deliveries.outbox import OutboxRelay
-from dispatch.deliveries.state import DeliveryEvent
-from dispatch.deliveries.store import create_delivery, transition
-from dispatch.matching import active
-from dispatch.matching.calibration import CalibrationStore
-from dispatch.matching.claims import (
-    DriverClaims,
-    deliveries_key,
-    delivery_driver_key,
-    delivery_offer_key,
-    offer_key,
-)
-from dispatch.matching.dispatcher import (
+from dispatch.deliveries.reports import (
     MAX_PROOF_BYTES,
     MAX_REASON_CHARS,
-    Dispatcher,
     DriverUpdate,
     DriverUpdateRefused,
     parse_driver_update,
 )
-from dispatch.matching.notify import RoutedNotifier, socket_key
-from dispatch.matching.offers import (
+from dispatch.deliveries.state import DeliveryEvent
+from dispatch.deliveries.store import create_delivery, transition
+from dispatch.deliveries.transitions import PostgresTransitions
+from dispatch.matching import active
+from dispatch.matching.calibration import CalibrationStore
+from dispatch.matching.claims import DriverClaims
+from dispatch.matching.dispatcher import Dispatcher
+from dispatch.matching.keys import (
     UNASSIGNED_TENANTS_KEY,
-    Offer,
-    OfferEngine,
-    PostgresTransitions,
-    RoundOutcome,
-    WebsocketNotifier,
     deadlines_key,
+    deliveries_key,
+    delivery_driver_key,
+    delivery_offer_key,
+    offer_key,
     round_key,
+    socket_key,
     tried_key,
     unassigned_key,
 )
-from dispatch.tracking.tracker import tracking_key
+from dispatch.matching.notify import RoutedNotifier
+from dispatch.matching.offers import OfferEngine, WebsocketNotifier
+from dispatch.matching.terms import Offer, RoundOutcome
 from geo import EtaCalibration, destination, distance_m
 from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
-from streams.location_store import LocationStore, location_key, state_key
+from streams.keys import location_key, state_key, tracking_key
+from streams.location_store import LocationStore
 from tests.integration.engine_helpers import running_app
 from tests.integration.matching.test_nearest import put_live
 from tests.integration.matching.test_offers import RecordingNotifier

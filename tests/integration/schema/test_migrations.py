@@ -2,8 +2,8 @@
 
 import asyncio
 import shutil
+import uuid
 
-import asyncpg
 import pytest
 
 import schema.migrate as migrate_module
@@ -104,15 +104,32 @@ def test_misnamed_migration_file_is_refused(tmp_path):
         load_migrations("control", tmp_path)
 
 
-async def test_migrate_refuses_an_app_role_that_bypasses_rls(fresh_settings):
+@pytest.fixture
+async def bypass_role(fresh_settings):
+    """A login role with BYPASSRLS, of this test only: roles are cluster-wide, so it is
+    dropped afterwards, with whatever it was granted in this test's databases."""
+    role = f"wakala_test_bypass_{uuid.uuid4().hex[:8]}"
+    server = fresh_settings.control.with_database("postgres")
+    async with connection(server) as conn:
+        await conn.execute(f"CREATE ROLE {role} LOGIN BYPASSRLS")
+    try:
+        yield role
+    finally:
+        async with connection(server) as conn:
+            existing = {r["datname"] for r in await conn.fetch(
+                "SELECT datname FROM pg_database WHERE datname = ANY($1::text[])",
+                [fresh_settings.control.database, *fresh_settings.shard_databases])}
+        for database in sorted(existing):
+            async with connection(fresh_settings.control.with_database(database)) as conn:
+                await conn.execute(f"DROP OWNED BY {role}")
+        async with connection(server) as conn:
+            await conn.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+async def test_migrate_refuses_an_app_role_that_bypasses_rls(fresh_settings, bypass_role):
     from dataclasses import replace
 
-    async with connection(fresh_settings.control.with_database("postgres")) as conn:
-        try:
-            await conn.execute("CREATE ROLE wakala_test_bypass LOGIN BYPASSRLS")
-        except asyncpg.DuplicateObjectError:
-            pass
-    settings = replace(fresh_settings, app_role="wakala_test_bypass")
+    settings = replace(fresh_settings, app_role=bypass_role)
     with pytest.raises(MigrationError, match="BYPASSRLS"):
         await migrate(settings)
 

@@ -15,7 +15,8 @@ from dispatch.identity.drivers import NewDriver, create_driver
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.app import create_app
-from streams.location_store import LocationStore, location_key
+from streams.keys import location_key
+from streams.location_store import LocationStore
 from tests.integration.engine_helpers import running_engine
 from tests.integration.streams.test_streams import SESSION_TIMEOUT_S, create_topics, eventually
 

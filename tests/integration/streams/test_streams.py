@@ -31,18 +31,17 @@ from geo import distance_m
 from schema.db import TenantDatabase
 from schema.settings import DSN, PostgresSettings
 from schema.tenants import create_tenant
-from streams.app import PgLocationWriter, create_app
+from streams.app import ObserverFactory, create_app
 from streams.decode import MAX_PING_BYTES, UndecodablePing, decode_ping, decode_pings
-from streams.location_store import (
+from streams.keys import (
     INGEST_COUNTS_KEY,
     INGEST_LATENCY_KEY,
-    InvalidStatus,
-    LocationStore,
-    UnknownDriverState,
     available_key,
     location_key,
     state_key,
 )
+from streams.location_store import InvalidStatus, LocationStore, UnknownDriverState
+from streams.pg_writer import PgLocationWriter
 from streams.records import DriverPing
 from streams.settings import StreamSettings
 
@@ -392,9 +391,14 @@ def unique_settings(name: str, **changes: Any) -> StreamSettings:
 @contextlib.asynccontextmanager
 async def running_worker(settings: StreamSettings, pg=None, *,
                          prepare: Callable[[faust.App], None] | None = None,
-                         latency_samples: bool = False) -> AsyncIterator[faust.App]:
-    """A worker in this process; yields once it owns every partition; always stopped."""
-    app = create_app(settings, pg, session_timeout_s=SESSION_TIMEOUT_S, latency_samples=latency_samples)
+                         latency_samples: bool = False,
+                         observer: ObserverFactory | None = None) -> AsyncIterator[faust.App]:
+    """A worker in this process; yields once it owns every partition; always stopped.
+
+    ``observer``: what the worker hands landed batches to (the engine's tracker, in the
+    tracking tests); none here, where only the landing is under test."""
+    app = create_app(settings, pg, session_timeout_s=SESSION_TIMEOUT_S, latency_samples=latency_samples,
+                     observer=observer)
     if prepare is not None:
         prepare(app)
     await asyncio.wait_for(app.start(), 30)

@@ -1,10 +1,12 @@
-"""The tracking hub (issue 6): tracking links, the tracking and vendor sockets, fan-out.
+"""The tracking hub: tracking links, the tracking and vendor sockets, fan-out.
 
-Pure parts first (frame queue, frames, links' expiry, the grid), then the running engine
-against the real services: orders go through the REST API (``tests.test_api.Shop``), the
-dispatcher offers deliveries to a ``SimulatedDriver`` on the driver websocket, positions come
-from the tracker's code (``dispatch.tracking.Tracker``, what the location worker runs) or are
-PUBLISHed directly, and the two-engine test runs the real location worker as well.
+The running engine against the real services: orders go through the REST API
+(``tests.integration.api.test_api.Shop``), the dispatcher offers deliveries to a
+``SimulatedDriver`` on the driver websocket, positions come from the tracker's code
+(``dispatch.tracking.tracker.Tracker``, what the location worker runs) or are PUBLISHed
+directly, and the two-engine test runs the real location worker as well. The pure parts
+(frames and the frame queue, the token's shape and expiry, the snapshot's grid) are tested
+in tests/unit/tracking.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import socket
 import time
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -30,20 +31,13 @@ from dispatch.deliveries.state import DeliveryState
 from dispatch.deliveries.store import record_event, transition
 from dispatch.identity.auth import hash_token, issue_driver_token
 from dispatch.identity.drivers import NewDriver, create_driver
-from dispatch.tracking.hub import FrameQueue, position_frame, status_frame
-from dispatch.tracking.links import (
-    CLOSE_EXPIRED,
-    CLOSE_INVALID,
-    LinkRefused,
-    link_expires_at,
-    parse_tracking_token,
-    revoke_links,
-)
-from dispatch.tracking.tracker import Tracker, tracking_key
-from geo import covering_grid, destination
+from dispatch.tracking.links import CLOSE_EXPIRED, CLOSE_INVALID, revoke_links
+from dispatch.tracking.tracker import Tracker
+from dispatch.tracking.worker import create_worker
+from geo import destination
 from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase
-from streams.app import create_app as create_worker
+from streams.keys import tracking_key
 from streams.location_store import LocationStore
 from tests.integration.api.test_api import (
     SECRET,
@@ -67,59 +61,6 @@ pytestmark = pytest.mark.timeout(240)
 SHOP_AT = (VENDOR["lat"], VENDOR["lng"])
 PROOF = {"photo": "s3://pod/7.jpg", "received_by": "Thandi"}
 TOKEN_SHAPE = re.compile(r"^wkt_[0-9a-f]{32}_[A-Za-z0-9_-]{43}$")
-
-
-# -- pure ------------------------------------------------------------------------------------
-
-
-def test_a_slow_client_gets_the_latest_position_not_a_backlog_and_a_bounded_queue():
-    queue = FrameQueue(3)
-    for i in range(100):
-        queue.put_position(f"p{i}")
-    assert queue.put("s1") and queue.put("s2", key="e2") and queue.put("s3")
-    assert not queue.put("s4")   # over the bound: the caller closes the client
-    queue.discard({"e2"})        # already shown by the snapshot
-    assert [queue.pop() for _ in range(4)] == ["s1", "s3", "p99", None]
-    queue.put_position("p100")
-    queue.drop_position()         # the delivery ended
-    assert queue.pop() is None and len(queue) == 0
-
-
-def test_frames_from_events_and_tracking_documents():
-    assert status_frame({"type": "pick_up", "payload": {"to_state": "picked_up", "at": "2026-01-01T10:00:00+00:00"}}) == {
-        "type": "status", "status": "picked_up", "at": "2026-01-01T10:00:00+00:00"}
-    assert status_frame({"type": "arrived_dropoff", "payload": {"state": "picked_up"}}) == {
-        "type": "arrived", "at": "dropoff"}
-    assert status_frame({"type": "note", "payload": {}}) is None
-    doc = {"tenant_id": "t", "driver": {"id": "secret-driver", "lat": 1.0, "lng": 2.0, "heading_deg": 90.0,
-                                         "speed_mps": 5.0, "ts": 10.0},
-           "eta_pickup_s": None, "eta_dropoff_s": 300, "received_at": 9.5}
-    frame = position_frame(doc)
-    assert frame == {"type": "position", "lat": 1.0, "lng": 2.0, "heading_deg": 90.0, "speed_mps": 5.0, "ts": 10.0,
-                     "eta_pickup_s": None, "eta_dropoff_s": 300, "received_at": 9.5}
-    assert "secret-driver" not in json.dumps(frame)   # the driver's id is not the customer's business
-
-
-def test_tokens_and_expiry_rules():
-    tenant = uuid.uuid4()
-    assert parse_tracking_token(f"wkt_{tenant.hex}_{'a' * 43}") == tenant
-    for bad in (None, 42, "", "wkt_", f"wkt_{tenant.hex}_{'a' * 42}", f"wkd_{tenant.hex}_{'a' * 43}",
-                f"wkt_{tenant.hex}_{'a' * 43}/x", f"wkt_{tenant.hex.upper()}_{'a' * 43}"):
-        with pytest.raises(LinkRefused) as refused:
-            parse_tracking_token(bad)
-        assert (refused.value.code, refused.value.reason) == (CLOSE_INVALID, "invalid_token")
-    ended = datetime(2026, 1, 1, tzinfo=UTC)
-    assert link_expires_at(None, 3600) is None
-    assert link_expires_at(ended, 3600) == ended.timestamp() + 3600
-
-
-def test_the_grid_covers_the_points_and_stays_under_the_cap():
-    dropoff = destination(*SHOP_AT, 90.0, 1500)
-    res, cells = covering_grid([SHOP_AT, dropoff])
-    assert res == 9 and 2 <= len(cells) <= 400
-    assert all(len(c) >= 5 and all(len(p) == 2 for p in c) for c in cells)
-    res, cells = covering_grid([SHOP_AT, destination(*SHOP_AT, 45.0, 30_000)])
-    assert res < 9 and len(cells) <= 400
 
 
 # -- helpers against the running engine --------------------------------------------------------

@@ -20,21 +20,21 @@ from redis.asyncio.client import Pipeline
 
 from dispatch.deliveries.state import DeliveryEvent
 from dispatch.deliveries.store import transition
+from dispatch.deliveries.transitions import PostgresTransitions
 from dispatch.matching import active
-from dispatch.matching.active import ActiveDelivery, active_key
+from dispatch.matching.active import ActiveDelivery
 from dispatch.matching.calibration import CalibrationStore
-from dispatch.matching.claims import deliveries_key
-from dispatch.matching.offers import PostgresTransitions
+from dispatch.matching.keys import active_key, deliveries_key
 from dispatch.tracking.tracker import (
     GEOFENCE_ACTOR,
     TRACKING_TTL_S,
     Tracker,
     TrackingOutcome,
     remaining_etas,
-    tracking_key,
 )
+from dispatch.tracking.worker import tracker_factory
 from geo import EtaCalibration, bearing_deg, destination, distance_m, eta_seconds
-from streams.location_store import location_key, state_key
+from streams.keys import location_key, state_key, tracking_key
 from tests.integration.deliveries.test_store import DROPOFF, PICKUP, _tables, world  # noqa: F401 - the fixture
 from tests.integration.streams.test_streams import (  # noqa: F401 - the fixture gives back the topics it created
     _delete_created_topics,
@@ -359,7 +359,7 @@ async def worker_with_pings(platform, stream_settings, w, *bodies: dict) -> Asyn
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=2)
     await producer.start()
     try:
-        async with running_worker(settings, platform) as app:
+        async with running_worker(settings, platform, observer=tracker_factory(settings)) as app:
             for body in bodies:
                 await producer.send_and_wait(settings.locations_topic, raw(body),
                                              key=w.driver_id.encode())

@@ -111,7 +111,7 @@ def test_accept_encoding_is_read_with_its_weights() -> None:
 def test_the_page_is_light_enough_for_a_cheap_phone_on_2g() -> None:
     assert len(PAGE) < 16_000, len(PAGE)
     assert len(PAGE_GZIP) < 6_000, len(PAGE_GZIP)
-    # README, "Tracking page (issue 6)", states both sizes: they must be these.
+    # README, "Tracking page", states both sizes: they must be these.
     stated = f"**{len(PAGE):,} bytes raw, {len(PAGE_GZIP):,} bytes gzip-compressed**"
     assert stated in (REPO / "README.md").read_text(), f"README should say {stated}"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections import defaultdict
 from dataclasses import replace
@@ -12,6 +13,8 @@ import pytest
 from dispatch.matching.ranking import feasibility
 from loadtest.matching import (
     MatchingBench,
+    ModeOutcome,
+    Scenario,
     make_scenario,
     matching_figures,
     run_matching_bench,
@@ -19,6 +22,14 @@ from loadtest.matching import (
 )
 
 TINY = MatchingBench(minutes=5, drivers=50)
+
+
+@functools.cache
+def tiny_run(mode: str) -> tuple[Scenario, ModeOutcome]:
+    """TINY's scenario and one mode's run of it, simulated once for the tests that only read
+    them (a batch run is seconds of CPU); the determinism test runs its own."""
+    scenario = make_scenario(TINY)
+    return scenario, simulate(TINY, scenario, mode)  # type: ignore[arg-type]
 
 
 def test_same_seed_gives_the_same_figures() -> None:
@@ -33,8 +44,7 @@ def test_a_different_seed_gives_a_different_scenario() -> None:
 
 @pytest.mark.parametrize("mode", ["greedy", "batch"])
 def test_tiny_run_assigns_each_order_once_unless_no_driver_can_ever_reach_it(mode: str) -> None:
-    scenario = make_scenario(TINY)
-    out = simulate(TINY, scenario, mode)  # type: ignore[arg-type]
+    scenario, out = tiny_run(mode)
     n = len(scenario.orders)
     assert n > 100
     assigned = [i for i, _, _ in out.assignments]
@@ -69,8 +79,7 @@ def test_tiny_run_without_cold_orders_assigns_every_order_exactly_once(mode: str
 
 
 def test_batch_orders_wait_at_least_until_the_next_window() -> None:
-    scenario = make_scenario(TINY)
-    out = simulate(TINY, scenario, "batch")
+    scenario, out = tiny_run("batch")
     for i, _, t in out.assignments:
         assert t >= scenario.orders[i].arrival_s
         assert t % TINY.window_s == 0.0
