@@ -16,8 +16,8 @@ Two costs dominate a database test, and both are paid once instead of per test:
   (tests of the runner itself use ``fresh_settings`` and migrate empty databases).
 * ``DROP DATABASE`` waits for a checkpoint of the whole server. A test hands its databases to
   a dropping thread and goes on; drops in flight together share one checkpoint, so that
-  thread drops all that are waiting at once. The end of the session drops whatever is left
-  under its prefix and waits for it.
+  thread drops them in rounds. The end of the session drops whatever is left under its
+  prefix and waits for it.
 
 Nothing a test makes outlives the session: its databases; the broker topics named after its
 ``stream_settings`` (and the app id's own topics); and the Redis keys that name those
@@ -45,77 +45,19 @@ import pytest
 from schema.migrate import migrate
 from schema.settings import DSN, PostgresSettings
 
-# This run's databases start with RUN_PREFIX; a pytest-xdist worker's with RUN_PREFIX + its id
-# (set in pytest_configure), a single process's with RUN_PREFIX + "p".
-RUN_PREFIX = f"wkt{uuid.uuid4().hex[:6]}"
-SESSION_PREFIX = f"{RUN_PREFIX}p"
+SESSION_PREFIX = f"wkt{uuid.uuid4().hex[:6]}"  # per process: each pytest-xdist worker its own
 # Every forced checkpoint also syncs the files of every database still alive (about a
 # thousand per platform, more per tenant), so drops go out in rounds, not one test at a time:
 # a round waits for DROP_ROUND databases (five tests' worth) or DROP_ROUND_WAIT_S, and a
 # database dropped before any checkpoint saw it is never written out at all.
 DROP_ROUND = 15
 DROP_ROUND_WAIT_S = 15.0
+# A test waits in its teardown while more than this many databases wait to be dropped: on a
+# busy server the drops must not fall behind (disk, and what an interrupted run leaves).
+DROP_BACKLOG = 30
 # Drops in flight at once (each holds a connection while it waits for the checkpoint).
 DROP_CONCURRENCY = 6
 FINAL_DROP_CONCURRENCY = 12
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    global RUN_PREFIX, SESSION_PREFIX
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput and "wakala_test_run" in workerinput:
-        RUN_PREFIX = workerinput["wakala_test_run"]
-        SESSION_PREFIX = f"{RUN_PREFIX}{workerinput['workerid']}"
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_configure_node(node) -> None:  # noqa: ANN001 - xdist's WorkerController
-    """pytest-xdist, in the controller: every worker's databases carry this run's prefix."""
-    node.workerinput["wakala_test_run"] = RUN_PREFIX
-
-
-_DEFERRED_DROPS: list[str] = []
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node, error) -> None:  # noqa: ANN001
-    """pytest-xdist, in the controller: a worker that left its last drops to the controller."""
-    server = getattr(node, "workeroutput", {}).get("wakala_deferred_drops")
-    if server and server not in _DEFERRED_DROPS:
-        _DEFERRED_DROPS.append(server)
-
-
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """In the pytest-xdist controller, once every worker is done: drop what the workers left
-    (their last round), all at once. A worker does not wait for its own last round, since
-    while other workers still write, every checkpoint it waits for is a long one."""
-    if not _DEFERRED_DROPS:
-        return
-    failures: list[str] = []
-    for url in _DEFERRED_DROPS:
-        server = DSN.parse(url)
-
-        async def sweep(server: DSN = server) -> None:
-            conn = await asyncpg.connect(server.url(), timeout=10)
-            try:
-                names = await _names_under(conn, RUN_PREFIX)
-            finally:
-                await conn.close()
-            graveyard = DatabaseGraveyard(server)
-            graveyard.bury(names)
-            await asyncio.to_thread(graveyard.close)
-            failures.extend(graveyard.failures)
-
-        try:
-            asyncio.run(sweep())
-        except (OSError, asyncpg.PostgresError) as exc:
-            failures.append(f"{server.redacted()}: {exc}")
-    if failures:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line("test databases left on the server: " + "; ".join(failures),
-                                red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def docker_engine_answers() -> bool:
@@ -155,22 +97,35 @@ async def _names_under(admin: asyncpg.Connection, prefix: str) -> list[str]:
 class DatabaseGraveyard:
     """Drops test databases on a thread of its own, in rounds that share a checkpoint.
 
-    A test only hands its databases over (it does not wait for the checkpoint); the thread
-    collects a round (see DROP_ROUND) and drops it concurrently. ``close`` drops what is
-    still queued and waits for it.
+    A test hands its databases over and goes on (it waits only while DROP_BACKLOG are still
+    waiting); the thread collects a round (see DROP_ROUND) and drops it concurrently.
+    ``close`` drops what is still queued and waits for it.
     """
 
     def __init__(self, server: DSN) -> None:
         self.server = server
         self.queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.waiting = 0
+        self.dropped = threading.Condition()
         self.failures: list[str] = []
         self.thread = threading.Thread(target=self._run, name="test-database-graveyard",
                                        daemon=True)
         self.thread.start()
 
-    def bury(self, names: list[str]) -> None:
+    async def bury(self, names: list[str]) -> None:
+        self.enqueue(names)
+        await asyncio.to_thread(self._wait_for_backlog)
+
+    def enqueue(self, names: list[str]) -> None:
+        with self.dropped:
+            self.waiting += len(names)
         for name in names:
             self.queue.put(name)
+
+    def _wait_for_backlog(self) -> None:
+        with self.dropped:
+            while self.waiting > DROP_BACKLOG and self.thread.is_alive():
+                self.dropped.wait(timeout=1.0)
 
     def close(self) -> None:
         self.queue.put(None)
@@ -195,6 +150,9 @@ class DatabaseGraveyard:
                 # all of it at once, so the run does not end waiting checkpoint after checkpoint.
                 gate = FINAL_DROP_CONCURRENCY if done else DROP_CONCURRENCY
                 asyncio.run(self._drop(names, gate))
+            with self.dropped:
+                self.waiting -= len(names)
+                self.dropped.notify_all()
 
     async def _drop(self, names: list[str], concurrency: int) -> None:
         gate = asyncio.Semaphore(concurrency)
@@ -221,8 +179,7 @@ class DatabaseGraveyard:
 
 
 @pytest.fixture(scope="session")
-async def _session_cleanup(pg_base: DSN,
-                           request: pytest.FixtureRequest) -> AsyncIterator[DatabaseGraveyard]:
+async def _session_cleanup(pg_base: DSN) -> AsyncIterator[DatabaseGraveyard]:
     try:
         conn = await asyncpg.connect(pg_base.url(), timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
@@ -238,15 +195,8 @@ async def _session_cleanup(pg_base: DSN,
             leftovers = await _names_under(conn, f"{SESSION_PREFIX}_")
         finally:
             await conn.close()
-        graveyard.bury(leftovers)
-        workeroutput = getattr(request.config, "workeroutput", None)
-        if workeroutput is not None and pg_base == PostgresSettings.from_env().control.with_database(
-                "postgres"):
-            # A pytest-xdist worker on the shared server: the controller drops what is left
-            # once all workers are done (pytest_sessionfinish); a container dies with us.
-            workeroutput["wakala_deferred_drops"] = pg_base.url()
-        else:
-            await asyncio.to_thread(graveyard.close)
+        graveyard.enqueue(leftovers)
+        await asyncio.to_thread(graveyard.close)
     if graveyard.failures:
         pytest.fail("test databases left on the server: " + "; ".join(graveyard.failures))
 
@@ -312,7 +262,7 @@ class RedisLeftovers:
             return
         from redis.asyncio import Redis
 
-        client = Redis.from_url(redis_url)
+        client = Redis.from_url(redis_url, socket_timeout=30, socket_connect_timeout=10)
         try:
             doomed = [key async for key in client.scan_iter(count=1000)
                       if self.owns(key.decode(errors="replace"))]
@@ -347,7 +297,7 @@ async def fresh_settings(pg_base: DSN, _session_cleanup: DatabaseGraveyard,
         names = await _names_under(conn, prefix)
     finally:
         await conn.close()
-    _session_cleanup.bury(names)
+    await _session_cleanup.bury(names)
 
 
 def _settings_under(pg_base: DSN, prefix: str) -> PostgresSettings:
@@ -448,13 +398,14 @@ async def _test_topics(kafka_bootstrap: str) -> AsyncIterator[list[str]]:
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     try:
         await asyncio.wait_for(admin.start(), 10)
-        doomed = [t for t in await admin.list_topics() if any(s in t for s in suffixes)]
+        doomed = [t for t in await asyncio.wait_for(admin.list_topics(), 30)
+                  if any(s in t for s in suffixes)]
         if doomed:
-            await admin.delete_topics(doomed)
+            await asyncio.wait_for(admin.delete_topics(doomed), 60)
     except Exception:  # noqa: BLE001 - best effort: a leftover topic is not a test failure
         pass
     finally:
-        await admin.close()
+        await asyncio.wait_for(admin.close(), 10)
 
 
 @pytest.fixture

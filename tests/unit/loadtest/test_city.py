@@ -31,9 +31,11 @@ HOTSPOTS = city.CITIES["johannesburg-soweto"]["hotspots"]
 
 @pytest.fixture(scope="module")
 def timed_default() -> tuple[city.Scenario, float]:
-    started = time.perf_counter()
+    """The default city and the CPU seconds this process spent making it (CPU, not wall
+    time: the suite runs beside other workers and services on two cores)."""
+    started = time.process_time()
     scenario = city.generate(DEFAULT)
-    return scenario, time.perf_counter() - started
+    return scenario, time.process_time() - started
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +110,7 @@ def test_the_header_describes_the_scenario(scenario: city.Scenario) -> None:
                            "orders": len(scenario.orders)}
 
 
-def test_generating_the_default_city_takes_under_five_seconds(
+def test_generating_the_default_city_takes_under_five_cpu_seconds(
         timed_default: tuple[city.Scenario, float]) -> None:
     assert timed_default[1] < 5.0
 
