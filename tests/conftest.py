@@ -48,15 +48,15 @@ from schema.settings import DSN, PostgresSettings
 SESSION_PREFIX = f"wkt{uuid.uuid4().hex[:6]}"  # per process: each pytest-xdist worker its own
 # Every forced checkpoint also syncs the files of every database still alive (about a
 # thousand per platform, more per tenant), so drops go out in rounds, not one test at a time:
-# a round waits for DROP_ROUND databases (five tests' worth) or DROP_ROUND_WAIT_S, and a
-# database dropped before any checkpoint saw it is never written out at all.
-DROP_ROUND = 15
+# a round waits for DROP_ROUND databases (three tests' worth) or DROP_ROUND_WAIT_S, and drops
+# them all at once (each holds a connection while it waits for the checkpoint). A database
+# dropped before any checkpoint saw it is never written out at all.
+DROP_ROUND = 9
 DROP_ROUND_WAIT_S = 15.0
 # A test waits in its teardown while more than this many databases wait to be dropped: on a
 # busy server the drops must not fall behind (disk, and what an interrupted run leaves).
 DROP_BACKLOG = 30
-# Drops in flight at once (each holds a connection while it waits for the checkpoint).
-DROP_CONCURRENCY = 6
+# The last round, when this session's tests and their pools are done.
 FINAL_DROP_CONCURRENCY = 12
 
 
@@ -148,7 +148,7 @@ class DatabaseGraveyard:
             if names:
                 # The last round comes when this session's tests (and their pools) are done:
                 # all of it at once, so the run does not end waiting checkpoint after checkpoint.
-                gate = FINAL_DROP_CONCURRENCY if done else DROP_CONCURRENCY
+                gate = FINAL_DROP_CONCURRENCY if done else DROP_ROUND
                 asyncio.run(self._drop(names, gate))
             with self.dropped:
                 self.waiting -= len(names)
