@@ -29,6 +29,7 @@ from dispatch.core.errors import (
     EXPIRED_TOKEN,
     MISSING_FIELD,
     NO_DISPATCHER,
+    OFFER_NOT_HELD,
     OFFER_WITHDRAWN,
     RATE_LIMITED,
     WRONG_DRIVER,
@@ -40,7 +41,7 @@ from dispatch.deliveries.reports import DriverUpdateRefused, parse_driver_update
 from dispatch.gateway.pings import BOUNDS, Ping, validate_batch, validate_ping
 from dispatch.identity.auth import AuthDriver, DriverAuthenticator, TokenRejected
 from dispatch.matching.dispatcher import Dispatcher
-from dispatch.matching.offers import OFFER_NOT_HELD, OfferEngine, OfferNotHeld
+from dispatch.matching.offers import OfferEngine, OfferNotHeld
 from dispatch.matching.terms import InvalidOfferReply, parse_offer_reply
 from dispatch.web.http import (
     SUBPROTOCOL_PREFIX,
@@ -54,8 +55,16 @@ from dispatch.web.ratelimit import SlidingWindowLimiter
 from streams.producer import PingProducer, encode_pings
 from streams.settings import StreamSettings
 
-__all__ = ["CLOSE_AUTH_TIMEOUT", "CLOSE_UNAUTHORISED", "DRIVER_STREAM_PATH", "SUBPROTOCOL_PREFIX", "DriverStreamRoute",
-           "Ingest", "close_revoked", "delivery_update", "router"]
+__all__ = [
+    "CLOSE_AUTH_TIMEOUT",
+    "CLOSE_UNAUTHORISED",
+    "DRIVER_STREAM_PATH",
+    "DriverStreamRoute",
+    "Ingest",
+    "close_revoked",
+    "delivery_update",
+    "router",
+]
 
 CLOSE_UNAUTHORISED = 4401   # token unknown, revoked or expired
 CLOSE_AUTH_TIMEOUT = 4408   # no token presented in time

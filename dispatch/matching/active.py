@@ -29,8 +29,18 @@ from redis.asyncio import Redis
 from dispatch.matching.keys import ACTIVE_PREFIX, active_key, deliveries_key
 from streams.replies import as_text
 
-__all__ = ["ACTIVE_PREFIX", "ACTIVE_TTL_S", "TRACKED_STATUSES", "ActiveDelivery", "active_key", "delete",
-           "for_drivers", "mark_once", "read", "set_status", "unmark", "write"]
+__all__ = [
+    "ACTIVE_TTL_S",
+    "TRACKED_STATUSES",
+    "ActiveDelivery",
+    "delete",
+    "for_drivers",
+    "mark_once",
+    "read",
+    "set_status",
+    "unmark",
+    "write",
+]
 
 ACTIVE_TTL_S = 86_400
 TRACKED_STATUSES = frozenset({"assigned", "at_pickup", "picked_up"})

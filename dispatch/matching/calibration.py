@@ -20,7 +20,7 @@ from dispatch.matching.keys import CALIBRATION_KEY
 from geo.eta import EtaCalibration
 from streams.replies import as_text
 
-__all__ = ["CALIBRATION_KEY", "CalibrationStore"]
+__all__ = ["CalibrationStore"]
 
 
 log = logging.getLogger(__name__)

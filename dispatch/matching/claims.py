@@ -56,14 +56,7 @@ from streams.keys import location_key, state_key
 from streams.location_store import SET_STATUS_LUA
 from streams.replies import as_text
 
-__all__ = [
-    "DriverClaims",
-    "InvalidClaimSettings",
-    "deliveries_key",
-    "delivery_driver_key",
-    "delivery_offer_key",
-    "offer_key",
-]
+__all__ = ["DriverClaims", "InvalidClaimSettings"]
 
 
 class InvalidClaimSettings(WakalaError, ValueError):

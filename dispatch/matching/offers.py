@@ -48,7 +48,7 @@ from redis.asyncio import Redis
 from dispatch.core.errors import OFFER_NOT_HELD
 from dispatch.deliveries.state import DeliveryEvent, IllegalTransition
 from dispatch.deliveries.store import UnknownDelivery, UnknownDriver
-from dispatch.deliveries.transitions import DeliveryTransitions, PostgresTransitions
+from dispatch.deliveries.transitions import DeliveryTransitions
 from dispatch.matching.claims import DriverClaims
 from dispatch.matching.keys import (
     UNASSIGNED_TENANTS_KEY,
@@ -62,14 +62,11 @@ from dispatch.matching.keys import (
 from dispatch.matching.ranking import Job
 from dispatch.matching.terms import (
     InvalidOffer,
-    InvalidOfferReply,
     Offer,
     OfferCandidate,
-    OfferReply,
     RoundOutcome,
     eta_s,
     offer_id,
-    parse_offer_reply,
 )
 from schema.errors import WakalaError
 from streams.replies import as_text
@@ -77,25 +74,11 @@ from streams.replies import as_text
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_OFFER_TIMEOUT_S",
-    "DeliveryTransitions",
-    "InvalidOffer",
-    "InvalidOfferReply",
     "Notifier",
-    "Offer",
-    "OfferCandidate",
     "OfferEngine",
     "OfferNotHeld",
-    "OfferReply",
-    "PostgresTransitions",
     "RoundInProgress",
-    "RoundOutcome",
-    "UNASSIGNED_TENANTS_KEY",
     "WebsocketNotifier",
-    "deadlines_key",
-    "parse_offer_reply",
-    "round_key",
-    "tried_key",
-    "unassigned_key",
 ]
 
 log = logging.getLogger(__name__)

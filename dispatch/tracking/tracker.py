@@ -77,8 +77,7 @@ from schema.db import TenantDatabase
 from streams.keys import tracking_key
 from streams.records import DriverPing
 
-__all__ = ["ARRIVED_DROPOFF_EVENT", "GEOFENCE_ACTOR", "TRACKING_TTL_S", "Tracker",
-           "TrackingOutcome", "remaining_etas", "tracking_key"]
+__all__ = ["GEOFENCE_ACTOR", "TRACKING_TTL_S", "Tracker", "TrackingOutcome", "remaining_etas"]
 
 log = logging.getLogger(__name__)
 
