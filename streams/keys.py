@@ -13,6 +13,7 @@ offers and claims, ``dispatch/core/cache.py`` for the read cache,
 | ``drivers:available:{tenant}:{h3 cell}`` | set | worker, status changes | nearest-driver search |
 | ``delivery:tracking:{delivery}`` | JSON, TTL 60 s; also a pub/sub channel | worker (tracker) | hub, snapshot |
 | ``metrics:ingest:counts`` | hash | worker | benches, reports |
+| ``driver:notices`` | pub/sub channel | worker (pings it refused after the gateway's ack) | gateway (error frames) |
 | ``metrics:ingest:latency_ms`` | list | worker (sampling on) | benches |
 """
 
@@ -21,6 +22,10 @@ from __future__ import annotations
 INGEST_COUNTS_KEY = "metrics:ingest:counts"
 INGEST_LATENCY_KEY = "metrics:ingest:latency_ms"
 TRACKING_PREFIX = "delivery:tracking:"
+# One channel for every driver: the worker publishes a JSON notice per ping it refused after the
+# gateway acknowledged it ({"tenant_id", "driver_id", "reason", "message", "recorded_at"}); each
+# gateway process forwards it to the driver's socket if it holds one.
+DRIVER_NOTICES_CHANNEL = "driver:notices"
 
 
 def location_key(driver_id: str) -> str:

@@ -35,6 +35,8 @@ TOO_MANY = "too_many"                     # a list over its item limit
 EMPTY = "empty"                           # text or a list that must have something in it
 BAD_FORMAT = "bad_format"                 # text of the wrong shape (a slug, a URL, a SKU)
 INVALID_REQUEST = "invalid_request"
+INVALID_TEXT = "invalid_text"             # text that is not valid Unicode (a lone surrogate) or holds a NUL
+URI_TOO_LONG = "uri_too_long"             # a request target or header over its limit
 # Who is asking.
 UNKNOWN_TOKEN = "unknown_token"
 REVOKED_TOKEN = "revoked_token"
@@ -62,6 +64,9 @@ NO_DISPATCHER = "no_dispatcher"           # this engine process does not dispatc
 NOT_READY = "not_ready"                   # no tracking link before the order is ready
 TRACKING_ENDED = "tracking_ended"         # the link's grace after delivery is over
 TOO_SLOW = "too_slow"                     # a socket that does not keep up is closed
+IMPLAUSIBLE_JUMP = "implausible_jump"     # a fix too far from the last one to be driven: not stored
+# The engine itself.
+UNAVAILABLE = "unavailable"               # a service the engine needs is down: retry later (503)
 
 # Commerce: orders, stock, promotions, payments.
 CLIENT_PRICE = "client_price"
@@ -83,6 +88,7 @@ OUT_OF_STOCK = "out_of_stock"
 INVALID_RETURN_LINE = "invalid_return_line"
 AMOUNT_MISMATCH = "amount_mismatch"
 IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+TOO_MANY_PENDING = "too_many_pending"     # a customer holds too many unpaid orders' stock
 
 
 class Refusal(WakalaError, ValueError):

@@ -40,6 +40,13 @@ class EdgeSettings:
     max_batch_pings: int = 500
     auth_timeout_s: int = 10             # websocket: time to present a token
     token_cache_s: int = 60
+    token_cache_max: int = 100_000       # verified or refused tokens kept per process (LRU beyond)
+    auth_failure_limit: int = 50         # refused tokens per client address per window, then 429 unasked
+    auth_failure_window_s: int = 60
+    max_url_bytes: int = 4096            # request target (path and query): 414 beyond
+    operator_token: str = ""             # bearer for /metrics on the public port ("" = not served there)
+    metrics_port: int = 0                # operator port on 127.0.0.1 for /metrics (0 = none)
+    api_docs: bool = False               # /docs and /openapi.json on the public port
     ws_compression: bool = False         # permessage-deflate: see README ("Websocket compression")
     ws_ping_interval_s: int = 20         # server keepalive pings find dead connections
 
@@ -56,6 +63,13 @@ class EdgeSettings:
             max_batch_pings=_int(env, "WAKALA_MAX_BATCH_PINGS", d.max_batch_pings, 1, 100_000),
             auth_timeout_s=_int(env, "WAKALA_WS_AUTH_TIMEOUT_S", d.auth_timeout_s, 1, 300),
             token_cache_s=_int(env, "WAKALA_TOKEN_CACHE_S", d.token_cache_s, 0, 3600),
+            token_cache_max=_int(env, "WAKALA_TOKEN_CACHE_MAX", d.token_cache_max, 100, 10_000_000),
+            auth_failure_limit=_int(env, "WAKALA_AUTH_FAILURE_LIMIT", d.auth_failure_limit, 1, 1_000_000),
+            auth_failure_window_s=_int(env, "WAKALA_AUTH_FAILURE_WINDOW_S", d.auth_failure_window_s, 1, 3600),
+            max_url_bytes=_int(env, "WAKALA_MAX_URL_BYTES", d.max_url_bytes, 256, 65_536),
+            operator_token=env.get("WAKALA_OPERATOR_TOKEN", ""),
+            metrics_port=_int(env, "WAKALA_METRICS_PORT", d.metrics_port, 0, 65535),
+            api_docs=_flag(env, "WAKALA_API_DOCS", False),
             ws_compression=_flag(env, "WAKALA_WS_COMPRESSION", False),
             ws_ping_interval_s=_int(env, "WAKALA_WS_PING_INTERVAL_S", d.ws_ping_interval_s, 1, 3600),
         )
@@ -74,6 +88,10 @@ class MatchingSettings:
     # Replays only (`wakala loadtest replay --speed 10x`): simulated seconds per wall second. A
     # leg's wall-clock duration times this is what the ETA calibration learns; 1 in production.
     sim_time_scale: float = 1.0
+    driver_action_limit: int = 30        # shift changes, delivery events, offer replies per driver per window
+    driver_action_window_s: int = 60
+    offer_send_timeout_s: int = 5        # one frame to a driver's socket: dropped (not sent) beyond
+    driver_send_queue_max: int = 64      # frames waiting for one driver socket
 
     @staticmethod
     def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -86,6 +104,10 @@ class MatchingSettings:
             batch_window_ms=_int(env, "WAKALA_BATCH_WINDOW_MS", d.batch_window_ms, 50, 60_000),
             retry_interval_s=_int(env, "WAKALA_RETRY_INTERVAL_S", d.retry_interval_s, 1, 3600),
             sim_time_scale=_num(env, "WAKALA_SIM_TIME_SCALE", d.sim_time_scale, 0.01, 1000),
+            driver_action_limit=_int(env, "WAKALA_DRIVER_ACTION_LIMIT", d.driver_action_limit, 1, 1_000_000),
+            driver_action_window_s=_int(env, "WAKALA_DRIVER_ACTION_WINDOW_S", d.driver_action_window_s, 1, 3600),
+            offer_send_timeout_s=_int(env, "WAKALA_OFFER_SEND_TIMEOUT_S", d.offer_send_timeout_s, 1, 300),
+            driver_send_queue_max=_int(env, "WAKALA_DRIVER_SEND_QUEUE_MAX", d.driver_send_queue_max, 1, 10_000),
         )
 
 
@@ -96,6 +118,7 @@ class ApiSettings:
     api_rate_limit: int = 120            # REST requests per caller per window
     api_rate_window_s: int = 60
     payment_webhook_secret: str = ""     # HMAC key of the payment gateway's callbacks ("" = refuse them)
+    payment_signature_tolerance_s: int = 300   # a signed callback's timestamp may be this old (or ahead)
 
     @staticmethod
     def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -104,6 +127,8 @@ class ApiSettings:
             api_rate_limit=_int(env, "WAKALA_API_RATE_LIMIT", d.api_rate_limit, 1, 1_000_000),
             api_rate_window_s=_int(env, "WAKALA_API_RATE_WINDOW_S", d.api_rate_window_s, 1, 3600),
             payment_webhook_secret=env.get("WAKALA_PAYMENT_WEBHOOK_SECRET", ""),
+            payment_signature_tolerance_s=_int(env, "WAKALA_PAYMENT_SIGNATURE_TOLERANCE_S",
+                                               d.payment_signature_tolerance_s, 10, 86_400),
         )
 
 
@@ -113,6 +138,7 @@ class CommerceSettings:
 
     reservation_sweep_s: int = 30        # how often expired stock reservations are released
     view_refresh_s: int = 900            # materialized views refreshed and popular products warmed
+    max_pending_orders: int = 5          # unpaid orders holding stock per customer per vendor (409 beyond)
 
     @staticmethod
     def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -120,6 +146,7 @@ class CommerceSettings:
         return dict(
             reservation_sweep_s=_int(env, "WAKALA_RESERVATION_SWEEP_S", d.reservation_sweep_s, 1, 3600),
             view_refresh_s=_int(env, "WAKALA_VIEW_REFRESH_S", d.view_refresh_s, 10, 86_400),
+            max_pending_orders=_int(env, "WAKALA_MAX_PENDING_ORDERS", d.max_pending_orders, 1, 10_000),
         )
 
 
