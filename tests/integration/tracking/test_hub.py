@@ -68,8 +68,9 @@ TOKEN_SHAPE = re.compile(r"^wkt_[0-9a-f]{32}_[A-Za-z0-9_-]{43}$")
 
 @pytest.fixture
 def settings(stream_settings):
-    """Stream settings whose order-events topic is this test's own too."""
-    return replace(stream_settings, order_events_topic=f"order-events-{uuid.uuid4().hex[:10]}")
+    """Stream settings whose topics (order events included) are this test's own and are
+    deleted with the session's other test topics."""
+    return stream_settings
 
 
 class Socket:

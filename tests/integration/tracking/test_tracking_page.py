@@ -28,7 +28,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, WebSocket
 
 from dispatch.tracking.pages.tracking import PAGE, PAGE_GZIP, accepts_gzip, router
-from tests.integration.engine_helpers import free_port, serving
+from tests.integration.engine_helpers import bound_socket, serving
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -187,11 +187,12 @@ async def serving_page_and_fake_hub() -> AsyncIterator[tuple[str, FakeHub]]:
     hub = FakeHub()
     app = bare_app()
     app.add_api_websocket_route("/v1/track/{token}", hub.endpoint)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio",
-                                           loop="asyncio", lifespan="off", log_level="warning"))
-    async with serving(server):
-        yield f"127.0.0.1:{port}", hub
+    with bound_socket() as sock:
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio",
+                                               loop="asyncio", lifespan="off", log_level="warning"))
+        async with serving(server, sockets=[sock]):
+            yield f"127.0.0.1:{port}", hub
 
 
 def now() -> str:
