@@ -13,7 +13,11 @@ Flow per batch (up to ``batch_size`` events, or whatever arrived within ``batch_
    engine: ``create_app(..., observer=None)`` lands pings and nothing more;
 4. only then are the batch's events acknowledged, so faust commits their offsets only after
    Redis has the data;
-5. accepted positions are remembered for the throttled Postgres writer, a timer that writes
+5. the batch's last offset per partition (+1) goes to ``metrics:ingest:offsets:{app_id}:{topic}``
+   (``streams.keys.ingest_offsets_key``), so that lag samplers read the real lag, end offset
+   minus what has landed, instead of the committed offsets, which trail by faust's commit
+   interval and turn the figure into a sawtooth; one pipelined HSET + EXPIRE per batch;
+6. accepted positions are remembered for the throttled Postgres writer, a timer that writes
    ``drivers.current_location`` at most once per ``pg_write_interval_s`` per driver, one
    ``UPDATE ... FROM unnest(...)`` per tenant. A Postgres failure is logged and counted and the
    positions are retried an interval later; Redis ingestion never waits for Postgres.
@@ -35,7 +39,9 @@ Acknowledgement and failures (at-least-once, nothing acknowledged is lost):
 Broker specifics: the app creates its topics (``locations_partitions`` each) before the consumer
 subscribes, keeps the producer's idempotence off (the bundled tansu refuses InitProducerId;
 at-least-once plus idempotent writes is what we rely on anyway), shortens the consumer-group
-session (DEFAULT_SESSION_TIMEOUT_S) and the fetch wait (FETCH_MAX_WAIT_MS).
+session (DEFAULT_SESSION_TIMEOUT_S) and the fetch wait (FETCH_MAX_WAIT_MS). A broker that
+comes back empty is handled by ``streams.consumer``: commits are bounded, missing topics are
+recreated, and a worker that still cannot commit exits with status 1 to be restarted.
 
 Throughput: faust's per-event path (fetcher, conductor, channel queue, stream iterator, acks)
 costs ~50-60 µs a message on this class of machine, which caps one worker at ~16k msg/s with
@@ -43,7 +49,8 @@ the default event loop and ~20k with uvloop even when the agent does nothing; wi
 the Redis script it lands ~12-15k pings/s per worker process. Scale by partitions and worker
 processes (the write path itself, LocationStore.write_batch, does ~90k pings/s).
 
-Counters: ``app.ingest_stats`` (a Counter: accepted, out_of_order, implausible_jump,
+Counters: ``app.ingest_stats`` (a Counter: accepted, relocated (a subset of accepted: see
+``location_store``), out_of_order, implausible_jump,
 dead_letter, pg_written, pg_failed, batches, redis_retries, arrived_pickup, arrived_dropoff,
 etas_written, tracking_errors), logged every STATS_LOG_INTERVAL_S; all but the tracking ones
 are mirrored in Redis ``metrics:ingest:counts``. With
@@ -64,16 +71,16 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import aiokafka
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT, StreamT, TopicT
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 
 from schema.db import TenantDatabase
 from schema.settings import PostgresSettings
+from streams.consumer import WATCH_INTERVAL_S, BrokerWatch, IngestApp
 from streams.decode import UndecodablePing, decode_pings
+from streams.keys import INGEST_OFFSETS_TTL_S, ingest_offsets_key
 from streams.location_store import BatchOutcome, LocationStore
 from streams.pg_writer import PgLocationWriter
 from streams.records import DeadLetter, DriverPing
@@ -93,9 +100,6 @@ SESSION_TIMEOUT_ENV = "WAKALA_KAFKA_SESSION_TIMEOUT_S"
 # vanish from the index after location_ttl_s of silence, so keep it well below that (faust's
 # default is 60 s). The bundled tansu also holds every group join for half of it.
 DEFAULT_SESSION_TIMEOUT_S = 10.0
-# faust hard-codes fetch_max_wait_ms=1500. Kafka answers a fetch as soon as data arrive, but
-# the bundled tansu holds every fetch for the full wait, which put up to 1.5 s on every ping.
-FETCH_MAX_WAIT_MS = 50
 
 
 
@@ -123,8 +127,11 @@ class PipelineClosed(RuntimeError):
 
 def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError
-                  | redis_errors.TryAgainError | OSError):
-        return True  # BusyLoadingError is a ConnectionError
+                  | redis_errors.TryAgainError | redis_errors.NoScriptError | OSError):
+        # BusyLoadingError is a ConnectionError. NOSCRIPT: Redis lost its script cache (a
+        # restart or SCRIPT FLUSH between the pipeline's SCRIPT EXISTS check and its EVALSHA);
+        # the retry's pipeline loads the script again.
+        return True
     return isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("OOM", "MASTERDOWN"))
 
 
@@ -141,6 +148,7 @@ class IngestPipeline:
         self.latency_samples = latency_samples
         self.observer_factory = observer
         self.stats: Counter[str] = Counter()
+        self.progress_key = ingest_offsets_key(settings.app_id, settings.locations_topic)
         self.redis: Redis | None = None
         self.store: LocationStore | None = None
         self.db: TenantDatabase | None = None
@@ -203,6 +211,8 @@ class IngestPipeline:
             if pings:
                 outcome = await self._write(store, pings)
                 self.stats.update(outcome.counts)
+                if outcome.relocated:
+                    self.stats["relocated"] += outcome.relocated
                 if self.pg_writer is not None:
                     self.pg_writer.note(outcome.accepted_pings)
                 await self._track(outcome.accepted_pings)
@@ -210,7 +220,24 @@ class IngestPipeline:
                     now_ms = outcome.redis_now_ms
                     with _suppress_all("recording latency samples"):
                         await store.record_latencies([now_ms - p.received_at * 1000 for p in pings])
+            with _suppress_all("recording the landed offsets"):
+                await self._note_progress(events)
             self.stats["batches"] += 1
+
+    async def _note_progress(self, events: Sequence[EventT]) -> None:
+        """partition -> next offset to land, for the real lag (see ``ingest_offsets_key``):
+        one pipelined HSET + EXPIRE per batch."""
+        landed: dict[int, int] = {}
+        for event in events:
+            message = event.message
+            if message.offset >= landed.get(message.partition, -1):
+                landed[message.partition] = message.offset + 1
+        if not landed or self.redis is None:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(self.progress_key, mapping=landed)
+        pipe.expire(self.progress_key, INGEST_OFFSETS_TTL_S)
+        await pipe.execute()
 
     async def _track(self, pings: list[DriverPing]) -> None:
         """The observer's work on the landed pings (the engine's geofence arrivals and ETAs). Best effort: the
@@ -309,40 +336,6 @@ class _suppress_all:
         return False
 
 
-class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
-        consumer = super()._create_worker_consumer(transport)
-        if not hasattr(consumer, "_fetch_max_wait_ms"):   # an aiokafka upgrade renamed it
-            raise RuntimeError("cannot set fetch_max_wait_ms on this aiokafka version")
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
-        return consumer
-
-
-class _Consumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _Transport(faust_aiokafka.Transport):
-    Consumer = _Consumer
-
-
-class IngestApp(faust.App):
-    """faust.App that creates its topics first and whose consumer waits FETCH_MAX_WAIT_MS at most."""
-
-    declare_on_start: Sequence[TopicT] = ()
-
-    def _new_transport(self) -> Any:
-        return _Transport(self.conf.broker_consumer, self)
-
-    async def on_start(self) -> None:
-        await super().on_start()
-        # Before the consumer subscribes: otherwise the broker auto-creates the locations
-        # topic with its default partition count instead of locations_partitions.
-        for topic in self.declare_on_start:
-            await topic.maybe_declare()
-
-
 def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
@@ -392,6 +385,9 @@ def create_app(settings: StreamSettings, pg: PostgresSettings | None = None, *,
         partitions=settings.locations_partitions,
     )
     app.declare_on_start = (locations, dead_letters)
+    app.broker_watch = BrokerWatch()
+    watched_topics = {settings.locations_topic: settings.locations_partitions,
+                      settings.dead_letters_topic: settings.locations_partitions}
     pipeline = IngestPipeline(app, settings, pg, dead_letters, latency_samples=latency_samples,
                               observer=observer)
     app.ingest = pipeline                 # type: ignore[attr-defined]
@@ -439,6 +435,13 @@ def create_app(settings: StreamSettings, pg: PostgresSettings | None = None, *,
             log.exception("Postgres location flush failed")
         pipeline.log_stats()
 
+    @app.timer(WATCH_INTERVAL_S)
+    async def watch_broker() -> None:
+        try:
+            await app.watch_broker(settings.kafka_bootstrap, watched_topics, settings.locations_topic)
+        except Exception:  # noqa: BLE001 - never let the timer die
+            log.exception("the broker watch failed")
+
     @app.on_before_shutdown.connect
     async def close_pipeline(sender: Any, **kwargs: Any) -> None:
         await pipeline.close()
@@ -465,7 +468,14 @@ def run_worker(settings: StreamSettings | None = None, pg: PostgresSettings | No
     settings = settings or StreamSettings.from_env()
     app = create_app(settings, pg, web_port=web_port, observer=observer)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        # A crashed app (a failing batch, a broker the worker cannot commit to) stops the
+        # worker with status 0; a supervisor must see a failure and restart it.
+        if not exit_.code and app._crashed.is_set():
+            raise SystemExit(1) from None
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,6 +15,7 @@ offers and claims, ``dispatch/core/cache.py`` for the read cache,
 | ``metrics:ingest:counts`` | hash | worker | benches, reports |
 | ``driver:notices`` | pub/sub channel | worker (pings it refused after the gateway's ack) | gateway (error frames) |
 | ``metrics:ingest:latency_ms`` | list | worker (sampling on) | benches |
+| ``metrics:ingest:offsets:{group}:{topic}`` | hash, TTL | worker (per batch landed) | lag samplers |
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ TRACKING_PREFIX = "delivery:tracking:"
 # gateway acknowledged it ({"tenant_id", "driver_id", "reason", "message", "recorded_at"}); each
 # gateway process forwards it to the driver's socket if it holds one.
 DRIVER_NOTICES_CHANNEL = "driver:notices"
+INGEST_OFFSETS_TTL_S = 120
+
+
+def ingest_offsets_key(group: str, topic: str) -> str:
+    """partition -> the next offset the worker group has yet to land (the last landed + 1).
+
+    Its lag is the end offset minus this; committed offsets trail it by faust's commit interval
+    (a sawtooth). Expires INGEST_OFFSETS_TTL_S after the last batch: absent means idle or gone.
+    """
+    return f"metrics:ingest:offsets:{group}:{topic}"
 
 
 def location_key(driver_id: str) -> str:

@@ -12,7 +12,8 @@ Keys
     ``ts`` (device fix time, epoch seconds), ``seen_ms`` (server time of the write, from
     Redis ``TIME``), ``tenant``, ``vehicle``, ``status`` (copied from the state hash),
     ``cell`` (H3 cell at the configured resolution), ``battery`` (percent, only when the
-    last ping had one). A silent driver's key expires: no key, no live position.
+    last ping had one); ``cand_*`` while refused jumps are pending (see "Jumps" below).
+    A silent driver's key expires: no key, no live position.
 
 ``driver:state:{driver_id}`` HASH, no TTL (status must survive a silent driver)
     ``status`` (``offline`` | ``available`` | ``busy``), ``tenant``, ``vehicle``,
@@ -41,9 +42,34 @@ argument, decoded with ``cjson`` in the script), all in one pipeline. For each p
 compares with the STORED position atomically: a ping whose device ``ts`` is not newer than the
 stored one is ``out_of_order`` (so replaying a ping changes nothing: at-least-once delivery is
 safe); a ping implying a speed above max_speed_kmh from the stored position and ts is an
-``implausible_jump`` and the stored position stays (the stored key still expires on time, so
-a wrong fix heals itself within one TTL). Accepted pings are written with ``HSET`` +
-``PEXPIRE`` and the index is maintained according to ``driver:state``.
+``implausible_jump`` and the stored position stays (see below). Accepted pings are written
+with ``HSET`` + ``PEXPIRE`` and the index is maintained according to ``driver:state``.
+
+Jumps and a wrong stored fix
+----------------------------
+
+A jump is either a wild outlier (one bad fix) or the truth after a wrong stored fix (a first
+fix in another city, say). The two look the same for one ping and differ over a few: the truth
+keeps agreeing with itself. So a refused fix is remembered in the location hash as the jump
+*candidate* (``cand_ts``, ``cand_lat``, ``cand_lng``, ``cand_n``); the next jump that is
+plausible from the candidate (same speed rule, newer ts) counts one more, any other jump
+starts a new candidate. The jump that brings the count to ``jump_confirm_fixes``
+(JUMP_CONFIRM_FIXES, 3: e.g. ~10 s of 4-second pings, well inside the 30 s TTL) replaces the
+stored position: outcome ``relocated``, landed and counted as accepted (and ``relocated``),
+so the index, the tracker and the Postgres writer all get the new position. A single
+outlier, or outliers that do not agree with one another, never move the driver; an accepted
+ping clears the candidate. The price: a device repeating the same wrong fix three times moves
+the driver there, and the truth then needs three fixes of its own; the fixes before the
+confirming one were refused (and reported) although they turn out right. The cost on the accepted path is four more fields in the ``HMGET``
+the script already does (and one ``HDEL`` after a candidate). ``LocationStore.get`` hides the
+candidate fields.
+
+Every refused jump is also published, from inside the script (same round trip, nothing for an
+accepted ping), on ``DRIVER_NOTICES_CHANNEL``: ``{"tenant_id", "driver_id", "reason":
+"implausible_jump", "message", "recorded_at"}`` with ``recorded_at`` the ping's own ``ts`` as
+the gateway received it, so the gateway can tell the driver which acknowledged ping was
+dropped and why. The JSON is built by concatenation: ids are canonical UUIDs (``decode``),
+``recorded_at`` is the number ``repr`` wrote, and the message has no quotes.
 
 Status changes (``start_shift``, ``end_shift``, ``set_status``) are one small script each
 call, so a ping and a status change never interleave.
@@ -70,6 +96,7 @@ from redis.asyncio import Redis
 from geo import cell_of, disk
 from schema.ids import canonical_uuid
 from streams.keys import (
+    DRIVER_NOTICES_CHANNEL,
     INGEST_COUNTS_KEY,
     INGEST_LATENCY_KEY,
     location_key,
@@ -82,7 +109,11 @@ from streams.settings import StreamSettings
 STATUSES = ("offline", "available", "busy")
 WRITE_CHUNK = 500                  # pings per script call: ~5 ms of Redis time, then others run
 LATENCY_SAMPLES_MAX = 200_000
-OUTCOMES = {"a": "accepted", "o": "out_of_order", "j": "implausible_jump"}
+OUTCOMES = {"a": "accepted", "r": "relocated", "o": "out_of_order", "j": "implausible_jump"}
+# A jump becomes the stored position when this many consecutive refused fixes (itself included)
+# agree with each other (see "Jumps and a wrong stored fix" in the module doc).
+JUMP_CONFIRM_FIXES = 3
+_CANDIDATE_FIELDS = frozenset({"cand_ts", "cand_lat", "cand_lng", "cand_n"})
 
 
 class UnknownDriverState(LookupError):
@@ -97,21 +128,34 @@ class InvalidStatus(ValueError):
 WRITE_SCRIPT = """
 local ttl_ms = tonumber(ARGV[1])
 local max_mps = tonumber(ARGV[2])
+local confirm = tonumber(ARGV[4])
+local channel = ARGV[5]
 local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local seen = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
-local sin, cos, asin, sqrt, min = math.sin, math.cos, math.asin, math.sqrt, math.min
+local sin, cos, asin, sqrt, min, fmt = math.sin, math.cos, math.asin, math.sqrt, math.min, string.format
 local rad = math.pi / 180
+local function metres_between(alat, alng, blat, blng)
+  local s1 = sin((blat - alat) * rad / 2)
+  local s2 = sin((blng - alng) * rad / 2)
+  local h = s1 * s1 + cos(alat * rad) * cos(blat * rad) * s2 * s2
+  return 12742017.6 * asin(sqrt(min(1, h)))
+end
+local function span(x, unit, big, bigunit)
+  if x >= big then return fmt('%.0f %s', x / big, bigunit) end
+  if x >= 10 then return fmt('%.0f %s', x, unit) end
+  return fmt('%.1f %s', x, unit)
+end
 local A = cjson.decode(ARGV[3])
 local out = {}
-local accepted, ooo, jumps = 0, 0, 0
+local accepted, ooo, jumps, relocated = 0, 0, 0, 0
 for i = 1, #A, 11 do
   local id, tenant = A[i], A[i + 1]
   local lat, lng = tonumber(A[i + 2]), tonumber(A[i + 3])
   local ts = tonumber(A[i + 7])
   local cell, battery = A[i + 9], A[i + 10]
   local lkey = 'driver:location:' .. id
-  local prev = redis.call('HMGET', lkey, 'ts', 'lat', 'lng', 'tenant', 'cell', 'battery')
+  local prev = redis.call('HMGET', lkey, 'ts', 'lat', 'lng', 'tenant', 'cell', 'battery',
+    'cand_ts', 'cand_lat', 'cand_lng', 'cand_n')
   local outcome = 'a'
   local prev_ts = tonumber(prev[1])
   if prev_ts then
@@ -120,16 +164,38 @@ for i = 1, #A, 11 do
     else
       local plat, plng = tonumber(prev[2]), tonumber(prev[3])
       if plat and plng then
-        local s1 = sin((lat - plat) * rad / 2)
-        local s2 = sin((lng - plng) * rad / 2)
-        local h = s1 * s1 + cos(plat * rad) * cos(lat * rad) * s2 * s2
-        local metres = 12742017.6 * asin(sqrt(min(1, h)))
-        if metres > max_mps * (ts - prev_ts) then outcome = 'j' end
+        local metres = metres_between(plat, plng, lat, lng)
+        if metres > max_mps * (ts - prev_ts) then
+          -- a jump: does it agree with the fixes refused just before it?
+          local cts = tonumber(prev[7])
+          local n = 1
+          if cts and ts > cts then
+            local clat, clng = tonumber(prev[8]), tonumber(prev[9])
+            if metres_between(clat, clng, lat, lng) <= max_mps * (ts - cts) then
+              n = tonumber(prev[10]) + 1
+            end
+          end
+          if n >= confirm then
+            outcome = 'r'
+          else
+            outcome = 'j'
+            if not cts or ts > cts then
+              redis.call('HSET', lkey, 'cand_ts', A[i + 7], 'cand_lat', A[i + 2],
+                'cand_lng', A[i + 3], 'cand_n', n)
+            end
+            redis.call('PUBLISH', channel, '{"tenant_id":"' .. tenant .. '","driver_id":"' .. id
+              .. '","reason":"implausible_jump","message":"position refused: '
+              .. span(metres, 'm', 1000, 'km') .. ' from the last fix, '
+              .. span(ts - prev_ts, 's', 3600, 'h') .. ' earlier (faster than '
+              .. fmt('%.0f', max_mps * 3.6) .. ' km/h)","recorded_at":' .. A[i + 7] .. '}')
+          end
+        end
       end
     end
   end
-  if outcome == 'a' then
+  if outcome == 'a' or outcome == 'r' then
     accepted = accepted + 1
+    if outcome == 'r' then relocated = relocated + 1 end
     local st = redis.call('HMGET', 'driver:state:' .. id, 'status', 'tenant')
     local status = st[1] or 'offline'
     local indexed = status == 'available' and st[2] == tenant
@@ -144,6 +210,7 @@ for i = 1, #A, 11 do
         'tenant', tenant, 'vehicle', A[i + 8], 'status', status, 'cell', cell)
       if prev[6] then redis.call('HDEL', lkey, 'battery') end
     end
+    if prev[7] then redis.call('HDEL', lkey, 'cand_ts', 'cand_lat', 'cand_lng', 'cand_n') end
     redis.call('PEXPIRE', lkey, ttl_ms)
     if prev[4] and prev[5] and (prev[5] ~= cell or prev[4] ~= tenant) then
       redis.call('ZREM', 'drivers:available:' .. prev[4] .. ':' .. prev[5], id)
@@ -161,6 +228,7 @@ for i = 1, #A, 11 do
   out[#out + 1] = outcome
 end
 if accepted > 0 then redis.call('HINCRBY', KEYS[1], 'accepted', accepted) end
+if relocated > 0 then redis.call('HINCRBY', KEYS[1], 'relocated', relocated) end
 if ooo > 0 then redis.call('HINCRBY', KEYS[1], 'out_of_order', ooo) end
 if jumps > 0 then redis.call('HINCRBY', KEYS[1], 'implausible_jump', jumps) end
 return {table.concat(out), seen}
@@ -240,11 +308,13 @@ _FLOAT_FIELDS = frozenset({"lat", "lng", "speed", "heading", "accuracy", "ts", "
 class BatchOutcome:
     """What happened to each ping of a batch (``outcomes[i]`` is for ``pings[i]``)."""
 
-    accepted: int = 0
+    accepted: int = 0                                    # relocated ones included
+    relocated: int = 0
     out_of_order: int = 0
     implausible_jump: int = 0
     accepted_pings: list[DriverPing] = field(default_factory=list)
-    outcomes: list[str] = field(default_factory=list)   # accepted | out_of_order | implausible_jump
+    # accepted | relocated | out_of_order | implausible_jump
+    outcomes: list[str] = field(default_factory=list)
     redis_now_ms: int = 0                                # Redis TIME at the (last) write
 
     @property
@@ -259,12 +329,16 @@ class BatchOutcome:
 class LocationStore:
     """Live positions, status and the availability index (see the module doc for the keys)."""
 
-    def __init__(self, redis: Redis, settings: StreamSettings) -> None:
+    def __init__(self, redis: Redis, settings: StreamSettings, *,
+                 jump_confirm_fixes: int = JUMP_CONFIRM_FIXES) -> None:
+        if not isinstance(jump_confirm_fixes, int) or jump_confirm_fixes < 2:
+            raise ValueError(f"jump_confirm_fixes must be an integer >= 2, got {jump_confirm_fixes!r}")
         self.redis = redis
         self.settings = settings
         self.ttl_ms = int(settings.location_ttl_s * 1000)
         self.resolution = settings.h3_resolution
         self._max_mps = repr(settings.max_speed_kmh / 3.6)
+        self._confirm = str(jump_confirm_fixes)
         self._write = redis.register_script(WRITE_SCRIPT)
         self._status = redis.register_script(STATUS_SCRIPT)
         self._available = redis.register_script(AVAILABLE_SCRIPT)
@@ -299,7 +373,8 @@ class LocationStore:
                 ))
             # One JSON argument (cjson in the script) instead of 11 per ping: redis-py's
             # per-argument encoding was a third of the Python time of a batch.
-            await self._write(keys=keys, args=[ttl, self._max_mps, _dumps(fields)], client=pipe)
+            await self._write(keys=keys, client=pipe, args=[
+                ttl, self._max_mps, _dumps(fields), self._confirm, DRIVER_NOTICES_CHANNEL])
         replies = await pipe.execute()
         codes = "".join(as_text(reply[0]) for reply in replies)
         result.redis_now_ms = int(as_text(replies[-1][1]))
@@ -307,9 +382,10 @@ class LocationStore:
         outcomes = result.outcomes
         for ping, code in zip(pings, codes, strict=True):
             outcomes.append(OUTCOMES[code])
-            if code == "a":
+            if code == "a" or code == "r":
                 accepted.append(ping)
         result.accepted = len(accepted)
+        result.relocated = codes.count("r")
         result.out_of_order = codes.count("o")
         result.implausible_jump = codes.count("j")
         return result
@@ -343,6 +419,8 @@ class LocationStore:
         out: dict[str, Any] = {}
         for k, v in raw.items():
             name, value = as_text(k), as_text(v)
+            if name in _CANDIDATE_FIELDS:
+                continue
             if name in _FLOAT_FIELDS:
                 out[name] = float(value)
             elif name == "seen_ms":

@@ -4,12 +4,17 @@ One aiokafka producer per gateway process. ``send_pings`` hands every ping of a 
 the producer at once (no per-ping round trip; the producer's linger batches requests from
 many connections together) and returns when the broker has acknowledged them, so a client's
 ack means the ping is durable in the log.
+
+A broker that restarted empty (the bundled tansu keeps topics in memory) has lost the topics:
+after a failed produce the next ``send`` to that topic first creates it again, with the
+partition count it was ensured with (``ensure_topic``; the locations topic is always known),
+bounded by TOPIC_CHECK_TIMEOUT_S. A failure there is the same ``BrokerUnavailable`` as a failed
+produce, so callers keep one error path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Sequence
 
@@ -19,6 +24,9 @@ from aiokafka.errors import KafkaError
 from schema.errors import WakalaError
 from streams.records import SCHEMA_VERSION
 from streams.settings import StreamSettings
+from streams.topics import ensure_topics
+
+TOPIC_CHECK_TIMEOUT_S = 5.0
 
 
 class BrokerUnavailable(WakalaError):
@@ -49,7 +57,8 @@ def _ping_object(ping, tenant_id: str, vehicle_type: str, received_at: float) ->
 
 
 class PingProducer:
-    def __init__(self, settings: StreamSettings, *, linger_ms: int = 5) -> None:
+    def __init__(self, settings: StreamSettings, *, linger_ms: int = 5,
+                 request_timeout_ms: int = 15000) -> None:
         self.settings = settings
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
@@ -57,9 +66,12 @@ class PingProducer:
             max_batch_size=512 * 1024,
             acks=1,
             enable_idempotence=False,  # tansu refuses InitProducerId; at-least-once + idempotent consumers
-            request_timeout_ms=15000,
+            request_timeout_ms=request_timeout_ms,
         )
         self._started = False
+        # topic -> partitions, for recreating a topic after the broker lost it
+        self._partitions: dict[str, int] = {settings.locations_topic: settings.locations_partitions}
+        self._suspect: set[str] = set()   # topics whose last produce failed
 
     @property
     def kafka(self) -> AIOKafkaProducer:
@@ -73,25 +85,16 @@ class PingProducer:
         Whichever starts first, gateway or worker, must not let the broker auto-create the
         topic with its own default partition count.
         """
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import TopicAlreadyExistsError
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        try:
-            await admin.start()
-            topic = topic or self.settings.locations_topic
-            partitions = partitions or self.settings.locations_partitions
-            if topic not in set(await admin.list_topics()):
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([NewTopic(topic, partitions, 1)])
-        finally:
-            await admin.close()
+        topic = topic or self.settings.locations_topic
+        partitions = partitions or self._partitions.get(topic) or self.settings.locations_partitions
+        self._partitions[topic] = partitions
+        await ensure_topics(self.settings.kafka_bootstrap, {topic: partitions})
 
     async def start(self) -> None:
         try:
             await self.ensure_topic()
             await self._producer.start()
-        except KafkaError as exc:
+        except (KafkaError, OSError, TimeoutError) as exc:
             await self._producer.stop()
             raise BrokerUnavailable(
                 f"no Kafka broker answers at {self.settings.kafka_bootstrap} ({exc}); run `wakala services up`"
@@ -105,8 +108,21 @@ class PingProducer:
 
     async def send(self, topic: str, values: Sequence[tuple[bytes, bytes]]) -> None:
         """Produce (key, value) pairs and wait until the broker has all of them."""
+        if topic in self._suspect:
+            await self._recreate(topic)
         try:
             futures = [await self._producer.send(topic, value=v, key=k) for k, v in values]
             await asyncio.gather(*futures)
         except KafkaError as exc:
+            if topic in self._partitions:
+                self._suspect.add(topic)
             raise BrokerUnavailable(f"producing to {topic} failed: {exc}") from exc
+
+    async def _recreate(self, topic: str) -> None:
+        """After a failed produce: create the topic again if the broker lost it."""
+        try:
+            async with asyncio.timeout(TOPIC_CHECK_TIMEOUT_S):
+                await ensure_topics(self.settings.kafka_bootstrap, {topic: self._partitions[topic]})
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(f"the broker does not answer for topic {topic}: {exc}") from exc
+        self._suspect.discard(topic)

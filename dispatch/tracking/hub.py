@@ -96,7 +96,7 @@ CLOSE_UNAUTHORISED = 4401
 TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 SUBSCRIBE_WAIT_S = 5.0      # a watcher's snapshot waits this long for its channel at most
 POLL_S = 0.05               # the pub/sub task applies subscription changes this often at least
-FETCH_MAX_WAIT_MS = 50      # tansu holds every fetch for the full wait (see streams/app.py)
+FETCH_MAX_WAIT_MS = 50      # tansu holds every fetch for the full wait (see streams/consumer.py)
 
 HUB_CLIENTS = Gauge("wakala_hub_clients", "Open tracking and vendor sockets of this process", ["kind"])
 HUB_FRAMES = PromCounter("wakala_hub_frames_total", "Frames handed to tracking and vendor sockets", ["kind"])
