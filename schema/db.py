@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -30,10 +31,20 @@ JOIN tenants t ON t.id = m.tenant_id
 JOIN shard_map s ON s.shard_id = m.shard_id
 WHERE m.tenant_id = $1
 """
+ACTIVE_TENANTS_SQL = """
+SELECT t.id FROM tenants t JOIN tenant_shard_mapping m ON m.tenant_id = t.id
+WHERE t.status = 'active' ORDER BY t.created_at, t.id
+"""
 SET_TENANT_SQL = """
 SELECT set_config('search_path', $1, true), set_config('app.current_tenant_id', $2, true)
 """
 PLACEMENT_TTL_S = 30.0
+UNKNOWN_TTL_S = 5.0             # "no such tenant" remembered this long (a tenant created since waits as long)
+UNKNOWN_MAX = 10_000            # guessed tenant ids remembered at most (least recently asked out first)
+CONTROL_ACQUIRE_TIMEOUT_S = 5.0
+# A control-plane query that fails with these means the server is gone or going: unavailable.
+_CONTROL_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                 asyncpg.OperatorInterventionError)
 
 
 @dataclass(frozen=True)
@@ -57,13 +68,29 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 
 
 class TenantDatabase:
-    """Pools per shard (read and write) and tenant-scoped transactions."""
+    """Pools per shard (read and write) and tenant-scoped transactions.
 
-    def __init__(self, settings: PostgresSettings) -> None:
+    The control plane is asked where a tenant lives at most once per ``PLACEMENT_TTL_S`` per
+    tenant; ids that name no tenant (anyone can put a made-up id in a token) are remembered
+    as unknown for ``unknown_ttl_s``, at most ``unknown_max`` of them, so repeating one costs
+    nothing. Concurrent lookups of one tenant share one query (a fleet reconnecting after a
+    restart asks for the same few tenants thousands of times at once). The control pool is
+    small, so waiting for it is bounded by ``control_acquire_timeout_s``: past that the
+    caller gets ``DatabaseUnavailable`` (retry later) instead of queueing behind a flood.
+    """
+
+    def __init__(self, settings: PostgresSettings, *, unknown_ttl_s: float = UNKNOWN_TTL_S,
+                 unknown_max: int = UNKNOWN_MAX,
+                 control_acquire_timeout_s: float = CONTROL_ACQUIRE_TIMEOUT_S) -> None:
         self.settings = settings
         self._control: asyncpg.Pool | None = None
         self._pools: dict[int, ShardPools] = {}
         self._placements: dict[uuid.UUID, Placement] = {}
+        self._unknown: OrderedDict[uuid.UUID, float] = OrderedDict()   # tenant id -> when forgotten
+        self._lookups: dict[uuid.UUID, asyncio.Task[Placement]] = {}
+        self.unknown_ttl_s = unknown_ttl_s
+        self.unknown_max = unknown_max
+        self.control_acquire_timeout_s = control_acquire_timeout_s
         self._pool_lock = asyncio.Lock()
 
     def _app_dsn(self, dsn: DSN) -> DSN:
@@ -92,7 +119,9 @@ class TenantDatabase:
 
     async def start(self) -> None:
         if self._control is None:
-            self._control = await self._create_pool(self.settings.control, 2)
+            async with self._pool_lock:   # concurrent first uses make one pool, not several
+                if self._control is None:
+                    self._control = await self._create_pool(self.settings.control, 2)
 
     async def close(self) -> None:
         pools = [p for sp in self._pools.values() for p in (sp.write, sp.read)]
@@ -110,16 +139,62 @@ class TenantDatabase:
         await self.close()
 
     async def placement(self, tenant_id: object) -> Placement:
-        """Where a tenant lives, from ``tenant_shard_mapping`` (cached briefly)."""
+        """Where a tenant lives, from ``tenant_shard_mapping`` (cached briefly; unknown ids
+        too). UnknownTenant if none; DatabaseUnavailable if the control plane cannot answer."""
         tid = parse_tenant_id(tenant_id)
         cached = self._placements.get(tid)
-        if cached is not None and time.monotonic() - cached.fetched_at < PLACEMENT_TTL_S:
+        now = time.monotonic()
+        if cached is not None and now - cached.fetched_at < PLACEMENT_TTL_S:
             return cached
+        until = self._unknown.get(tid)
+        if until is not None:
+            if until > now:
+                raise UnknownTenant(f"no tenant {tid} is registered; see `wakala tenant list`")
+            del self._unknown[tid]
+        lookup = self._lookups.get(tid)
+        if lookup is None:
+            lookup = self._lookups[tid] = asyncio.ensure_future(self._fetch_placement(tid))
+            lookup.add_done_callback(lambda done: self._lookup_done(tid, done))
+        try:
+            # Shielded: one caller giving up (a client hanging up) does not cancel the others' answer.
+            return await asyncio.shield(lookup)
+        except DatabaseUnavailable:
+            if cached is not None:   # a known tenant keeps working on its last placement meanwhile
+                return cached
+            raise
+
+    def _lookup_done(self, tid: uuid.UUID, done: asyncio.Task[Placement]) -> None:
+        if self._lookups.get(tid) is done:
+            del self._lookups[tid]
+        if not done.cancelled():
+            done.exception()   # retrieved: every waiter may have gone
+
+    async def _control_fetchrow(self, sql: str, *args: object) -> asyncpg.Record | None:
+        return (await self._control_fetch(sql, *args, one=True))[0]
+
+    async def _control_fetch(self, sql: str, *args: object, one: bool = False) -> list:
         await self.start()
         assert self._control is not None
-        row = await self._control.fetchrow(PLACEMENT_SQL, tid)
+        try:
+            async with self._control.acquire(timeout=self.control_acquire_timeout_s) as conn:
+                return [await conn.fetchrow(sql, *args)] if one else await conn.fetch(sql, *args)
+        except TimeoutError:
+            raise DatabaseUnavailable(
+                f"the control database gave no connection or answer within {self.control_acquire_timeout_s:g} s "
+                "(busy or down); retry later") from None
+        except _CONTROL_DOWN as exc:
+            raise DatabaseUnavailable(f"the control database does not answer ({type(exc).__name__}); "
+                                      "retry later") from None
+
+    async def _fetch_placement(self, tid: uuid.UUID) -> Placement:
+        row = await self._control_fetchrow(PLACEMENT_SQL, tid)
         if row is None:
             self._placements.pop(tid, None)
+            if self.unknown_ttl_s > 0:
+                self._unknown[tid] = time.monotonic() + self.unknown_ttl_s
+                self._unknown.move_to_end(tid)
+                while len(self._unknown) > self.unknown_max:
+                    self._unknown.popitem(last=False)
             raise UnknownTenant(f"no tenant {tid} is registered; see `wakala tenant list`")
         placement = Placement(
             tid, row["shard_id"], row["schema_name"], row["status"],
@@ -131,8 +206,19 @@ class TenantDatabase:
         return placement
 
     def forget_placement(self, tenant_id: uuid.UUID) -> None:
-        """Drop a cached placement (after a tenant moved or changed status)."""
+        """Drop a cached placement, or a cached "unknown" (after a tenant moved, changed
+        status or was created): the next use asks the control plane."""
         self._placements.pop(tenant_id, None)
+        self._unknown.pop(tenant_id, None)
+
+    async def ping(self) -> None:
+        """``select 1`` through the control pool (readiness; the caller bounds the wait)."""
+        await self._control_fetch("SELECT 1")
+
+    async def active_tenant_ids(self) -> list[uuid.UUID]:
+        """Every active tenant, oldest first, read as the application role through the
+        control pool (the engine needs no owner connection to list its tenants)."""
+        return [row["id"] for row in await self._control_fetch(ACTIVE_TENANTS_SQL)]
 
     async def _shard_pools(self, placement: Placement) -> ShardPools:
         pools = self._pools.get(placement.shard_id)

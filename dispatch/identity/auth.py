@@ -20,12 +20,15 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from redis.asyncio import Redis
 
-from dispatch.core.errors import EXPIRED_TOKEN, REVOKED_TOKEN, UNKNOWN_TOKEN, Refusal
+from dispatch.core.errors import EXPIRED_TOKEN, RATE_LIMITED, REVOKED_TOKEN, UNKNOWN_TOKEN, Refusal
 from dispatch.core.ids import InvalidId, parse_uuid
+from dispatch.core.settings import EdgeSettings
+from dispatch.web.failures import FailureLimiter
+from dispatch.web.ttlcache import TTLCache
 from schema.db import TenantDatabase
 from schema.errors import InvalidTenantId, TenantNotActive, UnknownTenant, WakalaError
 
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_RE = re.compile(r"^wkd_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
 REVOCATIONS_CHANNEL = "auth:revocations"
+RECONNECT_MIN_S = 0.1
+RECONNECT_MAX_S = 5.0
 
 ISSUE_SQL = """
 INSERT INTO auth_tokens (user_id, token_hash, token_type, expires_at, metadata)
@@ -47,11 +52,17 @@ FROM auth_tokens t
 JOIN drivers d ON d.id = (t.metadata->>'driver_id')::uuid AND d.user_id = t.user_id
 WHERE t.token_hash = $1 AND t.token_type = 'driver'
 """
+REVOKED_AMONG_SQL = """
+SELECT token_hash FROM auth_tokens WHERE token_hash = ANY($1::text[]) AND revoked_at IS NOT NULL
+"""
 REVOKE_SQL = """
 UPDATE auth_tokens SET revoked_at = now()
 WHERE id = $1 AND token_type = $2 AND revoked_at IS NULL
 RETURNING token_hash
 """
+
+
+_REFUSAL_TEXT = {UNKNOWN_TOKEN: "the token is not valid", REVOKED_TOKEN: "the token was revoked"}
 
 
 class UnknownDriver(WakalaError):
@@ -127,24 +138,97 @@ async def revoke_token(db: TenantDatabase, redis: Redis | None, tenant_id: objec
     async with db.tenant_transaction(tenant_id) as tx:
         token_hash = await tx.fetchval(REVOKE_SQL, tid, token_type)
     if token_hash and redis is not None:
-        await redis.publish(REVOCATIONS_CHANNEL, token_hash)
+        await _publish_revocation(redis, token_hash)
     return token_hash is not None
+
+
+async def _publish_revocation(redis: Redis, token_hash: str) -> None:
+    """Tell every process; the revocation is committed already, so a Redis error here is not
+    the caller's failure. One retry covers a pooled connection that a Redis restart left
+    dead; past that the token fails every new verification once caches expire (and a
+    listener that lost Redis too re-checks its tokens in use when it reconnects)."""
+    for attempt in (1, 2):
+        try:
+            await redis.publish(REVOCATIONS_CHANNEL, token_hash)
+            return
+        except Exception as exc:  # noqa: BLE001 - after the commit nothing may turn into an error
+            if attempt == 2:
+                log.warning("revocation committed but not published (%s): new verifications refuse "
+                            "the token once caches expire; sockets already open with it stay open", exc)
+
+
+class AuthThrottled(TokenRejected):
+    """Too many refused tokens from one client address lately: 429 ``rate_limited`` with
+    ``Retry-After``, answered before any lookup. A ``TokenRejected`` so that every caller that
+    already turns a bad token away does the same here; its ``status`` and ``headers`` say 429."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        Refusal.__init__(self, 429, RATE_LIMITED,
+                         f"too many refused tokens from this address; retry in {retry_after_s} s",
+                         headers={"Retry-After": str(retry_after_s)})
+
+
+class Expiring(Protocol):
+    expires_at: float   # Unix seconds
+
+
+def expires_in(principal: Expiring, now: float | None = None) -> float:
+    """Seconds until a verified principal's token expires (negative once it has): what a
+    socket holder waits on to close a connection whose token runs out while it is open."""
+    return principal.expires_at - (time.time() if now is None else now)
 
 
 class TokenAuthenticator(Generic[P]):
     """Verifies one kind of bearer token against the tenant's shard, with a short per-process
     cache that revocations (published by any process) clear at once. Subclasses say how a
-    token is parsed and looked up."""
+    token is parsed and looked up.
+
+    Everything a client can make this remember is bounded: verified tokens in an LRU of
+    ``cache_max`` entries for ``cache_ttl_s``; refusals in a separate, smaller LRU for only
+    ``negative_ttl_s`` (a flood of made-up tokens cannot push real ones out, and a token
+    issued a moment after a refusal works at once). With ``failures`` (one per process,
+    shared by the authenticators) a client address past its refusal budget is answered 429
+    before any cache or database lookup; ``verify`` counts refusals only when told the
+    ``client``.
+
+    Only ``unknown_token`` refusals count against an address: that is what made-up tokens
+    earn, while an expired or revoked token was once real (a driver's app retrying with a
+    stale token behind a carrier's shared address must not lock out its neighbours).
+
+    The revocation listener outlives Redis errors: it reconnects with backoff and, because a
+    revocation published while it was away is lost, forgets every verified token then (each
+    is looked up again on its next use) and re-checks the tokens verified lately and not yet
+    expired (one query per tenant), calling ``on_revoked`` for those revoked meanwhile."""
 
     def __init__(self, db: TenantDatabase, redis: Redis, *, cache_ttl_s: float = 60.0,
-                 negative_ttl_s: float = 2.0) -> None:
+                 negative_ttl_s: float = 2.0, cache_max: int = 100_000, refused_max: int = 10_000,
+                 failures: FailureLimiter | None = None) -> None:
         self.db = db
         self.redis = redis
         self.cache_ttl_s = cache_ttl_s
         self.negative_ttl_s = negative_ttl_s
-        self._cache: dict[str, tuple[float, P | TokenRejected]] = {}
+        self.failures = failures
+        self._verified: TTLCache[str, P] = TTLCache(cache_max, cache_ttl_s)
+        self._refused: TTLCache[str, str] = TTLCache(min(refused_max, cache_max), negative_ttl_s)
+        # Tokens verified lately and not expired (hash -> tenant), kept until they expire: after a
+        # Redis outage these are checked for revocations that were missed. Only verified tokens
+        # get here, so no client can fill it with made-up ones.
+        self._live: TTLCache[str, uuid.UUID] = TTLCache(cache_max, cache_ttl_s)
+        self._rechecks: set[asyncio.Task] = set()
         self._listener: asyncio.Task | None = None
         self._revoked_callbacks: list = []
+        self.subscriptions = 0          # successful (re)subscriptions to the revocation channel
+        self._subscribed = asyncio.Condition()
+
+    @classmethod
+    def from_settings(cls, db: TenantDatabase, redis: Redis, engine: EdgeSettings,
+                      failures: FailureLimiter | None = None) -> TokenAuthenticator[P]:
+        """An authenticator with the engine's cache and refusal limits; pass one ``failures``
+        to every authenticator of a process so a client's refusals count once."""
+        if failures is None:
+            failures = FailureLimiter(engine.auth_failure_limit, engine.auth_failure_window_s)
+        return cls(db, redis, cache_ttl_s=engine.token_cache_s, cache_max=engine.token_cache_max,
+                   failures=failures)
 
     verify_sql: str              # one row by $1 = token hash: revoked_at, expires_at, the principal
     status_column: str           # the row's column that must read 'active'
@@ -154,6 +238,10 @@ class TokenAuthenticator(Generic[P]):
 
     def principal(self, tenant_id: uuid.UUID, token_hash: str, row) -> P:
         raise NotImplementedError
+
+    def cached(self) -> tuple[int, int]:
+        """How many verified and refused tokens this process holds (both bounded)."""
+        return len(self._verified), len(self._refused)
 
     async def _lookup(self, tenant_id: uuid.UUID, token_hash: str) -> P | TokenRejected:
         async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
@@ -171,6 +259,7 @@ class TokenAuthenticator(Generic[P]):
     async def start(self) -> None:
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(REVOCATIONS_CHANNEL)
+        await self._now_subscribed(pubsub, again=False)
         self._listener = asyncio.create_task(self._listen(pubsub))
 
     async def stop(self) -> None:
@@ -178,40 +267,132 @@ class TokenAuthenticator(Generic[P]):
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+            self._listener = None
+        for task in list(self._rechecks):
+            task.cancel()
+        await asyncio.gather(*self._rechecks, return_exceptions=True)
 
-    async def _listen(self, pubsub) -> None:
-        try:
-            async for message in pubsub.listen():
-                if message.get("type") != "message":
-                    continue
-                token_hash = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
-                self._cache[token_hash] = (
-                    time.monotonic() + self.cache_ttl_s,
-                    TokenRejected(REVOKED_TOKEN, "the token was revoked"),
-                )
-                for callback in self._revoked_callbacks:
-                    callback(token_hash)
-        finally:
+    async def wait_subscribed(self, count: int) -> None:
+        """Until the revocation channel has been subscribed ``count`` times (1 = started)."""
+        async with self._subscribed:
+            await self._subscribed.wait_for(lambda: self.subscriptions >= count)
+
+    async def _now_subscribed(self, pubsub, *, again: bool) -> None:
+        if again:
+            log.warning("revocation channel subscribed again; tokens in use will be checked again")
+            self._missed_revocations()
+        if pubsub.connection is not None:
+            # redis-py may reconnect (and resubscribe) inside listen() without raising: hear of it.
+            pubsub.connection.register_connect_callback(self._on_reconnect)
+        async with self._subscribed:
+            self.subscriptions += 1
+            self._subscribed.notify_all()
+
+    def _on_reconnect(self, connection) -> None:
+        self._missed_revocations()
+
+    def _missed_revocations(self) -> None:
+        """Revocations published while the subscription was down are lost; the database has
+        them (a revocation commits before it is published). Forget every verified token so
+        each is looked up again, and look up the tokens in use now to tell ``on_revoked``
+        about the ones revoked meanwhile (their sockets close as if the message had come)."""
+        self._verified.clear()
+        if self._live:
+            task = asyncio.create_task(self._recheck_live())
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+
+    async def _recheck_live(self) -> None:
+        by_tenant: dict[uuid.UUID, list[str]] = {}
+        for token_hash, tenant_id in self._live.items():
+            by_tenant.setdefault(tenant_id, []).append(token_hash)
+        for tenant_id, hashes in by_tenant.items():
+            try:
+                async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
+                    revoked = await tx.fetch(REVOKED_AMONG_SQL, hashes)
+            except Exception:  # noqa: BLE001 - one tenant's failure does not stop the others' check
+                log.exception("re-checking tenant %s's tokens after a Redis reconnect failed", tenant_id)
+                continue
+            for row in revoked:
+                self._revoked(row["token_hash"])
+
+    async def _close(self, pubsub) -> None:
+        if pubsub.connection is not None:   # the connection goes back to the pool: not ours to hear
+            pubsub.connection.deregister_connect_callback(self._on_reconnect)
+        with contextlib.suppress(Exception):
             await pubsub.aclose()
 
-    async def verify(self, token: object) -> P:
+    def _revoked(self, token_hash: str) -> None:
+        self._verified.pop(token_hash)
+        self._live.pop(token_hash)
+        self._refused.set(token_hash, REVOKED_TOKEN, self.cache_ttl_s)
+        for callback in self._revoked_callbacks:
+            callback(token_hash)
+
+    async def _listen(self, pubsub) -> None:
+        delay = RECONNECT_MIN_S
+        try:
+            while True:
+                try:
+                    if pubsub is None:
+                        pubsub = self.redis.pubsub()
+                        await pubsub.subscribe(REVOCATIONS_CHANNEL)
+                        await self._now_subscribed(pubsub, again=True)
+                    delay = RECONNECT_MIN_S
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            data = message["data"]
+                            self._revoked(data.decode() if isinstance(data, bytes) else data)
+                    raise ConnectionError("the revocation subscription ended")
+                except Exception as exc:  # noqa: BLE001 - any error: the listener must outlive it
+                    log.warning("revocation listener lost Redis (%s); retrying in %.1f s", exc, delay)
+                if pubsub is not None:
+                    await self._close(pubsub)
+                pubsub = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+        finally:
+            if pubsub is not None:
+                await self._close(pubsub)
+
+    async def verify(self, token: object, client: str | None = None) -> P:
+        """The principal of a live token, or ``TokenRejected`` (401; 429 ``AuthThrottled``
+        when ``client``, the caller's address, has had too many refusals lately). Without
+        ``client`` nothing is counted or throttled (callers that know no address)."""
+        if client is not None and self.failures is not None:
+            retry_after = self.failures.retry_after(client)
+            if retry_after is not None:
+                raise AuthThrottled(retry_after)
+        try:
+            return await self._verify(token)
+        except TokenRejected as exc:
+            if client is not None and self.failures is not None and exc.reason == UNKNOWN_TOKEN:
+                self.failures.failed(client)
+            raise
+
+    async def _verify(self, token: object) -> P:
         tenant_id = self.parse(token)
         assert isinstance(token, str)
         token_hash = hash_token(token)
-        now_mono = time.monotonic()
-        cached = self._cache.get(token_hash)
-        if cached is not None and cached[0] > now_mono:
-            result = cached[1]
-        else:
+        reason = self._refused.get(token_hash)
+        result = None if reason is not None else self._verified.get(token_hash)
+        if reason is None and result is None:
             try:
-                result = await self._lookup(tenant_id, token_hash)
+                looked_up = await self._lookup(tenant_id, token_hash)
             except (UnknownTenant, InvalidTenantId, TenantNotActive):
-                result = TokenRejected(UNKNOWN_TOKEN, "the token is not valid")
-            ttl = self.negative_ttl_s if isinstance(result, TokenRejected) else self.cache_ttl_s
-            self._cache[token_hash] = (now_mono + ttl, result)
-        if isinstance(result, TokenRejected):
-            raise result.with_traceback(None)   # cached: do not grow one traceback per request
+                looked_up = TokenRejected(UNKNOWN_TOKEN, "the token is not valid")
+            if isinstance(looked_up, TokenRejected):
+                reason = looked_up.reason
+                self._refused.set(token_hash, reason)
+            elif (reason := self._refused.get(token_hash)) is None:   # not revoked meanwhile
+                result = looked_up
+                self._verified.set(token_hash, result)
+                self._live.set(token_hash, tenant_id, result.expires_at - time.time())
+        if reason is not None:
+            raise TokenRejected(reason, _REFUSAL_TEXT[reason])
+        assert result is not None
         if result.expires_at <= time.time():
+            self._verified.pop(token_hash)
             raise TokenRejected(EXPIRED_TOKEN, "the token has expired; ask for a new one")
         return result
 

@@ -1,4 +1,4 @@
-"""Driver accounts: creating a driver (with its user) in a tenant, validated."""
+"""Driver accounts: creating a driver (with its user) in a tenant, validated; shifts recorded."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from dispatch.core.errors import INVALID_VALUE, Refusal
+from dispatch.core.errors import INVALID_VALUE, NOT_FOUND, Refusal
+from dispatch.core.ids import parse_uuid
 from schema.db import TenantDatabase
 
 VEHICLE_TYPES = ("bicycle", "motorbike", "car", "bakkie", "van")
@@ -74,3 +75,38 @@ async def create_driver(db: TenantDatabase, tenant_id: object, driver: NewDriver
         user_id = await tx.fetchval(CREATE_USER_SQL, d.phone_number, f"{d.first_name} {d.last_name}")
         return await tx.fetchval(CREATE_DRIVER_SQL, user_id, d.first_name, d.last_name, d.license_number,
                                  d.vehicle_type, d.vehicle_registration, d.has_cold_storage)
+
+
+# A driver's shift is recorded in Postgres as ``drivers.is_available`` (the seed's column: on
+# shift, offered work when free), so that Redis, which holds the live status, can be rebuilt
+# from it after a restart (``dispatch.matching.recovery``). Busy or not is not recorded here:
+# it follows from the driver's active deliveries, which Postgres also holds.
+SHIFT_SQL = """
+UPDATE drivers SET is_available = $2, updated_at = now() WHERE id = $1 RETURNING vehicle_type
+"""
+ACTIVE_DELIVERIES_SQL = """
+SELECT id::text FROM deliveries
+WHERE driver_id = $1 AND status IN ('assigned', 'at_pickup', 'picked_up')
+ORDER BY assigned_at NULLS LAST, id
+"""
+
+
+class UnknownShiftDriver(Refusal):
+    """A shift change for a driver the tenant does not have (404); nothing written."""
+
+    def __init__(self, driver_id: object) -> None:
+        super().__init__(404, NOT_FOUND, f"no driver {driver_id}", "driver_id")
+
+
+async def record_shift(db: TenantDatabase, tenant_id: object, driver_id: object,
+                       on_shift: bool) -> tuple[str, list[str]]:
+    """Record a shift start (``on_shift``) or end in Postgres; return the driver's vehicle type
+    and its active delivery ids (assigned, at_pickup, picked_up), read in the same
+    transaction: what its availability must follow, whatever Redis remembers."""
+    driver = parse_uuid(str(driver_id), "driver_id")
+    async with db.tenant_transaction(tenant_id) as tx:
+        vehicle = await tx.fetchval(SHIFT_SQL, driver, on_shift)
+        if vehicle is None:
+            raise UnknownShiftDriver(driver)
+        active = [r[0] for r in await tx.fetch(ACTIVE_DELIVERIES_SQL, driver)]
+    return vehicle, active

@@ -33,6 +33,7 @@ from dispatch.core.errors import FORBIDDEN
 from dispatch.identity.auth import TokenRejected
 from dispatch.tracking.hub import TrackingHub
 from dispatch.tracking.links import LinkRefused, resolve_link
+from dispatch.web.failures import client_address
 from dispatch.web.http import SUBPROTOCOL_PREFIX, bearer
 
 __all__ = ["CLOSE_AUTH_TIMEOUT", "CLOSE_FORBIDDEN", "HubRoute", "TRACK_PREFIX", "VENDOR_STREAM_PATH"]
@@ -175,7 +176,7 @@ async def vendor_socket(scope, receive, send, state) -> None:
             await _close(send, CLOSE_UNAUTHORISED, "unknown_token")
             return
     try:
-        user = await state.users.verify(token)
+        user = await state.users.verify(token, client=client_address(scope))
     except TokenRejected as exc:
         await _close(send, CLOSE_UNAUTHORISED, exc.reason)
         return

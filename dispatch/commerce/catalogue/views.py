@@ -23,8 +23,7 @@ from dispatch.commerce.catalogue.parse import bounded_int
 from dispatch.commerce.catalogue.reads import cache_tenant, cached_inventory, cached_product
 from dispatch.core.cache import Cache
 from schema.db import TenantDatabase
-from schema.settings import PostgresSettings
-from schema.tenants import list_tenants, parse_tenant_id
+from schema.tenants import parse_tenant_id
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +91,8 @@ async def run_view_refresher(db: TenantDatabase, cache: Cache,
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
 
-def active_tenant_ids(settings: PostgresSettings) -> Callable[[], Awaitable[list[uuid.UUID]]]:
+def active_tenant_ids(db: TenantDatabase) -> Callable[[], Awaitable[list[uuid.UUID]]]:
     """A ``tenant_ids_provider`` for ``run_view_refresher``: the active tenants, read from the
-    control plane at each round (so tenants provisioned meanwhile are included)."""
-    async def provider() -> list[uuid.UUID]:
-        return [t.id for t in await list_tenants(settings) if t.status == "active"]
-    return provider
+    control plane at each round (so tenants provisioned meanwhile are included), as the
+    application role."""
+    return db.active_tenant_ids

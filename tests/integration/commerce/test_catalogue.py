@@ -611,5 +611,5 @@ async def test_the_refresher_survives_a_failing_tenant_and_refreshes_the_others(
 
 
 async def test_the_refresher_provider_names_the_active_tenants(env):
-    provider = active_tenant_ids(env.settings)
+    provider = active_tenant_ids(env.db)
     assert set(await provider()) == {env.one.tenant.id, env.two.tenant.id}
