@@ -22,6 +22,28 @@ that a committing transaction sends (channel ``wakala_outbox`` for deliveries,
 ``wakala_order_outbox`` for orders; payload: the tenant), and publishes that tenant at once;
 every ``sweep_s`` it also drains every active tenant, which covers notifications lost while
 a connection was down. The seed has no outbox: see docs/schema.md.
+
+Faults, and why they are handled where they are:
+
+* One tenant failing (its schema broken, a row the broker refuses, its shard away) must not
+  starve the tenants after it: ``publish_all`` logs and counts the failure per tenant
+  (``failures``) and goes on; the next pass tries that tenant again.
+* A LISTEN connection that dies (its session terminated, the shard restarted) is
+  reconnected at the next sweep; until then the sweep alone relays that shard.
+* The LISTEN connections log in as the application role, not the owner: listening needs no
+  privilege, and the engine's processes run as the role that RLS applies to.
+* A broker restarted empty has lost the topic. The bundled broker (tansu, memory storage)
+  still acknowledges records sent to the lost topic, and shows them once the topic is created
+  again, but lists no such topic, so consumers cannot read it until someone creates it, and
+  such records were seen lost (those of one partition in three). So, with ``bootstrap``
+  given, a batch is marked published only if the broker lists the topic after acknowledging
+  it (one metadata request per batch); otherwise it rolls back, the topic is recreated
+  (``ensure_topic``, with the partition count it was given) and the batch is sent again
+  (consumers deduplicate on the event id). ``run`` also checks the topic at every sweep. The
+  first sends after a recreation may fail once (the producer's metadata is stale), which rolls
+  back and is retried too. While the broker keeps failing, the
+  passes back off exponentially (``BACKOFF_MIN_S`` to ``BACKOFF_MAX_S``), so a broker that
+  stays down costs a few calls a minute, never a tight loop.
 """
 
 from __future__ import annotations
@@ -35,7 +57,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from dispatch.commerce.orders.records import ORDER_OUTBOX_CHANNEL
 from dispatch.deliveries.store import OUTBOX_CHANNEL
@@ -43,9 +65,42 @@ from schema.connect import connect
 from schema.db import TenantDatabase
 from schema.settings import DSN, PostgresSettings
 from schema.shards import list_shards
-from schema.tenants import list_tenants
 
 log = logging.getLogger(__name__)
+
+BACKOFF_MIN_S = 0.5
+BACKOFF_MAX_S = 30.0
+
+
+def app_listen_dsn(settings: PostgresSettings, host: str, port: int, database: str) -> DSN:
+    """The DSN a relay LISTENs with on one shard: the application role, as the engine's pools
+    connect (``schema.db.TenantDatabase``), never the owner of the control DSN."""
+    return DSN(host, port, settings.app_role, database, settings.app_password)
+
+
+async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
+    """Create ``topic`` with ``partitions`` if the broker does not have it; True if created.
+
+    A broker restarted with memory storage comes back without its topics, and a producer
+    or consumer must not let it auto-create one with its own default partition count.
+    """
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        if topic in set(await admin.list_topics()):
+            return False
+        try:
+            await admin.create_topics([NewTopic(topic, partitions, 1)])
+        except TopicAlreadyExistsError:
+            return False
+        log.warning("topic %s was missing on the broker; created it with %d partitions", topic, partitions)
+        return True
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
 
 
 @dataclass(frozen=True)
@@ -99,7 +154,7 @@ class OutboxRelay:
 
     def __init__(self, db: TenantDatabase, producer: AIOKafkaProducer, topic: str, *,
                  table: str = "delivery_events_outbox", key_column: str | None = None,
-                 batch: int = 500):
+                 batch: int = 500, bootstrap: str | None = None, partitions: int = 1):
         outbox = OUTBOXES.get(table)
         if outbox is None or key_column not in (None, outbox.key_column):
             known = ", ".join(f"{o.table} (key {o.key_column})" for o in OUTBOXES.values())
@@ -112,6 +167,13 @@ class OutboxRelay:
         self._unpublished_sql = UNPUBLISHED_SQL.format(key=_quote(outbox.key_column),
                                                        table=_quote(outbox.table))
         self._mark_published_sql = MARK_PUBLISHED_SQL.format(table=_quote(outbox.table))
+        # Where to recreate the topic after a broker lost it (None: the caller's producer
+        # is expected to reach a broker that keeps its topics).
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+        self.failures = 0          # tenant passes that failed, for metrics and tests
+        self.broker_failed = False  # the last pass had a broker error
+        self._backoff_s = 0.0
 
     async def publish_tenant(self, tenant_id: uuid.UUID | str) -> int:
         """Publish one batch of a tenant's unpublished events; returns how many."""
@@ -123,12 +185,18 @@ class OutboxRelay:
             futures = [await self.producer.send(self.topic, value=v, key=k)
                        for k, v in (event_message(str(tenant_id), r, key_column) for r in rows)]
             await asyncio.gather(*futures)   # raises (and rolls back) if the broker refused any
+            if self.bootstrap is not None:
+                cluster = await self.producer.client.fetch_all_metadata()
+                if self.topic not in cluster.topics():
+                    raise UnknownTopicOrPartitionError(f"the broker does not list {self.topic}")
             await tx.execute(self._mark_published_sql, [r["id"] for r in rows])
         return len(rows)
 
     async def publish_all(self, tenant_ids: Iterable[uuid.UUID | str]) -> int:
-        """Drain every tenant; a failing tenant is logged and retried on the next pass."""
+        """Drain every tenant; a failing tenant is logged, counted in ``failures`` and retried
+        on the next pass, and the tenants after it are still drained."""
         total = 0
+        self.broker_failed = False
         for tenant_id in tenant_ids:
             try:
                 while (n := await self.publish_tenant(tenant_id)) > 0:
@@ -136,9 +204,53 @@ class OutboxRelay:
                     if n < self.batch:
                         break
             except KafkaError as exc:
-                log.warning("publishing %s of tenant %s failed (%s); will retry", self.outbox.table,
-                            tenant_id, exc)
+                self.failures += 1
+                self.broker_failed = True
+                log.warning("publishing %s of tenant %s failed (%s: %s); will retry", self.outbox.table,
+                            tenant_id, exc.__class__.__name__, exc)
+            except Exception as exc:   # noqa: BLE001 - one tenant's fault is not the others'
+                self.failures += 1
+                log.error("publishing %s of tenant %s failed (%s: %s); the other tenants go on",
+                          self.outbox.table, tenant_id, exc.__class__.__name__, exc)
         return total
+
+    async def check_topic(self) -> bool:
+        """Recreate the topic if the broker lost it (``bootstrap`` given); True if all is well."""
+        if self.bootstrap is None:
+            return True
+        try:
+            await ensure_topic(self.bootstrap, self.topic, self.partitions)
+        except Exception as exc:   # noqa: BLE001 - the broker is away: the caller backs off
+            log.warning("cannot check topic %s on the broker (%s: %s)", self.topic, exc.__class__.__name__, exc)
+            return False
+        return True
+
+    async def _after_pass(self) -> None:
+        """After a pass with a broker error: recreate the topic if the broker lost it, and wait
+        (exponential backoff) before the next pass; after a clean pass, reset the backoff."""
+        if not self.broker_failed:
+            self._backoff_s = 0.0
+            return
+        self._backoff_s = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self._backoff_s * 2))
+        await self.check_topic()
+        log.warning("%s: broker errors; next pass in %.1f s", self.outbox.table, self._backoff_s)
+        await asyncio.sleep(self._backoff_s)
+
+    async def _listen(self, settings: PostgresSettings, listeners: dict, notified) -> None:
+        """(Re)open a LISTEN connection, as the application role, on every shard without one."""
+        for shard in await list_shards(settings):
+            key = (shard.host, shard.port, shard.database)
+            conn = listeners.get(key)
+            if conn is not None and not conn.is_closed():
+                continue
+            try:
+                conn = await connect(app_listen_dsn(settings, shard.host, shard.port, shard.database))
+                await conn.add_listener(self.outbox.channel, notified)
+            except Exception as exc:   # noqa: BLE001 - that shard is relayed by the sweep meanwhile
+                log.warning("cannot LISTEN on shard %s (%s: %s); the sweep covers it",
+                            shard.database, exc.__class__.__name__, exc)
+                continue
+            listeners[key] = conn
 
     async def run(self, settings: PostgresSettings, *, sweep_s: float = 5.0) -> None:
         """Publish until cancelled: at each notification, and every ``sweep_s`` for all tenants."""
@@ -149,22 +261,19 @@ class OutboxRelay:
             woken.add(payload)
             wake.set()
 
-        listeners = []
+        listeners: dict = {}
         try:
-            for shard in await list_shards(settings):
-                dsn = DSN(shard.host, shard.port, settings.control.user, shard.database,
-                          settings.control.password)
-                conn = await connect(dsn)
-                await conn.add_listener(self.outbox.channel, notified)
-                listeners.append(conn)
             next_sweep = 0.0
             loop = asyncio.get_running_loop()
             while True:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + sweep_s
                     try:
-                        tenants = [t.id for t in await list_tenants(settings) if t.status == "active"]
+                        await self._listen(settings, listeners, notified)
+                        await self.check_topic()
+                        tenants = await self.db.active_tenant_ids()   # as the app role
                         await self.publish_all(tenants)
+                        await self._after_pass()
                     except Exception:   # Postgres briefly away: the next sweep tries again
                         log.exception("outbox sweep failed")
                 try:
@@ -176,9 +285,10 @@ class OutboxRelay:
                 woken.clear()
                 try:
                     await self.publish_all(batch)
+                    await self._after_pass()
                 except Exception:
                     log.exception("publishing notified tenants failed; the sweep will retry")
         finally:
-            for conn in listeners:
+            for conn in listeners.values():
                 with contextlib.suppress(Exception):
                     await conn.close()

@@ -11,7 +11,18 @@ Events are not sent to Kafka here. A relay publishes unpublished outbox rows to 
 event is published if and only if its transition committed (at least once: consumers
 deduplicate on the outbox row's id).
 
-Lock order: the delivery row, then its order row. Code that locks both must do the same.
+Lock order: the delivery row, then its driver's row, then its order row. Code that locks
+more than one of them must do the same.
+
+The database is the guard of a driver's capacity. Redis holds the claims that make matching
+fast (``dispatch.matching.claims``), but Redis can lose them (a restart, a failover), and a
+driver whose claims are gone looks free. So the two transitions that put a driver on a
+delivery, ``offer`` and ``accept``, lock the driver's row (``SELECT ... FOR UPDATE``) and count
+its active deliveries (assigned, at_pickup, picked_up) in the same transaction; at
+``capacity`` or beyond, ``DriverAtCapacity`` is raised and nothing is written. The lock
+serialises two accepts of one driver on two deliveries (under READ COMMITTED the second
+counts after the first commits), so no interleaving gives a driver more than ``capacity``.
+The cost is one indexed count per offer and accept.
 """
 
 from __future__ import annotations
@@ -45,6 +56,9 @@ from schema.db import TenantDatabase
 from schema.errors import WakalaError
 
 __all__ = [
+    "ACTIVE_STATES",
+    "DEFAULT_CAPACITY",
+    "DriverAtCapacity",
     "InvalidDeliveryInput",
     "UnknownDelivery",
     "UnknownDriver",
@@ -69,6 +83,17 @@ class UnknownDriver(WakalaError):
     """An event names a driver the tenant does not have."""
 
 
+class DriverAtCapacity(WakalaError):
+    """The driver already carries ``capacity`` active deliveries (counted in Postgres under
+    the driver row's lock): the offer or accept is refused, nothing written. The offer engine
+    moves on to the next driver; ``active`` (delivery ids) lets it repair Redis's claims."""
+
+    def __init__(self, driver_id: str, active: list[str], capacity: int) -> None:
+        self.driver_id, self.active, self.capacity = driver_id, active, capacity
+        super().__init__(f"driver {driver_id} already carries {len(active)} active deliveries "
+                         f"(capacity {capacity})")
+
+
 class UnknownOrder(WakalaError):
     """A delivery was requested for an order the tenant does not have."""
 
@@ -80,6 +105,17 @@ class InvalidDeliveryInput(Refusal):
         super().__init__(400, INVALID_REQUEST, message, field)
 
 
+DEFAULT_CAPACITY = 1
+ACTIVE_STATES = ("assigned", "at_pickup", "picked_up")
+LOCK_DRIVER_SQL = "SELECT id FROM drivers WHERE id = $1 FOR UPDATE"
+# The driver's other active deliveries; under the driver row's lock taken just before.
+ACTIVE_OF_DRIVER_SQL = """
+SELECT id::text FROM deliveries
+WHERE driver_id = $1 AND status IN ('assigned', 'at_pickup', 'picked_up') AND id <> $2
+ORDER BY assigned_at NULLS LAST, id
+"""
+# Events that put a driver on a delivery: the capacity guard runs for these.
+_TAKES_DRIVER = frozenset({DeliveryEvent.OFFER, DeliveryEvent.ACCEPT})
 SNAPSHOT_SQL = """
 SELECT order_id, status, driver_id, offer_attempts, assigned_at, picked_up_at, delivered_at,
        failure_reason, estimated_duration_s, actual_duration_s, distance_meters, proof_of_delivery
@@ -210,6 +246,7 @@ async def transition(
     at: datetime | None = None,
     driver_must_be: str | None = None,
     cache: Cache | None = None,
+    capacity: int = DEFAULT_CAPACITY,
     **facts: Any,
 ) -> DeliverySnapshot:
     """Apply ``event`` to a delivery and record everything it implies; return the new snapshot.
@@ -227,6 +264,8 @@ async def transition(
     When the order's status changes, ``dispatch.order_records.on_delivery_changed_order``
     runs in the same transaction (stock sold, released or written off; the order's event).
     ``cache``: the order's and its products' cached views are invalidated after commit.
+    ``capacity``: active deliveries a driver may carry; ``offer`` and ``accept`` raise
+    DriverAtCapacity (nothing written) for a driver who already carries that many.
     """
     delivery_uuid = _uuid(delivery_id, "delivery_id")
     if isinstance(facts.get("driver_id"), str) and facts["driver_id"]:
@@ -246,6 +285,8 @@ async def transition(
             raise UnknownDelivery(f"no delivery {delivery_uuid} of driver {driver_must_be}")
         order_id: uuid.UUID = row["order_id"]
         new, step = apply(_snapshot(row), event, at=when, actor=actor, reason=reason, **facts)
+        if step.event in _TAKES_DRIVER and new.driver_id is not None:
+            await _check_capacity(tx, new.driver_id, delivery_uuid, capacity)
 
         entered = step.to_state
         try:
@@ -310,6 +351,19 @@ async def transition(
         await cache.invalidate(str(tenant_id), [f"order:{order_id}",
                                                 *(inventory_tag(p) for p in stock_changed)])
     return new
+
+
+async def _check_capacity(tx: asyncpg.Connection, driver_id: str, delivery_uuid: uuid.UUID,
+                          capacity: int) -> None:
+    try:
+        driver_uuid = uuid.UUID(driver_id)
+    except ValueError:
+        raise InvalidFact(f"driver_id must be a UUID, got {driver_id!r}") from None
+    if await tx.fetchval(LOCK_DRIVER_SQL, driver_uuid) is None:
+        raise UnknownDriver(f"no driver {driver_id}")
+    active = [r[0] for r in await tx.fetch(ACTIVE_OF_DRIVER_SQL, driver_uuid, delivery_uuid)]
+    if len(active) >= capacity:
+        raise DriverAtCapacity(driver_id, active, capacity)
 
 
 def _point(value: tuple[float, float], label: str) -> tuple[float, float]:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from dispatch.core.cache import Cache
 from dispatch.deliveries.state import DeliveryEvent
-from dispatch.deliveries.store import transition
+from dispatch.deliveries.store import DEFAULT_CAPACITY, transition
 from schema.db import TenantDatabase
 
 __all__ = ["DeliveryTransitions", "PostgresTransitions"]
@@ -27,13 +27,17 @@ class DeliveryTransitions(Protocol):
 
 class PostgresTransitions:
     """``dispatch.deliveries.store.transition`` on one TenantDatabase; with a ``cache``, the
-    order's cached view is invalidated when a transition changes the order's status."""
+    order's cached view is invalidated when a transition changes the order's status.
+    ``capacity``: active deliveries a driver may carry, checked by the database on ``offer``
+    and ``accept`` (``DriverAtCapacity``); the same value as the claims' capacity."""
 
-    def __init__(self, db: TenantDatabase, cache: Cache | None = None) -> None:
+    def __init__(self, db: TenantDatabase, cache: Cache | None = None, *,
+                 capacity: int = DEFAULT_CAPACITY) -> None:
         self.db = db
         self.cache = cache
+        self.capacity = capacity
 
     async def __call__(self, tenant_id: str, delivery_id: str, event: DeliveryEvent, *,
                        actor: str | None = None, reason: str | None = None, **facts: Any) -> object:
         return await transition(self.db, tenant_id, delivery_id, event, actor=actor, reason=reason,
-                                cache=self.cache, **facts)
+                                cache=self.cache, capacity=self.capacity, **facts)

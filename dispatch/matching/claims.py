@@ -135,6 +135,46 @@ set_status(id, 'available', st[2])
 return 2
 """
 
+# KEYS: driver deliveries. ARGV: driver_id, capacity, mode, tenant, vehicle, delivery ids...
+# Makes the driver's claims exactly the given active deliveries (Postgres's list), then its
+# status follows: mode 'start' (a shift starts: tenant and vehicle recorded, available unless
+# full), 'ensure' (a rebuild of a driver on shift: a missing state is created as 'start'
+# would; an existing one only goes busy when full or available when freed), 'keep' (claims
+# only: an available driver who is full goes busy); in every mode a busy driver who is not
+# full any more goes available (a lost release). Returns {status, active count}.
+RESTORE_SCRIPT = SET_STATUS_LUA + """
+local id, capacity, mode, tenant, vehicle = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local wanted = {}
+for i = 6, #ARGV do wanted[ARGV[i]] = true end
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not wanted[member] then
+    redis.call('SREM', KEYS[1], member)
+    local dkey = 'delivery:driver:' .. member
+    if redis.call('GET', dkey) == id then redis.call('DEL', dkey) end
+  end
+end
+for i = 6, #ARGV do
+  redis.call('SADD', KEYS[1], ARGV[i])
+  redis.call('SET', 'delivery:driver:' .. ARGV[i], id)
+end
+local count = redis.call('SCARD', KEYS[1])
+local full = count >= capacity
+local st = redis.call('HMGET', 'driver:state:' .. id, 'status', 'tenant')
+local status = st[1]
+if mode == 'start' or (mode == 'ensure' and not status) then
+  redis.call('HSET', 'driver:state:' .. id, 'tenant', tenant, 'vehicle', vehicle)
+  status = full and 'busy' or 'available'
+  set_status(id, status, tenant)
+elseif status == 'available' and full then
+  status = 'busy'
+  set_status(id, status, st[2])
+elseif status == 'busy' and not full then
+  status = 'available'
+  set_status(id, status, st[2])
+end
+return {status or 'offline', count}
+"""
+
 
 class DriverClaims:
     """Offers, accepts, declines and releases of drivers, each one atomic Redis script.
@@ -162,6 +202,7 @@ class DriverClaims:
         self._accept = redis.register_script(ACCEPT_SCRIPT)
         self._decline = redis.register_script(DECLINE_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
+        self._restore = redis.register_script(RESTORE_SCRIPT)
 
     async def offer(self, driver_id: str, delivery_id: str) -> bool:
         """Open an offer of the delivery to the driver, for offer_ttl_s.
@@ -232,3 +273,20 @@ class DriverClaims:
         """The driver the delivery is active with, or None."""
         value = await self.redis.get(delivery_driver_key(canonical_uuid(delivery_id, "delivery_id")))
         return None if value is None else as_text(value)
+
+    async def restore(self, driver_id: str, active: list[str], *, mode: str = "keep",
+                      tenant_id: str = "", vehicle_type: str = "") -> tuple[str, int]:
+        """Make the driver's claims exactly ``active`` (its active deliveries as Postgres
+        records them) and its status follow: see RESTORE_SCRIPT for ``mode``. Idempotent;
+        the way back after Redis lost its claims or disagrees with the database.
+        Returns (status, active count)."""
+        if mode not in ("keep", "start", "ensure"):
+            raise ValueError(f"mode must be keep, start or ensure, got {mode!r}")
+        driver = canonical_uuid(driver_id, "driver_id")
+        deliveries = [canonical_uuid(d, "delivery_id") for d in active]
+        tenant = canonical_uuid(tenant_id, "tenant_id") if tenant_id else ""
+        if mode != "keep" and not (tenant and vehicle_type):
+            raise ValueError("tenant_id and vehicle_type are needed to start or rebuild a shift")
+        status, count = await self._restore(keys=[deliveries_key(driver)],
+                                            args=[driver, self._capacity, mode, tenant, vehicle_type, *deliveries])
+        return as_text(status), int(count)

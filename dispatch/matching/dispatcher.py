@@ -5,7 +5,9 @@ Flow
 1. ``dispatch.deliveries.create_delivery`` writes a ``created`` event to the tenant's outbox;
    the relay (``OutboxRelay.run``) publishes it on ``delivery-events``.
 2. ``Dispatcher.run`` consumes ``delivery-events`` (every engine reads every partition; the
-   first to claim an event in Redis handles it, see ``run``). ``created`` starts matching:
+   first to claim an event in Redis handles it; a failed event is retried before the read
+   position passes it, and one that keeps failing is parked: ``dispatch.matching.consumer``).
+   ``created`` starts matching:
    greedy (each delivery at once: ``nearest`` drivers, ETAs, an offer round) or batch (every
    ``window_s`` the window's deliveries of a tenant are solved together with
    ``assign_batch``; each round then starts with its optimal driver).
@@ -24,7 +26,9 @@ pickup distance is the vendor's ``delivery_radius``; an order asks for cold stor
 particular vehicles with ``orders.metadata`` keys ``needs_cold_storage`` (bool) and
 ``vehicle_types`` (list). Every step checks the delivery's state first, so an event handled
 twice is harmless, and a pending delivery that no round is working on is picked up by the
-periodic sweep.
+periodic sweep. Redis losing its data is repaired from Postgres by
+``dispatch.matching.recovery``; the database itself refuses a driver beyond capacity
+(``dispatch.deliveries.store``).
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.asyncio import Redis
 
 from dispatch.core.cache import Cache
@@ -54,10 +57,9 @@ from dispatch.matching import active
 from dispatch.matching.assignment import assign_batch
 from dispatch.matching.calibration import CalibrationStore
 from dispatch.matching.claims import DriverClaims
+from dispatch.matching.consumer import EventConsumer
 from dispatch.matching.keys import (
     delivery_offer_key,
-    dispatcher_event_key,
-    dispatcher_offsets_key,
     round_key,
     tried_key,
 )
@@ -68,7 +70,6 @@ from dispatch.matching.terms import OfferCandidate, RoundOutcome
 from geo import CIRCUITY, EtaCalibration, distance_m, eta_seconds
 from schema.db import TenantDatabase
 from schema.errors import WakalaError
-from schema.tenants import list_tenants
 from streams.keys import state_key
 from streams.location_store import LocationStore
 from streams.replies import as_text
@@ -91,12 +92,6 @@ STRANDED_SQL = """
 SELECT id FROM deliveries
 WHERE status = 'pending' AND created_at < now() - interval '20 seconds'
 ORDER BY created_at LIMIT 100
-"""
-# KEYS: the shared offsets hash. ARGV: partition, next offset. Positions only move forward.
-_ADVANCE = """
-local current = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
-if tonumber(ARGV[2]) > current then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
-return 1
 """
 LEG_SQL = """
 SELECT estimated_duration_s, actual_duration_s,
@@ -322,11 +317,17 @@ class Dispatcher:
 
     # -- the event loop -------------------------------------------------------------------------
 
-    async def handle(self, events: Sequence[dict[str, Any]]) -> None:
-        """Handle a batch of ``delivery-events`` messages (see ``dispatch.outbox.event_message``)."""
-        created: dict[str, list[str]] = {}
+    async def handle(self, events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Handle a batch of ``delivery-events`` messages (see ``dispatch.outbox.event_message``).
+
+        Returns the events whose handling failed (Postgres or Redis away, a bug), for the
+        caller to retry (``dispatch.matching.consumer``); the others are done. One failing
+        event never stops the others of the batch. A failed retry of a tenant's unassigned
+        deliveries fails no event: the periodic retry covers it.
+        """
+        created: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         freed: set[str] = set()
-        ended: list[str] = []
+        ended: dict[str, list[dict[str, Any]]] = {}
         for event in events:
             try:
                 tenant = canonical_uuid(event["tenant_id"], "tenant_id")
@@ -336,105 +337,78 @@ class Dispatcher:
                 log.warning("ignored a malformed delivery event: %.200r", event)
                 continue
             if kind == CREATED_EVENT:
-                created.setdefault(tenant, []).append(delivery)
+                created.setdefault(tenant, []).append((delivery, event))
             elif kind in _FREEING:
                 freed.add(tenant)
-                ended.append(delivery)
-        for delivery in ended:   # however it ended (driver, vendor, customer, operator)
-            await self.forget(delivery)
-        for tenant, deliveries in created.items():
+                ended.setdefault(delivery, []).append(event)
+        failed: list[dict[str, Any]] = []
+        for delivery, its in ended.items():   # however it ended (driver, vendor, customer, operator)
+            try:
+                await self.forget(delivery)
+            except Exception:
+                log.exception("freeing the driver of ended delivery %s failed; will retry", delivery)
+                failed += its
+        for tenant, items in created.items():
             if self.mode == "batch":
-                await self.dispatch_batch(tenant, deliveries)
-            else:
-                await asyncio.gather(*(self.dispatch(tenant, d) for d in deliveries))
+                try:
+                    await self.dispatch_batch(tenant, [d for d, _ in items])
+                except Exception:
+                    log.exception("batch dispatch of %d deliveries of %s failed; will retry", len(items), tenant)
+                    failed += [e for _, e in items]
+                continue
+            results = await asyncio.gather(*(self.dispatch(tenant, d) for d, _ in items), return_exceptions=True)
+            for (delivery, event), result in zip(items, results, strict=True):
+                if isinstance(result, Exception):
+                    log.error("dispatching delivery %s failed (%s: %s); will retry", delivery,
+                              result.__class__.__name__, result)
+                    failed.append(event)
+                elif isinstance(result, BaseException):
+                    raise result
         for tenant in freed:
-            await self.retry(tenant)
+            try:
+                await self.retry(tenant)
+            except Exception:
+                log.exception("retrying unassigned deliveries of %s failed; the periodic retry will", tenant)
+        return failed
 
-    async def run(self, bootstrap: str, topic: str, group: str) -> None:
+    async def run(self, bootstrap: str, topic: str, group: str, *, partitions: int = 1,
+                  max_attempts: int = 8) -> None:
         """Consume ``delivery-events`` until cancelled; the periodic retry runs alongside.
 
         Every engine reads every partition (no consumer group: on tansu a group left uncleanly
         by a killed engine was seen to rebalance forever, starving the dispatcher). Each event
-        is handled by the one engine that claims it first (``SET NX`` on its id), and the read
-        position is shared in Redis (``dispatch:offsets:{group}``, only moving forward), so a
-        restarted engine resumes where the deployment left off. An engine that dies holding a
-        claim loses at most that event's trigger: the pending sweep (``_sweep_pending``) finds
-        the delivery again.
+        is handled by the one engine that claims it first, the read position is shared in
+        Redis, failed events are retried before the position passes them, and an event that
+        keeps failing is parked: see ``dispatch.matching.consumer``. ``partitions``: how many
+        the topic gets when it has to be (re)created (a broker restarted empty).
         """
-        offsets = dispatcher_offsets_key(group, topic)
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
         retries = asyncio.create_task(self._retry_forever(), name="unassigned-retry")
         try:
-            await consumer.start()
-            await consumer.topics()   # metadata, so the partitions are known
-            partitions = sorted(consumer.partitions_for_topic(topic) or ())
-            if not partitions:
-                raise RuntimeError(f"topic {topic} has no partitions yet")
-            tps = [TopicPartition(topic, p) for p in partitions]
-            consumer.assign(tps)
-            stored = {as_text(k): int(as_text(v)) for k, v in (await self.redis.hgetall(offsets)).items()}
-            for tp in tps:
-                if str(tp.partition) in stored:
-                    consumer.seek(tp, stored[str(tp.partition)])
-                else:
-                    await consumer.seek_to_beginning(tp)
-            while True:
-                timeout_ms = round(self.window_s * 1000) if self.mode == "batch" else 200
-                batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=500)
-                if self.mode == "batch" and batches:
-                    await asyncio.sleep(max(0.0, self.window_s - 0.05))   # let the window fill
-                    for tp, more in (await consumer.getmany(timeout_ms=0, max_records=5000)).items():
-                        batches.setdefault(tp, []).extend(more)
-                if not batches:
-                    continue
-                events = []
-                for messages in batches.values():
-                    for message in messages:
-                        try:
-                            events.append(json.loads(message.value))
-                        except (ValueError, TypeError):
-                            log.warning("ignored an undecodable delivery event at offset %s", message.offset)
-                try:
-                    await self.handle(await self._claim(group, events))
-                except Exception:
-                    # Postgres or Redis away: the claims lapse and the sweep finds what was missed.
-                    log.exception("dispatching %d delivery events failed", len(events))
-                    await asyncio.sleep(1)
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for tp, messages in batches.items():
-                        pipe.eval(_ADVANCE, 1, offsets, tp.partition, messages[-1].offset + 1)
-                    await pipe.execute()
+            await EventConsumer(self, bootstrap, topic, group, partitions=partitions,
+                                max_attempts=max_attempts).run()
         finally:
             retries.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retries
             for task in list(self._tasks):
                 task.cancel()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(consumer.stop(), 2.0)
-
-    async def _claim(self, group: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The events this engine is first to claim (by event id; one hour)."""
-        ids = [e.get("id") if isinstance(e, dict) else None for e in events]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event_id in ids:
-                pipe.set(dispatcher_event_key(group, event_id), "1", nx=True, ex=3600)
-            won = await pipe.execute()
-        return [e for e, event_id, ok in zip(events, ids, won, strict=True) if ok and event_id is not None]
 
     async def _sweep_pending(self) -> int:
-        """Dispatch pending deliveries that no round is working on (a lost trigger)."""
+        """Dispatch pending deliveries that no round is working on (a lost trigger). A tenant
+        that fails is logged and the others are still swept."""
         started = 0
-        for tenant in await list_tenants(self.db.settings):
-            if tenant.status != "active":
-                continue
-            async with self.db.tenant_transaction(tenant.id, readonly=True) as tx:
-                rows = await tx.fetch(STRANDED_SQL)
-            for row in rows:
-                delivery = str(row["id"])
-                if not await self.redis.exists(round_key(delivery)):
-                    if await self.dispatch(str(tenant.id), delivery) is not None:
-                        started += 1
+        for tenant_id in await self.db.active_tenant_ids():
+            try:
+                async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
+                    rows = await tx.fetch(STRANDED_SQL)
+                for row in rows:
+                    delivery = str(row["id"])
+                    if not await self.redis.exists(round_key(delivery)):
+                        if await self.dispatch(str(tenant_id), delivery) is not None:
+                            started += 1
+            except Exception as exc:   # noqa: BLE001 - one tenant's fault is not the others'
+                log.error("sweeping pending deliveries of tenant %s failed (%s: %s)", tenant_id,
+                          exc.__class__.__name__, exc)
         return started
 
     async def _retry_forever(self) -> None:
@@ -442,7 +416,11 @@ class Dispatcher:
             await asyncio.sleep(self.retry_interval_s)
             try:
                 for tenant in await self.offers.unassigned_tenants():
-                    await self.retry(tenant)
+                    try:
+                        await self.retry(tenant)
+                    except Exception as exc:   # noqa: BLE001 - the next tenant still gets its retry
+                        log.error("retrying unassigned deliveries of tenant %s failed (%s: %s)", tenant,
+                                  exc.__class__.__name__, exc)
                 if (swept := await self._sweep_pending()):
                     log.info("started %d offer rounds for pending deliveries that had none", swept)
             except asyncio.CancelledError:

@@ -18,6 +18,8 @@ states, the availability index, tracking documents) are in ``streams/keys.py``.
 | ``driver:socket:{driver}`` | string | the engine process holding the driver's socket |
 | ``eta:calibration`` | hash | the learned ETA calibration all engines share |
 | ``dispatch:offsets:{group}:{topic}`` / ``dispatch:event:{group}:{id}`` | hash / string | the dispatcher's read position and event claims |
+| ``dispatch:parked:{group}`` | list, capped | delivery events that kept failing, for an operator |
+| ``dispatch:redis-epoch:{app}`` | string | set after a rebuild from Postgres; missing = Redis lost its data |
 """
 
 from __future__ import annotations
@@ -73,3 +75,11 @@ def dispatcher_offsets_key(group: str, topic: str) -> str:
 
 def dispatcher_event_key(group: str, event_id: object) -> str:
     return f"dispatch:event:{group}:{event_id}"
+
+
+def dispatcher_parked_key(group: str) -> str:
+    return f"dispatch:parked:{group}"
+
+
+def redis_epoch_key(app_id: str) -> str:
+    return f"dispatch:redis-epoch:{app_id}"

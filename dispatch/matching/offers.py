@@ -26,6 +26,12 @@ Keys
 ``deliveries:unassigned:tenants`` SET of tenant ids
     Tenants that may have unassigned deliveries (the dispatcher's periodic retry reads it).
 
+The database guards capacity (``dispatch.deliveries.store``): an ``offer`` or ``accept``
+transition for a driver who already carries ``capacity`` active deliveries raises
+``DriverAtCapacity``. Redis thought the driver free (its claims were lost), so the engine
+repairs the driver's claims from the database's list (``DriverClaims.restore``: the driver
+goes busy) and moves on to the next candidate, as for a decline.
+
 Order of writes for one offer: deadline, claim, transition, notification. A crash after the
 deadline is written is therefore always found by a sweep, which tolerates the steps that did
 not happen (a missing claim, a delivery still ``pending``).
@@ -47,7 +53,7 @@ from redis.asyncio import Redis
 
 from dispatch.core.errors import OFFER_NOT_HELD
 from dispatch.deliveries.state import DeliveryEvent, IllegalTransition
-from dispatch.deliveries.store import UnknownDelivery, UnknownDriver
+from dispatch.deliveries.store import DriverAtCapacity, UnknownDelivery, UnknownDriver
 from dispatch.deliveries.transitions import DeliveryTransitions
 from dispatch.matching.claims import DriverClaims
 from dispatch.matching.keys import (
@@ -254,6 +260,13 @@ class OfferEngine:
                 tenant = await self._tenant(delivery)
                 try:
                     await self._transition(tenant, delivery, DeliveryEvent.ACCEPT, actor=driver)
+                except DriverAtCapacity as exc:
+                    await self.claims.release(driver, delivery)
+                    await self._at_capacity(exc)
+                    await self._closed(delivery, driver, DeliveryEvent.DECLINE, reason="driver at capacity")
+                    await self._advance(delivery)
+                    raise OfferNotHeld(f"you already carry {len(exc.active)} active deliveries; "
+                                       f"delivery {delivery} goes to another driver") from None
                 except _ABANDON as exc:
                     await self.claims.release(driver, delivery)
                     return RoundOutcome(delivery, "abandoned", driver, str(exc))
@@ -388,6 +401,12 @@ class OfferEngine:
             try:
                 await self._transition(stored.tenant_id, delivery, DeliveryEvent.OFFER, actor=SYSTEM_ACTOR,
                                        driver_id=driver, estimated_duration_s=stored.dropoff_eta_s)
+            except DriverAtCapacity as exc:   # busy in the database: not an attempt, the next one
+                await self.redis.zrem(self.deadlines, member)
+                await self.claims.decline(driver, delivery)
+                attempts = await self.redis.hincrby(round_key(delivery), "attempts", -1)
+                await self._at_capacity(exc)
+                continue
             except _ABANDON as exc:
                 await self.redis.zrem(self.deadlines, member)
                 await self.claims.decline(driver, delivery)
@@ -418,6 +437,14 @@ class OfferEngine:
         await self.redis.sadd(UNASSIGNED_TENANTS_KEY, tenant)
         log.info("delivery %s unassigned: %s", delivery, reason)
         return RoundOutcome(delivery, "unassigned", None, reason)
+
+    async def _at_capacity(self, exc: DriverAtCapacity) -> None:
+        """Redis thought the driver free; the database says it is full: repair its claims."""
+        log.warning("%s; its Redis claims are rebuilt from the database", exc)
+        try:
+            await self.claims.restore(exc.driver_id, exc.active)
+        except Exception:   # the refusal stands either way; the rebuild sweep repairs later
+            log.exception("restoring the claims of driver %s failed", exc.driver_id)
 
     async def _closed(self, delivery: str, driver: str, event: DeliveryEvent, *,
                       actor: str = SYSTEM_ACTOR, reason: str | None = None) -> None:
