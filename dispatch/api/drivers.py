@@ -12,45 +12,78 @@ Ping ingest itself (``POST /v1/drivers/locations`` and the driver websocket) sta
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 
-from dispatch.core.errors import Refusal
+from dispatch.core.errors import INVALID_VALUE, MISSING_FIELD, WRONG_TYPE, Refusal
 from dispatch.gateway.ingest import Ingest, delivery_update
+from dispatch.matching.recovery import end_shift, start_shift
+from dispatch.web.failures import client_address
 from dispatch.web.http import bearer, gateway_error_response, parse_json, read_body
+from dispatch.web.outages import OUTAGES, unavailable
 
-__all__ = ["ShiftDoc", "router"]
+__all__ = ["SHIFT_ACTIONS", "parse_shift", "router"]
 
 router = APIRouter()
 
+SHIFT_ACTIONS = ("start", "end")
+SHIFT_SCHEMA = {"type": "object", "required": ["action"], "properties": {"action": {
+    "type": "string", "enum": list(SHIFT_ACTIONS),
+    "description": "start (available for offers) or end (offline)"}}}
 
-class ShiftDoc(BaseModel):
-    action: str = Field(description="start (available for offers) or end (offline)", pattern="^(start|end)$")
+
+def parse_shift(body: Any) -> str:
+    """The shift action of a decoded body, or a 422 naming the field. Other fields are ignored,
+    as they always were."""
+    if not isinstance(body, dict):
+        raise Refusal(422, WRONG_TYPE, 'the body must be {"action": "start" | "end"}', "body")
+    if "action" not in body:
+        raise Refusal(422, MISSING_FIELD, "action is required", "action")
+    action = body["action"]
+    if not isinstance(action, str):
+        raise Refusal(422, WRONG_TYPE, "action must be a string", "action")
+    if action not in SHIFT_ACTIONS:
+        raise Refusal(422, INVALID_VALUE, "action must be start or end", "action")
+    return action
 
 
-# The shift body is parsed by FastAPI from ``ShiftDoc`` before the handler runs: a bad body is
-# a 422 in the REST envelope (the RequestValidationError handler of dispatch.api.common), and
-# it is answered before the token is checked. Every other driver route reads its body raw and
-# checks the token first; this one is kept as it was until it is brought in line.
+# Every driver route checks the token first, then the driver's action limit, and only then
+# reads its body, through the bounded reader: a request without a valid token costs no body
+# buffering at all, and a hostile body is a 413 or a 422 naming the field.
 @router.post("/v1/drivers/shift", tags=["drivers"], summary="Start or end the authenticated driver's shift",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": SHIFT_SCHEMA}}}},
              responses={401: {"description": "unknown, revoked or expired token"},
-                        422: {"description": "action is not start or end"}})
-async def post_shift(request: Request, body: ShiftDoc) -> JSONResponse:
+                        413: {"description": "body too large"},
+                        422: {"description": "action is not start or end; the error names the field"},
+                        429: {"description": "over the driver's action limit (Retry-After)"},
+                        503: {"description": "a service the engine needs is down (Retry-After)"}})
+async def post_shift(request: Request) -> JSONResponse:
     ingest: Ingest = request.app.state.ingest
+    state = request.app.state
     try:
-        driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http")
+        driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http",
+                                           client_address(request.scope))
+        await ingest.allow_action(driver, "http")
+        action = parse_shift(parse_json(await read_body(request, ingest.engine.max_body_bytes, "http"),
+                                        ingest.engine.max_body_bytes, "http", "body"))
+        try:
+            # The shift is recorded in PostgreSQL and the status computed from the driver's
+            # active deliveries there, not from Redis claims that a Redis restart may have lost.
+            if action == "start":
+                status = await start_shift(state.db, state.offers.claims, driver.tenant_id, driver.driver_id)
+                dispatcher = getattr(state, "dispatcher", None)
+                if dispatcher is not None:
+                    dispatcher.retry_soon(driver.tenant_id)   # a driver is free: waiting deliveries get a chance
+            else:
+                status = await end_shift(state.db, state.locations, driver.tenant_id, driver.driver_id)
+        except OUTAGES:
+            raise unavailable() from None
     except Refusal as exc:
         return gateway_error_response(exc)
-    locations = request.app.state.locations
-    if body.action == "start":
-        await locations.start_shift(driver.tenant_id, driver.driver_id, driver.vehicle_type)
-        dispatcher = getattr(request.app.state, "dispatcher", None)
-        if dispatcher is not None:
-            dispatcher.retry_soon(driver.tenant_id)   # a driver is free: waiting deliveries get a chance
-    else:
-        await locations.end_shift(driver.driver_id)
-    return JSONResponse({"status": await locations.status(driver.driver_id)})
+    return JSONResponse({"status": status})
 
 
 @router.post("/v1/drivers/deliveries/{delivery_id}/events", tags=["drivers"],
@@ -58,14 +91,22 @@ async def post_shift(request: Request, body: ShiftDoc) -> JSONResponse:
              responses={401: {"description": "unknown, revoked or expired token"},
                         404: {"description": "no such delivery assigned to this driver"},
                         409: {"description": "the delivery is not in a state that allows this event"},
-                        422: {"description": "malformed body; the error names the field"}})
+                        422: {"description": "malformed body; the error names the field"},
+                        429: {"description": "over the driver's action limit (Retry-After)"},
+                        503: {"description": "a service the engine needs is down (Retry-After)"}})
 async def post_delivery_event(request: Request, delivery_id: str) -> JSONResponse:
     ingest: Ingest = request.app.state.ingest
     try:
-        driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http")
+        driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http",
+                                           client_address(request.scope))
+        await ingest.allow_action(driver, "http")
         body = parse_json(await read_body(request, ingest.engine.max_body_bytes, "http"),
                           ingest.engine.max_body_bytes, "http", "body")
-        reply = await delivery_update(getattr(request.app.state, "dispatcher", None), driver, body, delivery_id)
+        try:
+            reply = await delivery_update(getattr(request.app.state, "dispatcher", None), driver, body,
+                                          delivery_id)
+        except OUTAGES:
+            raise unavailable() from None
     except Refusal as exc:
         return gateway_error_response(exc)
     return JSONResponse(reply)

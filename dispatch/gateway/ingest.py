@@ -5,11 +5,20 @@ Both paths do the same four steps (authenticate, validate, rate-limit, produce) 
 every refusal is counted by reason. Refusals are ``dispatch.core.errors.Refusal``s rendered
 in the gateway's envelope (``dispatch.web.http.gateway_error``): the HTTP batch answers
 ``{"error": {...}}``, the websocket an ``{"type": "error", ...}`` frame and stays open.
+Redis or the broker away is such a refusal too (503 ``unavailable`` with ``Retry-After``,
+``dispatch.web.outages``): a fleet's sockets survive an outage of a few seconds.
 
 The driver's other REST routes (``POST /v1/drivers/shift``, ``POST /v1/drivers/deliveries/
 {id}/events``) live with the API in ``dispatch.api.drivers``; they authenticate through
 ``Ingest.authenticate`` too, so every driver-token refusal is counted in one place, and the
-delivery-event route shares ``delivery_update`` with the websocket's frame.
+delivery-event route shares ``delivery_update`` with the websocket's frame. Every driver
+action (shift change, delivery event, offer reply), on whichever channel, passes
+``Ingest.allow_action``: one window per driver, separate from the pings'.
+
+Each authenticated socket has a ``DriverSender`` (``dispatch.gateway.sender``): what others
+send it (offers, the worker's notices) waits in a bounded queue drained by the socket's own
+task, so a driver who stops reading never holds up the dispatcher; and it closes the socket
+when the token expires.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +42,8 @@ from dispatch.core.errors import (
     OFFER_NOT_HELD,
     OFFER_WITHDRAWN,
     RATE_LIMITED,
+    REVOKED_TOKEN,
+    UNAVAILABLE,
     WRONG_DRIVER,
     Refusal,
 )
@@ -39,10 +51,12 @@ from dispatch.core.metrics import GATEWAY_PRODUCE_SECONDS, PINGS_ACCEPTED, PINGS
 from dispatch.core.settings import EngineSettings
 from dispatch.deliveries.reports import DriverUpdateRefused, parse_driver_update
 from dispatch.gateway.pings import BOUNDS, Ping, validate_batch, validate_ping
+from dispatch.gateway.sender import DriverSender, encode_frame
 from dispatch.identity.auth import AuthDriver, DriverAuthenticator, TokenRejected
 from dispatch.matching.dispatcher import Dispatcher
 from dispatch.matching.offers import OfferEngine, OfferNotHeld
 from dispatch.matching.terms import InvalidOfferReply, parse_offer_reply
+from dispatch.web.failures import client_address
 from dispatch.web.http import (
     SUBPROTOCOL_PREFIX,
     bearer,
@@ -51,6 +65,7 @@ from dispatch.web.http import (
     parse_json,
     read_body,
 )
+from dispatch.web.outages import OUTAGES, unavailable
 from dispatch.web.ratelimit import SlidingWindowLimiter
 from streams.producer import PingProducer, encode_pings
 from streams.settings import StreamSettings
@@ -64,10 +79,14 @@ __all__ = [
     "close_revoked",
     "delivery_update",
     "router",
+    "transport_limit",
 ]
+
+log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHORISED = 4401   # token unknown, revoked or expired
 CLOSE_AUTH_TIMEOUT = 4408   # no token presented in time
+CLOSE_RETRY_LATER = 1013    # try again later: token checks throttled or unavailable
 
 
 class PingDoc(BaseModel):
@@ -90,18 +109,36 @@ class PingBatchDoc(BaseModel):
 
 @dataclass
 class Ingest:
+    """Authenticate, validate, rate-limit, produce; and the per-driver limit of driver actions.
+
+    ``actions`` counts a driver's shift changes, delivery events and offer replies together
+    (``driver_action_limit`` per ``driver_action_window_s``), on whichever channel they come;
+    by default a window on the same Redis as the ping limiter.
+    """
+
     engine: EngineSettings
     streams: StreamSettings
     auth: DriverAuthenticator
     limiter: SlidingWindowLimiter
     producer: PingProducer
+    actions: SlidingWindowLimiter | None = None
 
-    async def authenticate(self, token: object, channel: str) -> AuthDriver:
+    def __post_init__(self) -> None:
+        if self.actions is None:
+            self.actions = SlidingWindowLimiter(self.limiter.redis, self.engine.driver_action_limit,
+                                                self.engine.driver_action_window_s)
+
+    async def authenticate(self, token: object, channel: str, client: str | None = None) -> AuthDriver:
+        """The token's driver; ``client`` (the peer address) spends that address's budget of
+        made-up tokens, past which it is refused 429 before any lookup."""
         try:
-            return await self.auth.verify(token)
-        except TokenRejected as exc:   # a 401 Refusal, reason unknown/revoked/expired_token
+            return await self.auth.verify(token, client=client)
+        except TokenRejected as exc:   # 401 unknown/revoked/expired_token, or 429 for a throttled address
             PINGS_REJECTED.labels(channel, exc.reason).inc()
             raise
+        except OUTAGES:   # a token not in the cache needs its tenant's database
+            PINGS_REJECTED.labels(channel, UNAVAILABLE).inc()
+            raise unavailable() from None
 
     def validate(self, payload: Any, now: float, channel: str) -> list[Ping]:
         kwargs = {"now": now, "max_age_s": self.streams.location_ttl_s, "max_future_s": self.streams.max_future_s}
@@ -115,11 +152,18 @@ class Ingest:
             raise
 
     async def accept(self, driver: AuthDriver, pings: list[Ping], received_at: float, channel: str) -> int:
+        """Rate-limit and produce: the pings are durable in the log when this returns. Redis or
+        the broker away is a 503 ``unavailable`` (nothing produced), never a dropped socket."""
         for ping in pings:
             if ping.driver_id != driver.driver_id:
                 PINGS_REJECTED.labels(channel, WRONG_DRIVER).inc(len(pings))
                 raise Refusal(403, WRONG_DRIVER, "a driver can only report its own location", field="driver_id")
-        if not await self.limiter.allow(f"driver:{driver.driver_id}:pings", len(pings)):
+        try:
+            allowed = await self.limiter.allow(f"driver:{driver.driver_id}:pings", len(pings))
+        except OUTAGES:
+            PINGS_REJECTED.labels(channel, UNAVAILABLE).inc(len(pings))
+            raise unavailable() from None
+        if not allowed:
             PINGS_REJECTED.labels(channel, RATE_LIMITED).inc(len(pings))
             raise Refusal(429, RATE_LIMITED,
                           f"more than {self.engine.ping_rate_limit} pings in {self.engine.ping_rate_window_s} s",
@@ -127,13 +171,33 @@ class Ingest:
         key = driver.driver_id.encode()
         started = time.perf_counter()
         # One message per upload, keyed by driver: ordering per driver, one produce per request.
-        await self.producer.send(self.streams.locations_topic, [
-            (key, encode_pings(pings, tenant_id=driver.tenant_id, vehicle_type=driver.vehicle_type,
-                               received_at=received_at))
-        ])
+        try:
+            await self.producer.send(self.streams.locations_topic, [
+                (key, encode_pings(pings, tenant_id=driver.tenant_id, vehicle_type=driver.vehicle_type,
+                                   received_at=received_at))
+            ])
+        except OUTAGES:
+            PINGS_REJECTED.labels(channel, UNAVAILABLE).inc(len(pings))
+            raise unavailable() from None
         GATEWAY_PRODUCE_SECONDS.observe(time.perf_counter() - started)
         PINGS_ACCEPTED.labels(channel).inc(len(pings))
         return len(pings)
+
+    async def allow_action(self, driver: AuthDriver, channel: str) -> None:
+        """Count one driver action (shift change, delivery event, offer reply); 429
+        ``rate_limited`` with ``Retry-After`` over the limit, 503 when Redis is away."""
+        assert self.actions is not None
+        try:
+            allowed = await self.actions.allow(f"driver:{driver.driver_id}:actions")
+        except OUTAGES:
+            PINGS_REJECTED.labels(channel, UNAVAILABLE).inc()
+            raise unavailable() from None
+        if not allowed:
+            PINGS_REJECTED.labels(channel, RATE_LIMITED).inc()
+            raise Refusal(429, RATE_LIMITED,
+                          f"more than {self.engine.driver_action_limit} shift changes, delivery events and "
+                          f"offer replies in {self.engine.driver_action_window_s} s",
+                          headers={"Retry-After": str(self.engine.driver_action_window_s)})
 
 
 router = APIRouter()
@@ -155,7 +219,8 @@ async def post_locations(request: Request) -> JSONResponse:
     ingest: Ingest = request.app.state.ingest
     received_at = time.time()
     try:
-        driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http")
+        driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http",
+                                           client_address(request.scope))
         payload = parse_json(await read_body(request, ingest.engine.max_body_bytes, "http"),
                              ingest.engine.max_body_bytes, "http", "body")
         if not isinstance(payload, dict) or "pings" not in payload:
@@ -169,6 +234,22 @@ async def post_locations(request: Request) -> JSONResponse:
 
 
 DRIVER_STREAM_PATH = "/v1/drivers/stream"
+TRANSPORT_LIMIT_FLOOR = 1 << 20
+
+
+def transport_limit(engine: EngineSettings) -> int:
+    """The websocket transport's message limit (uvicorn's ``ws_max_size``): 1 MiB, or twice
+    ``max_message_bytes`` when that is set above 512 KiB.
+
+    A message over ``max_message_bytes`` but within this limit is read, refused with a
+    ``too_large`` error frame, and the socket stays open. One over this limit is refused by
+    the transport before the engine sees it: the socket is closed ``1009`` (message too big).
+    Some limit must exist there, since the transport buffers a whole message before handing
+    it over, and an unauthenticated socket (its first message is the token) can send one. At
+    1 MiB a socket holds at most about 2 MiB for a message (the bytes and their decoded text),
+    as before; the factor two keeps a refusal band above every allowed message limit.
+    """
+    return max(TRANSPORT_LIMIT_FLOOR, 2 * engine.max_message_bytes)
 
 
 class DriverStreamRoute:
@@ -186,19 +267,22 @@ class DriverStreamRoute:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "websocket" and scope["path"] == DRIVER_STREAM_PATH:
-            await driver_stream(WebSocket(scope, receive, send), self.app.state)
+            await driver_stream(WebSocket(scope, receive, send), self.app.state, receive)
         else:
             await self.app(scope, receive, send)
 
 
-async def driver_stream(ws: WebSocket, state) -> None:
+async def driver_stream(ws: WebSocket, state, receive=None) -> None:
     """Pings in (``{"type": "ping", ...}`` or ``{"type": "pings", "pings": [...]}``), acks and errors out.
 
     The token comes in the Authorization header, as a ``bearer.<token>`` subprotocol (browsers),
-    or as a first message ``{"type": "auth", "token": ...}``.
+    or as a first message ``{"type": "auth", "token": ...}``. Once authenticated the socket has
+    a ``DriverSender`` (``dispatch.gateway.sender``): offers and worker notices are queued on
+    it, replies sent inline with a timeout, and it closes the socket ``4401 expired_token``
+    when the token expires (one timer, no per-frame lookup).
     """
     ingest: Ingest = state.ingest
-    sockets: dict[str, set[WebSocket]] = state.driver_sockets
+    sockets: dict[str, set[DriverSender]] = state.driver_sockets
     token = bearer(ws.headers.get("authorization"))
     subprotocol = None
     for proto in ws.scope.get("subprotocols", []):
@@ -209,39 +293,54 @@ async def driver_stream(ws: WebSocket, state) -> None:
         try:
             first = json.loads(await asyncio.wait_for(ws.receive_text(), ingest.engine.auth_timeout_s))
             token = first.get("token") if isinstance(first, dict) and first.get("type") == "auth" else None
-        except (TimeoutError, ValueError, KeyError):
+        except (TimeoutError, ValueError, KeyError, RecursionError):
             await ws.close(CLOSE_AUTH_TIMEOUT, "present a token first")
             return
         except WebSocketDisconnect:
             return
     try:
-        driver = await ingest.authenticate(token, "ws")
-    except Refusal as exc:
-        await ws.send_json({"type": "error", **gateway_error(exc)})
-        await ws.close(CLOSE_UNAUTHORISED, exc.reason)
+        driver = await ingest.authenticate(token, "ws", client_address(ws.scope))
+    except Refusal as exc:   # 401 (close 4401); throttled or unavailable: try again later (1013)
+        with contextlib.suppress(Exception):
+            await ws.send_text(encode_frame({"type": "error", **gateway_error(exc)}))
+            await ws.close(CLOSE_UNAUTHORISED if exc.status == 401 else CLOSE_RETRY_LATER, exc.reason)
         return
-    sockets.setdefault(driver.token_hash, set()).add(ws)
-    by_driver: dict[str, set[WebSocket]] = state.driver_ids   # where offers are sent
-    by_driver.setdefault(driver.driver_id, set()).add(ws)
+    sender = DriverSender(ws, queue_max=ingest.engine.driver_send_queue_max,
+                          send_timeout_s=ingest.engine.offer_send_timeout_s, receive=receive,
+                          tenant_id=driver.tenant_id, driver_id=driver.driver_id)
+    sender.close_at(driver.expires_at, CLOSE_UNAUTHORISED, EXPIRED_TOKEN,
+                    {"type": "error", "reason": EXPIRED_TOKEN, "message": "the token has expired; ask for a new one"})
+    sockets.setdefault(driver.token_hash, set()).add(sender)
+    by_driver: dict[str, set[DriverSender]] = state.driver_ids   # where offers and notices are sent
+    by_driver.setdefault(driver.driver_id, set()).add(sender)
     offers: OfferEngine | None = getattr(state, "offers", None)
     notifier = getattr(state, "notifier", None)
-    if notifier is not None:
-        await notifier.register(driver.driver_id)   # offers made by other engine processes come here
-    await ws.send_json({"type": "ready", "driver_id": driver.driver_id})
     try:
+        if notifier is not None:
+            try:   # offers made by other engine processes come here
+                await notifier.register(driver.driver_id)
+            except OUTAGES:   # Redis away: offers made in this process still reach the socket
+                log.warning("driver socket registered locally only: Redis unavailable")
+        if not await sender.reply({"type": "ready", "driver_id": driver.driver_id}):
+            return
         while True:
             message = await ws.receive()
             if message["type"] == "websocket.disconnect":
                 return
             raw = message.get("text") if message.get("text") is not None else message.get("bytes")
-            await _handle_frame(ws, ingest, driver, raw, offers, getattr(state, "dispatcher", None))
+            await _handle_frame(sender, ingest, driver, raw, offers, getattr(state, "dispatcher", None))
     except WebSocketDisconnect:
         return
     finally:
-        sockets.get(driver.token_hash, set()).discard(ws)
+        await sender.stop()
+        mine = sockets.get(driver.token_hash)
+        if mine is not None:
+            mine.discard(sender)
+            if not mine:
+                sockets.pop(driver.token_hash, None)
         mine = by_driver.get(driver.driver_id)
         if mine is not None:
-            mine.discard(ws)
+            mine.discard(sender)
             if not mine:
                 by_driver.pop(driver.driver_id, None)
                 if notifier is not None:
@@ -249,7 +348,7 @@ async def driver_stream(ws: WebSocket, state) -> None:
                         await notifier.unregister(driver.driver_id)
 
 
-async def _handle_frame(ws: WebSocket, ingest: Ingest, driver: AuthDriver, raw: str | bytes | None,
+async def _handle_frame(sender: DriverSender, ingest: Ingest, driver: AuthDriver, raw: str | bytes | None,
                         offers: OfferEngine | None = None, dispatcher: Dispatcher | None = None) -> None:
     received_at = time.time()
     seq = None
@@ -262,18 +361,23 @@ async def _handle_frame(ws: WebSocket, ingest: Ingest, driver: AuthDriver, raw: 
         if driver.expires_at <= received_at:
             PINGS_REJECTED.labels("ws", EXPIRED_TOKEN).inc()
             raise Refusal(401, EXPIRED_TOKEN, "the token has expired")
-        if isinstance(payload, dict) and payload.get("type") == "offer_reply":
-            await ws.send_json({"seq": seq, **await _offer_reply(offers, driver, payload)})
-            return
-        if isinstance(payload, dict) and payload.get("type") == "delivery_update":
-            await ws.send_json({"seq": seq, **await delivery_update(dispatcher, driver, payload)})
+        if isinstance(payload, dict) and payload.get("type") in ("offer_reply", "delivery_update"):
+            await ingest.allow_action(driver, "ws")
+            try:
+                if payload["type"] == "offer_reply":
+                    reply = await _offer_reply(offers, driver, payload)
+                else:
+                    reply = await delivery_update(dispatcher, driver, payload)
+            except OUTAGES:
+                raise unavailable() from None
+            await sender.reply({"seq": seq, **reply})
             return
         pings = ingest.validate(payload, received_at, "ws")
         accepted = await ingest.accept(driver, pings, received_at, "ws")
     except Refusal as exc:
-        await ws.send_json({"type": "error", "seq": seq, **gateway_error(exc)})
+        await sender.reply({"type": "error", "seq": seq, **gateway_error(exc)})
         return
-    await ws.send_json({"type": "ack", "seq": seq, "accepted": accepted})
+    await sender.reply({"type": "ack", "seq": seq, "accepted": accepted})
 
 
 async def _offer_reply(offers: OfferEngine | None, driver: AuthDriver, payload: dict[str, Any]) -> dict[str, Any]:
@@ -311,6 +415,6 @@ async def delivery_update(dispatcher: Dispatcher | None, driver: AuthDriver, pay
 
 
 def close_revoked(app_state, token_hash: str) -> None:
-    """Revocation from any process: close that token's open websockets."""
-    for ws in list(app_state.driver_sockets.pop(token_hash, ())):
-        asyncio.get_running_loop().create_task(ws.close(CLOSE_UNAUTHORISED, "revoked_token"))
+    """Revocation from any process: close that token's open websockets (without waiting)."""
+    for sender in list(app_state.driver_sockets.pop(token_hash, ())):
+        sender.close(CLOSE_UNAUTHORISED, REVOKED_TOKEN)

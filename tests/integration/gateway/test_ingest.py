@@ -270,12 +270,18 @@ async def test_a_burst_over_the_rate_limit_is_refused(platform, stream_settings,
 
 
 async def test_openapi_document_describes_the_ingest_endpoints(platform, stream_settings):
-    async with running_engine(platform, stream_settings) as addr, httpx.AsyncClient(base_url=f"http://{addr}") as http:
+    async with running_engine(platform, stream_settings, api_docs=True, operator_token="op-secret") as addr, \
+            httpx.AsyncClient(base_url=f"http://{addr}") as http:
         doc = (await http.get("/openapi.json")).json()
         assert "/v1/drivers/locations" in doc["paths"]
+        shift = doc["paths"]["/v1/drivers/shift"]["post"]
+        assert shift["requestBody"]["content"]["application/json"]["schema"]["properties"]["action"]["enum"] == [
+            "start", "end"]
+        assert {"401", "422", "429", "503"} <= set(shift["responses"])
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         assert (await http.get("/readyz")).status_code == 200
-        assert "wakala_pings_rejected_total" in (await http.get("/metrics")).text
+        metrics = await http.get("/metrics", headers={"Authorization": "Bearer op-secret"})
+        assert "wakala_pings_rejected_total" in metrics.text
 
 
 @pytest.mark.parametrize("field, value", [("phone_number", "0821234567"), ("vehicle_type", "rocket"),
