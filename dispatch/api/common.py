@@ -5,7 +5,10 @@ limit, JSON), the domain's own parse and write wrapped in ``check`` / ``call``, 
 answer. Anything the domain refuses becomes a ``dispatch.core.errors.Refusal``, which the
 handlers ``install_handlers`` adds render in the REST envelope (``dispatch.web.http.
 api_error_response``: ``{"error": {"status", "reason", "field", "message"}}``); FastAPI's
-own query and path validation answers in the same envelope.
+own query and path validation answers in the same envelope, with any text it quotes from the
+request escaped, and an input holding a lone surrogate or a NUL refused as ``invalid_text``.
+A domain error that is really an outage (``DatabaseUnavailable``, ``BrokerUnavailable``) is a
+503 ``unavailable`` without its text (``dispatch.web.outages``), never a 400 naming the host.
 
 Ids in paths go through the one UUID parser; a path id that is not a UUID names nothing the
 caller could own, so it is a 404 like any other id that is not theirs.
@@ -13,6 +16,7 @@ caller could own, so it is a 404 like any other id that is not theirs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -22,25 +26,31 @@ from fastapi.responses import JSONResponse
 
 from dispatch.core.errors import (
     FORBIDDEN,
-    INVALID_REQUEST,
+    INVALID_TEXT,
     INVALID_VALUE,
     MISSING_FIELD,
-    NOT_FOUND,
     RATE_LIMITED,
     WRONG_TYPE,
     NotFound,
     Refusal,
+    as_refusal,
 )
 from dispatch.core.ids import InvalidId, canonical_uuid
 from dispatch.identity.auth import TokenRejected
 from dispatch.identity.users import AuthUser
+from dispatch.web.failures import client_address
 from dispatch.web.http import api_error_response, bearer, parse_json, read_body
+from dispatch.web.outages import is_outage, unavailable
+from dispatch.web.text import bad_text_path, is_valid_text, printable
 from schema.errors import InvalidTenantId, TenantNotActive, UnknownTenant, WakalaError
 
 __all__ = ["actor", "body", "call", "caller", "check", "check_limit", "customer_of", "install_handlers",
-           "json_body_doc", "path_id", "raw_body", "reason_of", "refusal_of", "vendor_of"]
+           "json_body_doc", "path_id", "raw_body", "reason_of", "refusal_of", "validation_refusal",
+           "vendor_of"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -52,10 +62,23 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body")]
-        return api_error_response(Refusal(422, INVALID_VALUE, first.get("msg", "invalid request"),
-                                          ".".join(loc) or None))
+        return api_error_response(validation_refusal(exc.errors()))
+
+
+def validation_refusal(errors: Any) -> Refusal:
+    """FastAPI's validation errors as one refusal: the first error's field and message, text
+    quoted from the request escaped; ``invalid_text`` when any error's input holds a lone
+    surrogate or a NUL (which a model may also have accepted: those never reach a handler)."""
+    for error in errors:
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("query", "path", "body")]
+        bad = bad_text_path(error.get("input"))
+        if bad is not None or not all(map(is_valid_text, loc)):
+            where = [printable(p) for p in loc] + ([bad] if bad not in (None, "body") else [])
+            return Refusal(422, INVALID_TEXT, "text must be valid Unicode without NUL characters",
+                           ".".join(where) or None)
+    first = errors[0] if errors else {}
+    loc = [printable(str(p)) for p in first.get("loc", ()) if p not in ("query", "path", "body")]
+    return Refusal(422, INVALID_VALUE, printable(str(first.get("msg", "invalid request"))), ".".join(loc) or None)
 
 
 def refusal_of(exc: WakalaError) -> Refusal:
@@ -65,12 +88,12 @@ def refusal_of(exc: WakalaError) -> Refusal:
     ``...NotFound``, else 400 ``invalid_request``)."""
     if isinstance(exc, Refusal):
         return exc
+    if is_outage(exc):
+        log.warning("service unavailable: %s", exc, exc_info=exc)
+        return unavailable()
     if isinstance(exc, UnknownTenant | InvalidTenantId | TenantNotActive):
         return NotFound("no such tenant", "tenant_id")
-    status = getattr(exc, "status", None) or (404 if type(exc).__name__.endswith("NotFound") else 400)
-    reason = getattr(exc, "reason", None) or (NOT_FOUND if status == 404 else INVALID_REQUEST)
-    message = getattr(exc, "message", None) or str(exc)
-    return Refusal(status, reason, message, getattr(exc, "field", None))
+    return as_refusal(exc)
 
 
 async def call(awaitable: Awaitable[T]) -> T:
@@ -96,10 +119,11 @@ async def caller(request: Request, *roles: str) -> AuthUser:
     token, 429 with ``Retry-After`` past the caller's sliding window, 403 without the role."""
     state = request.app.state
     try:
-        user: AuthUser = await state.users.verify(bearer(request.headers.get("authorization")))
-    except TokenRejected as exc:
-        raise Refusal(401, exc.reason, exc.message, "authorization",
-                      headers={"WWW-Authenticate": "Bearer"}) from None
+        user: AuthUser = await state.users.verify(bearer(request.headers.get("authorization")),
+                                                  client=client_address(request.scope))
+    except TokenRejected as exc:   # 401, or 429 with Retry-After for an address past its budget
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else dict(exc.headers or {})
+        raise Refusal(exc.status, exc.reason, exc.message, "authorization", headers=headers) from None
     if not await state.api_limiter.allow(f"user:{user.user_id}"):
         window = state.engine.api_rate_window_s
         raise Refusal(429, RATE_LIMITED, f"more than {state.engine.api_rate_limit} requests in "

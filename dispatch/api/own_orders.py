@@ -4,9 +4,13 @@ customers share.
 The same handler serves both audiences; the role decides whose orders are in reach (a
 vendor's: ``vendor_id``, a customer's: ``customer_id``) and the domain query filters on it,
 so another vendor's or customer's order answers 404, exactly like one that does not exist.
+The cancel takes an ``Idempotency-Key`` (``dispatch.api.idempotency.once``); a tracking link
+is a secret shown once, so its key is only validated.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import Request
 
@@ -21,6 +25,7 @@ from dispatch.api.common import (
     reason_of,
     vendor_of,
 )
+from dispatch.api.idempotency import key_of, once
 from dispatch.commerce.orders import reads as order_reads
 from dispatch.commerce.orders import transitions as order_transitions
 from dispatch.identity.users import AuthUser
@@ -51,18 +56,23 @@ async def party_order(request: Request, role: str, order_id: str) -> dict:
                                        cache=state.cache, **party))
 
 
-async def party_cancel(request: Request, role: str, order_id: str) -> dict:
+async def party_cancel(request: Request, role: str, order_id: str) -> Any:
     """Cancel one of the caller's orders (a vendor's, or a customer's own)."""
     user = await caller(request, role)
     state = request.app.state
     party = _party(user, role)
-    return await call(order_transitions.cancel_order(state.db, user.tenant_id, path_id(order_id, "order_id"),
-                                          actor=actor(user), reason=reason_of(await body(request)),
-                                          cache=state.cache, **party))
+
+    async def act() -> dict:
+        return await call(order_transitions.cancel_order(
+            state.db, user.tenant_id, path_id(order_id, "order_id"), actor=actor(user),
+            reason=reason_of(await body(request)), cache=state.cache, **party))
+
+    return await once(request, user.tenant_id, user.user_id, act)
 
 
 async def tracking_link_for(request: Request, user: AuthUser, order_id: str, **owner: str) -> dict:
     """A new tracking link to the order's delivery, for its ``customer_id`` or ``vendor_id``."""
+    key_of(request)   # validated only: the link is a secret shown once, never stored
     state = request.app.state
     issued = await call(tracking_links.issue_link(state.db, user.tenant_id, path_id(order_id, "order_id"),
                                                   grace_s=state.engine.tracking_link_grace_s, **owner))

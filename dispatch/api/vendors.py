@@ -1,8 +1,12 @@
 """Vendors' routes (``/v1/vendor/...``, tag ``vendors``): the vendor's catalogue and stock,
 and its orders from acceptance to ready. Each needs the ``vendor`` role and a user that acts
-for a vendor; another vendor's product or order answers 404."""
+for a vendor; another vendor's product or order answers 404. Every write takes an
+``Idempotency-Key`` (``dispatch.api.idempotency.once``: claim, act, record); a tracking link
+is a secret shown once, so its key is only validated."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -16,6 +20,7 @@ from dispatch.api.common import (
     reason_of,
     vendor_of,
 )
+from dispatch.api.idempotency import once
 from dispatch.api.own_orders import party_cancel, party_order, party_orders, tracking_link_for
 from dispatch.commerce.catalogue import reads as catalogue_reads
 from dispatch.commerce.catalogue import writes as catalogue_writes
@@ -31,20 +36,28 @@ router = APIRouter()
 @router.post("/v1/vendor/products", tags=["vendors"], status_code=201,
              openapi_extra=json_body_doc({"sku": "MAIZE-10KG", "name": "Maize meal 10 kg", "price": "89.99",
                                           "description": "White star", "initial_stock": 20}))
-async def vendor_create_product(request: Request) -> dict:
+async def vendor_create_product(request: Request) -> Any:
     user = await caller(request, "vendor")
     state = request.app.state
-    return await call(catalogue_writes.create_product(state.db, state.cache, user.tenant_id, vendor_of(user),
-                                               await body(request), actor=actor(user)))
+
+    async def act() -> dict:
+        return await call(catalogue_writes.create_product(state.db, state.cache, user.tenant_id, vendor_of(user),
+                                                          await body(request), actor=actor(user)))
+
+    return await once(request, user.tenant_id, user.user_id, act)
 
 
 @router.patch("/v1/vendor/products/{product_id}", tags=["vendors"], openapi_extra=json_body_doc({"price": "94.99"}))
-async def vendor_update_product(request: Request, product_id: str) -> dict:
+async def vendor_update_product(request: Request, product_id: str) -> Any:
     user = await caller(request, "vendor")
     state = request.app.state
-    return await call(catalogue_writes.update_product(state.db, state.cache, user.tenant_id, vendor_of(user),
-                                               path_id(product_id, "product_id"), await body(request),
-                                               actor=actor(user)))
+
+    async def act() -> dict:
+        return await call(catalogue_writes.update_product(state.db, state.cache, user.tenant_id, vendor_of(user),
+                                                          path_id(product_id, "product_id"), await body(request),
+                                                          actor=actor(user)))
+
+    return await once(request, user.tenant_id, user.user_id, act)
 
 
 @router.get("/v1/vendor/products/{product_id}", tags=["vendors"], summary="One of the vendor's products, active or not")
@@ -57,18 +70,26 @@ async def vendor_product(request: Request, product_id: str) -> dict:
 
 @router.post("/v1/vendor/products/{product_id}/variants", tags=["vendors"], status_code=201,
              openapi_extra=json_body_doc({"sku": "MAIZE-5KG", "name": "5 kg", "price": "49.99"}))
-async def vendor_create_variant(request: Request, product_id: str) -> dict:
+async def vendor_create_variant(request: Request, product_id: str) -> Any:
     user = await caller(request, "vendor")
     state = request.app.state
-    return await call(catalogue_writes.create_variant(state.db, state.cache, user.tenant_id, vendor_of(user),
-                                               path_id(product_id, "product_id"), await body(request),
-                                               actor=actor(user)))
+
+    async def act() -> dict:
+        return await call(catalogue_writes.create_variant(state.db, state.cache, user.tenant_id, vendor_of(user),
+                                                          path_id(product_id, "product_id"), await body(request),
+                                                          actor=actor(user)))
+
+    return await once(request, user.tenant_id, user.user_id, act)
 
 
 @router.post("/v1/vendor/products/{product_id}/stock", tags=["vendors"],
              openapi_extra=json_body_doc({"delta": 12, "reason": "restock"}))
-async def vendor_adjust_stock(request: Request, product_id: str) -> dict:
+async def vendor_adjust_stock(request: Request, product_id: str) -> Any:
     user = await caller(request, "vendor")
+    return await once(request, user.tenant_id, user.user_id, lambda: _adjust_stock(request, user, product_id))
+
+
+async def _adjust_stock(request: Request, user: Any, product_id: str) -> dict:
     state = request.app.state
     payload = await body(request)
     if not isinstance(payload, dict) or set(payload) - {"delta", "reason", "variant_id"}:
@@ -98,36 +119,42 @@ async def vendor_order(request: Request, order_id: str) -> dict:
 
 
 @router.post("/v1/vendor/orders/{order_id}/accept", tags=["vendors"])
-async def vendor_accept(request: Request, order_id: str) -> dict:
+async def vendor_accept(request: Request, order_id: str) -> Any:
     return await _decide(request, order_id, accept=True)
 
 
 @router.post("/v1/vendor/orders/{order_id}/reject", tags=["vendors"],
              openapi_extra=json_body_doc({"reason": "out of bread"}))
-async def vendor_reject(request: Request, order_id: str) -> dict:
+async def vendor_reject(request: Request, order_id: str) -> Any:
     return await _decide(request, order_id, accept=False)
 
 
-async def _decide(request: Request, order_id: str, *, accept: bool) -> dict:
+async def _decide(request: Request, order_id: str, *, accept: bool) -> Any:
     user = await caller(request, "vendor")
     state = request.app.state
-    reason = None if accept else reason_of(await body(request))
-    return await call(order_transitions.vendor_decision(state.db, user.tenant_id, vendor_of(user), path_id(order_id, "order_id"),
-                                             accept=accept, actor=actor(user), reason=reason, cache=state.cache))
+
+    async def act() -> dict:
+        reason = None if accept else reason_of(await body(request))
+        return await call(order_transitions.vendor_decision(
+            state.db, user.tenant_id, vendor_of(user), path_id(order_id, "order_id"), accept=accept,
+            actor=actor(user), reason=reason, cache=state.cache))
+
+    return await once(request, user.tenant_id, user.user_id, act)
 
 
 @router.post("/v1/vendor/orders/{order_id}/ready", tags=["vendors"],
              summary="The order is packed: a delivery is created and matched to a driver")
-async def vendor_ready(request: Request, order_id: str) -> dict:
+async def vendor_ready(request: Request, order_id: str) -> Any:
     user = await caller(request, "vendor")
     state = request.app.state
-    return await call(handoff.mark_ready(state.db, user.tenant_id, vendor_of(user), path_id(order_id, "order_id"),
-                                        actor=actor(user), cache=state.cache))
+    return await once(request, user.tenant_id, user.user_id, lambda: call(handoff.mark_ready(
+        state.db, user.tenant_id, vendor_of(user), path_id(order_id, "order_id"), actor=actor(user),
+        cache=state.cache)))
 
 
 @router.post("/v1/vendor/orders/{order_id}/cancel", tags=["vendors"],
              openapi_extra=json_body_doc({"reason": "closed early"}))
-async def vendor_cancel(request: Request, order_id: str) -> dict:
+async def vendor_cancel(request: Request, order_id: str) -> Any:
     return await party_cancel(request, "vendor", order_id)
 
 

@@ -8,7 +8,8 @@ never keeps goods off the shelf.
 
 Each order is its own short transaction, rechecked under the order lock: an order paid or
 accepted between the scan and the lock is left alone, and no transaction holds more than
-one order's rows. ``run_reservation_sweeper`` does this for every tenant forever; a
+one order's rows. ``run_reservation_sweeper`` does this for every tenant forever, and
+forgets the tenant's expired idempotency keys (``dispatch.commerce.idempotency.prune``); a
 failing tenant is logged and retried on the next round rather than stopping the sweep.
 """
 
@@ -19,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 
+from dispatch.commerce import idempotency
 from dispatch.commerce.orders.lifecycle import OrderAction, OrderStatus
 from dispatch.commerce.orders.records import (
     change_status,
@@ -88,6 +90,7 @@ async def run_reservation_sweeper(
                     released = await release_expired_reservations(db, tenant_id, cache=cache)
                     if released:
                         log.info("released %d expired reservations of tenant %s", released, tenant_id)
+                    await idempotency.prune(db, tenant_id)
                 except Exception:
                     log.exception("releasing expired reservations of tenant %s failed", tenant_id)
         except Exception:

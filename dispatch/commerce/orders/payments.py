@@ -35,6 +35,7 @@ from typing import Any
 
 import asyncpg
 
+from dispatch.commerce import idempotency as idem
 from dispatch.commerce import reservations
 from dispatch.commerce.orders.input import parse_order_id
 from dispatch.commerce.orders.lifecycle import OrderAction, OrderStatus, next_status
@@ -131,9 +132,12 @@ def _result(row: asyncpg.Record, *, replayed: bool) -> dict[str, Any]:
 async def record_payment(
     db: TenantDatabase, tenant_id: object, order_id: uuid.UUID | str, *, idempotency_key: str,
     amount: Decimal, status: str, gateway: str, gateway_reference: str | None,
-    cache: Cache | None = None,
+    cache: Cache | None = None, idempotency: idem.IdempotentRequest | None = None,
 ) -> dict[str, Any]:
     """Record one payment attempt of an order (a gateway callback); see the module's table.
+
+    ``idempotency``: the request's ``Idempotency-Key``, looked up and stored in this
+    transaction (``dispatch.commerce.idempotency``); a retry gets the first answer back.
 
     Returns ``payment_id, order_id, idempotency_key, status, amount, currency, gateway,
     gateway_reference, order_status, payment_status, refund_amount, created_at, replayed``
@@ -157,11 +161,13 @@ async def record_payment(
     at = datetime.now(UTC)
     products: list[str] = []
     async with db.tenant_transaction(tenant) as tx:
+        if idempotency is not None and (first := await idem.begin(tx, tenant, idempotency)) is not None:
+            return idem.ReplayedBody(first)
         order = await lock_order(tx, oid)
         # after the order lock: a concurrent delivery of the same callback has committed
         existing = await tx.fetchrow(PAYMENT_BY_KEY_SQL, idempotency_key)
         if existing is not None:
-            return _replay(existing, oid, paid, status)
+            return await _answer(tx, idempotency, _replay(existing, oid, paid, status))
         if status == SUCCEEDED and paid != order.total_amount:
             raise _refuse(AMOUNT_MISMATCH, f"the order's total is {order.total_amount}, "
                           f"the payment {paid}", "amount")
@@ -175,7 +181,8 @@ async def record_payment(
         row = await tx.fetchrow(INSERT_PAYMENT_SQL, oid, idempotency_key, gateway, gateway_reference,
                                 order.payment_method or "unknown", paid, status, json.dumps(meta))
         if row is None:   # the key was taken for another order meanwhile
-            return _replay(await tx.fetchrow(PAYMENT_BY_KEY_SQL, idempotency_key), oid, paid, status)
+            return await _answer(tx, idempotency, _replay(await tx.fetchrow(PAYMENT_BY_KEY_SQL, idempotency_key),
+                                                          oid, paid, status))
         details = {"payment_id": str(row["id"]), "payment_status": status, "amount": str(paid)}
         if outcome.action is OrderAction.PAY:
             await change_status(tx, tenant, order, outcome.action, actor=f"gateway:{gateway}",
@@ -197,8 +204,16 @@ async def record_payment(
             await write_event(tx, tenant, order, "record_payment", from_status=order.status.value,
                               to_status=order.status.value, at=at, actor=f"gateway:{gateway}",
                               reason=None, extra={**details, "refund": outcome.refund})
+        result = await _answer(tx, idempotency, _result(row, replayed=False))
     await forget_cached(cache, tenant, oid, products)
-    return _result(row, replayed=False)
+    return result
+
+
+async def _answer(tx: asyncpg.Connection, idempotency: idem.IdempotentRequest | None,
+                  result: dict[str, Any]) -> dict[str, Any]:
+    if idempotency is not None:
+        await idem.finish(tx, idempotency, result)
+    return result
 
 
 def _replay(existing: asyncpg.Record, oid: uuid.UUID, amount: Decimal, status: str) -> dict[str, Any]:

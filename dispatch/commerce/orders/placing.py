@@ -15,6 +15,19 @@ pre-check (a refusal here costs no lock), the promotion rows (locked in id order
 claim), and last the stock rows themselves, so the hottest rows stay locked for the shortest
 time. The pre-check can be wrong under concurrency; the locked check in
 ``reservations.reserve`` is the authority.
+
+Two guards against a client that acts too often:
+
+* **Pending cap.** One customer may hold at most ``max_pending`` unpaid orders with stock
+  reserved at one vendor (``EngineSettings.max_pending_orders``, 5 by default); one more is
+  409 ``too_many_pending``. The count runs under a transaction-scoped advisory lock on
+  (customer, vendor), so concurrent posts of one customer queue there and cannot together
+  pass the cap; other customers never wait on it. A paid or accepted order, or one whose
+  reservation ran out, no longer counts. Without the cap one customer could hold a vendor's
+  whole stock in checkouts they never pay (each holds for ``reservation_ttl_s``).
+* **Idempotency key.** With ``idempotency`` (``dispatch.commerce.idempotency``), the key is
+  locked and looked up first in the same transaction and the answer stored before the
+  commit: a retry gets the first order back (``idempotency.ReplayedBody``), never a second order.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from typing import Any
 
 import asyncpg
 
+from dispatch.commerce import idempotency as idem
 from dispatch.commerce import promotion_store, reservations
 from dispatch.commerce.orders.input import NewOrder, recheck
 from dispatch.commerce.orders.lifecycle import CASH, OrderStatus
@@ -50,6 +64,7 @@ from dispatch.core.errors import (
     PAYMENT_METHOD_NOT_ACCEPTED,
     PRODUCT_OF_ANOTHER_VENDOR,
     PRODUCT_UNAVAILABLE,
+    TOO_MANY_PENDING,
     UNKNOWN_CUSTOMER,
     UNKNOWN_PRODUCT,
     UNKNOWN_VARIANT,
@@ -116,6 +131,16 @@ FROM unnest($2::uuid[], $3::uuid[], $4::int[], $5::numeric[], $6::numeric[], $7:
                           tax, name, line)
 """
 
+# The pending cap: one customer's posts at one vendor queue on this lock, then count.
+PENDING_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1, 11))"
+PENDING_SQL = """
+SELECT count(*) FROM orders o
+WHERE o.customer_id = $1 AND o.vendor_id = $2 AND o.status = 'pending'
+  AND EXISTS (SELECT 1 FROM inventory_reservations r
+              WHERE r.order_id = o.id AND r.status = 'active' AND r.expires_at > $3)
+"""
+
+
 _pricing: PricingSettings | None = None
 
 
@@ -179,6 +204,16 @@ def _check_lines(rows: Sequence[asyncpg.Record], order: NewOrder) -> list[reserv
     return needs
 
 
+async def _check_pending(tx: asyncpg.Connection, tenant: str, customer: uuid.UUID, vendor: uuid.UUID,
+                         cap: int, when: datetime) -> None:
+    """409 ``too_many_pending`` if the customer already holds ``cap`` unpaid orders' stock here."""
+    await tx.execute(PENDING_LOCK_SQL, f"{tenant}:{customer}:{vendor}")
+    if await tx.fetchval(PENDING_SQL, customer, vendor, when) >= cap:
+        raise Refusal(409, TOO_MANY_PENDING,
+                      f"you have {cap} unpaid orders holding this vendor's stock; pay or cancel one "
+                      "first (or wait for one to expire)", "vendor_id")
+
+
 def _unit_price(row: asyncpg.Record) -> Decimal:
     return money(row["variant_price"] if row["variant_price"] is not None else row["price"])
 
@@ -190,7 +225,8 @@ def _name(row: asyncpg.Record) -> str:
 async def place_order(
     db: TenantDatabase, tenant_id: object, order: NewOrder, *, actor: str,
     cache: Cache | None = None, reservation_ttl_s: int = 900, now: datetime | None = None,
-    pricing: PricingSettings | None = None,
+    pricing: PricingSettings | None = None, max_pending: int | None = None,
+    idempotency: idem.IdempotentRequest | None = None,
 ) -> dict[str, Any]:
     """Place ``order`` (see the module docstring); returns the order view.
 
@@ -205,7 +241,9 @@ async def place_order(
     ``vendor_unavailable``, ``unknown_customer``, ``outside_delivery_radius``,
     ``payment_method_not_accepted``, ``unknown_product``, ``product_of_another_vendor``,
     ``product_unavailable``, ``unknown_variant``, ``below_minimum_order``,
-    ``invalid_promotion``) or 409 ``out_of_stock`` naming the line.
+    ``invalid_promotion``) or 409 ``out_of_stock`` naming the line, ``too_many_pending``
+    (``max_pending``; None: no cap), ``idempotency_conflict`` (the key: another request, or
+    one in progress).
     ``now`` (tests) is the clock for promotion windows and the reservation's expiry.
     """
     order = recheck(order)
@@ -217,12 +255,16 @@ async def place_order(
     fields = [f"promo_codes[{i}]" for i in range(len(order.promo_codes))]
     customer_uuid, vendor_uuid = uuid.UUID(order.customer_id), uuid.UUID(order.vendor_id)
     async with db.tenant_transaction(tenant) as tx:
+        if idempotency is not None and (first := await idem.begin(tx, tenant, idempotency)) is not None:
+            return idem.ReplayedBody(first)
         vendor = await tx.fetchrow(VENDOR_SQL, vendor_uuid, order.delivery_lat,
                                    order.delivery_lng, customer_uuid)
         _check_vendor(vendor, order)
         rows = await tx.fetch(LINES_SQL, [line.product_id for line in order.lines],
                               [line.variant_id for line in order.lines])
         needs = _check_lines(rows, order)
+        if max_pending is not None:
+            await _check_pending(tx, tenant, customer_uuid, vendor_uuid, max_pending, when)
         prices = [_unit_price(r) for r in rows]
         totals_before = [money(p * line.quantity) for p, line in zip(prices, order.lines, strict=True)]
         subtotal = sum(totals_before, ZERO)
@@ -273,5 +315,7 @@ async def place_order(
         view = await order_view(tx, order_id)
         # last, so the hot stock rows stay locked for as short a time as possible
         await reservations.reserve(tx, order_id, needs, when + timedelta(seconds=reservation_ttl_s))
+        if idempotency is not None:
+            await idem.finish(tx, idempotency, view)
     await forget_cached(cache, tenant, None, (str(r["product_id"]) for r in rows))
     return view

@@ -1,12 +1,15 @@
 """dispatch.core.cache against the real Redis: cache-aside, tags, stale-write guard, tenant keys."""
 
+import asyncio
+import contextlib
+import socket
 import uuid
 from decimal import Decimal
 
 import pytest
 import redis.asyncio as aioredis
 
-from dispatch.core.cache import Cache
+from dispatch.core.cache import INVALIDATION_FAILURES, Cache
 from dispatch.core.cache_keys import (
     inventory_key,
     order_key,
@@ -91,3 +94,69 @@ async def test_a_corrupt_entry_is_recomputed(cache):
 
     assert await c.get_or_set(tenant, key, load, 60) == {"ok": True}
     assert await c.get(key) == {"ok": True}
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+async def own_redis():
+    """A redis-server of this test's own (it may be paused or killed), gone afterwards."""
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    redis = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
+    try:
+        for _ in range(100):
+            with contextlib.suppress(Exception):
+                if await redis.ping():
+                    break
+            await asyncio.sleep(0.05)
+        yield redis, port, proc
+    finally:
+        await redis.aclose()
+        proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+async def test_invalidation_after_a_commit_never_raises_when_redis_is_down():
+    redis = aioredis.from_url(f"redis://127.0.0.1:{_free_port()}/0")   # nothing listens there
+    c, tenant = Cache(redis, timeout_s=1), str(uuid.uuid4())
+    before = INVALIDATION_FAILURES._value.get()
+    try:
+        assert await c.invalidate(tenant, ["order:o1", "inventory:p1"]) == 0
+        assert c.invalidation_failures == 1 and INVALIDATION_FAILURES._value.get() == before + 1
+
+        async def load():
+            return {"from": "database"}
+
+        # a read falls back to the database and stores nothing
+        assert await c.get_or_set(tenant, order_key(tenant, "o1"), load, 60, tags=["order:o1"]) == {"from": "database"}
+    finally:
+        await redis.aclose()
+
+
+async def test_a_failed_invalidation_is_made_good_by_the_next_one(own_redis):
+    redis, port, _proc = own_redis
+    client = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
+    c, tenant = Cache(client, timeout_s=0.3), str(uuid.uuid4())
+    try:
+        async def value():
+            return {"v": 1}
+
+        key = order_key(tenant, "o1")
+        await c.get_or_set(tenant, key, value, 60, tags=["order:o1"])
+        await redis.execute_command("CLIENT", "PAUSE", "5000", "WRITE")   # Redis stalls every write
+        try:
+            assert await c.invalidate(tenant, ["order:o1"]) == 0   # timed out: logged, not raised
+        finally:
+            await redis.execute_command("CLIENT", "UNPAUSE")
+        assert c.invalidation_failures == 1 and await redis.exists(key) == 1   # stale for now
+        await c.invalidate(tenant, ["inventory:other"])   # the next invalidation pays the debt
+        assert await redis.exists(key) == 0
+    finally:
+        await client.aclose()
