@@ -7,7 +7,14 @@ Routes are registered gateway first (``POST /v1/drivers/locations``), then the t
 vendor pages (not in the OpenAPI document), then the REST API (``dispatch.api``, drivers'
 routes first), then the operators' probes: the OpenAPI document lists them in that order.
 The websockets (driver stream, tracking, vendor screen) are answered in front of FastAPI by
-``DriverStreamRoute`` and ``HubRoute``.
+``DriverStreamRoute`` and ``HubRoute``. In front of everything, ``EdgeLimits`` enforces the
+request-target, header and body limits before any route parses anything, and turns an
+exception that escapes every handler into a 500/503 answer (``dispatch.web.limits``);
+uvicorn runs our bounded protocol classes (``dispatch.web.protocols``) so that an oversized
+request head is answered even when it never reaches the app. Outages answer 503 with
+``Retry-After`` (``dispatch.web.outages``). The operators' endpoints are guarded
+(``dispatch.web.operators``): ``/metrics`` on the public port only with the operator token,
+or on the operator port; the API documents only with ``WAKALA_API_DOCS``.
 """
 
 from __future__ import annotations
@@ -20,18 +27,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 import uvicorn
-from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import FastAPI
 
 from dispatch.api import install as install_api
-from dispatch.commerce.catalogue.views import run_view_refresher
+from dispatch.commerce.catalogue.views import active_tenant_ids, run_view_refresher
 from dispatch.commerce.orders.expiry import run_reservation_sweeper
 from dispatch.core.cache import Cache
 from dispatch.core.settings import EngineSettings
 from dispatch.deliveries.outbox import OutboxRelay
 from dispatch.deliveries.transitions import PostgresTransitions
-from dispatch.gateway.ingest import DriverStreamRoute, Ingest, close_revoked
+from dispatch.gateway.ingest import DriverStreamRoute, Ingest, close_revoked, transport_limit
 from dispatch.gateway.ingest import router as ingest_router
+from dispatch.gateway.notices import DriverNotices
 from dispatch.identity.auth import DriverAuthenticator
 from dispatch.identity.users import UserAuthenticator
 from dispatch.matching.calibration import CalibrationStore
@@ -39,14 +46,19 @@ from dispatch.matching.claims import DriverClaims
 from dispatch.matching.dispatcher import Dispatcher
 from dispatch.matching.notify import RoutedNotifier
 from dispatch.matching.offers import OfferEngine, WebsocketNotifier
+from dispatch.matching.recovery import watch_redis
 from dispatch.tracking.hub import TrackingHub
 from dispatch.tracking.pages.tracking import router as tracking_page_router
 from dispatch.tracking.pages.vendor import router as vendor_page_router
 from dispatch.tracking.sockets import HubRoute
+from dispatch.web.failures import FailureLimiter
+from dispatch.web.limits import MAX_HEADER_BYTES, EdgeLimits
+from dispatch.web.operators import docs_urls, install_operator_routes, start_metrics_server
+from dispatch.web.outages import install_failure_handlers
+from dispatch.web.protocols import HTTP_PROTOCOL, WS_PROTOCOL
 from dispatch.web.ratelimit import SlidingWindowLimiter
 from schema.db import TenantDatabase
 from schema.settings import PostgresSettings
-from schema.tenants import list_tenants
 from streams.location_store import LocationStore
 from streams.producer import PingProducer
 from streams.settings import StreamSettings
@@ -67,7 +79,7 @@ async def _forever(run: Callable[..., Awaitable[None]], *args: object, **kwargs:
 
 
 def create_app(engine: EngineSettings | None = None, streams: StreamSettings | None = None,
-               pg: PostgresSettings | None = None) -> HubRoute:
+               pg: PostgresSettings | None = None) -> EdgeLimits:
     engine = engine or EngineSettings.from_env()
     streams = streams or StreamSettings.from_env()
     pg = pg or PostgresSettings.from_env()
@@ -81,14 +93,18 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
         gc.set_threshold(50_000, 20, 100)
         # Blocking pool: a burst of requests waits for a connection instead of failing.
         redis = aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(
-            streams.redis_url, max_connections=64, timeout=10))
+            streams.redis_url, max_connections=64, timeout=10,
+            # A Redis that stops answering (not refusing) must not hang requests: 503 instead.
+            socket_connect_timeout=2, socket_timeout=5))
         db = TenantDatabase(pg)
         producer = PingProducer(streams)
-        auth = DriverAuthenticator(db, redis, cache_ttl_s=engine.token_cache_s)
+        # One budget of made-up tokens per client address, shared by drivers' and users' tokens.
+        failures = FailureLimiter(engine.auth_failure_limit, engine.auth_failure_window_s)
+        auth = DriverAuthenticator.from_settings(db, redis, engine, failures)
         await db.start()
         await producer.start()
         await auth.start()
-        app.state.redis, app.state.db = redis, db
+        app.state.redis, app.state.db, app.state.producer = redis, db, producer
         app.state.driver_sockets = {}
         auth.on_revoked(lambda token_hash: close_revoked(app.state, token_hash))
         app.state.ingest = Ingest(engine, streams, auth,
@@ -96,6 +112,9 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
                                   producer)
         app.state.locations = LocationStore(redis, streams)
         app.state.driver_ids = {}
+        # Pings the location worker refused after the gateway's ack, told to the driver's socket.
+        app.state.driver_notices = notices = DriverNotices(redis, app.state.driver_ids)
+        await notices.start()
         app.state.cache = cache = Cache(redis)
         notifier = RoutedNotifier(redis, WebsocketNotifier(app.state), app_id=streams.app_id)
         await notifier.start()
@@ -109,7 +128,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
             window_s=engine.batch_window_ms / 1000, retry_interval_s=engine.retry_interval_s, cache=cache,
             calibration=CalibrationStore(redis, time_scale=engine.sim_time_scale))
         # The REST API (dispatch.api): users' tokens, per-caller limits, the cache.
-        users = UserAuthenticator(db, redis, cache_ttl_s=engine.token_cache_s)
+        users = UserAuthenticator.from_settings(db, redis, engine, failures)
         await users.start()
         app.state.engine, app.state.users = engine, users
         app.state.api_limiter = SlidingWindowLimiter(redis, engine.api_rate_limit, engine.api_rate_window_s)
@@ -118,15 +137,16 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
         await hub.start()
         users.on_revoked(hub.close_token)
 
-        async def active_tenants() -> list:
-            return [t.id for t in await list_tenants(pg) if t.status == "active"]
+        active_tenants = active_tenant_ids(db)
 
         tasks = [asyncio.create_task(app.state.offers.run_sweeper(), name="offer-sweeper")]
         if engine.dispatcher:
             for topic in (streams.delivery_events_topic, streams.order_events_topic):
                 await producer.ensure_topic(topic, streams.locations_partitions)
-            relay = OutboxRelay(db, producer.kafka, streams.delivery_events_topic)
-            order_relay = OutboxRelay(db, producer.kafka, streams.order_events_topic, table="order_events_outbox")
+            relay = OutboxRelay(db, producer.kafka, streams.delivery_events_topic,
+                                bootstrap=streams.kafka_bootstrap, partitions=streams.locations_partitions)
+            order_relay = OutboxRelay(db, producer.kafka, streams.order_events_topic, table="order_events_outbox",
+                                      bootstrap=streams.kafka_bootstrap, partitions=streams.locations_partitions)
             tasks += [
                 asyncio.create_task(_forever(relay.run, pg), name="outbox-relay"),
                 asyncio.create_task(_forever(order_relay.run, pg), name="order-outbox-relay"),
@@ -135,15 +155,23 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
                 asyncio.create_task(_forever(run_view_refresher, db, cache, active_tenants,
                                              engine.view_refresh_s), name="view-refresher"),
                 asyncio.create_task(_forever(app.state.dispatcher.run, streams.kafka_bootstrap,
-                                             streams.delivery_events_topic, f"{streams.app_id}-dispatcher"),
-                                    name="dispatcher"),
+                                             streams.delivery_events_topic, f"{streams.app_id}-dispatcher",
+                                             partitions=streams.locations_partitions), name="dispatcher"),
+                # Redis restarted empty: driver status, claims and tracked deliveries rebuilt from
+                # PostgreSQL, and the rebuilt tenants' pending deliveries matched again at once.
+                asyncio.create_task(_forever(watch_redis, db, redis, app.state.offers.claims, app_id=streams.app_id,
+                                             on_rebuilt=lambda done: [app.state.dispatcher.retry_soon(t)
+                                                                      for t in done.tenants]),
+                                    name="redis-recovery"),
             ]
+        stop_metrics = start_metrics_server(engine.metrics_port) if engine.metrics_port else None
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await notices.stop()
             await hub.stop()
             await users.stop()
             await notifier.stop()
@@ -151,46 +179,35 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
             await producer.stop()
             await db.close()
             await redis.aclose()
+            if stop_metrics is not None:
+                await asyncio.to_thread(stop_metrics)
 
     app = FastAPI(title="Wakala dispatch engine", version="0.1.0", lifespan=lifespan,
-                  description="Streaming geospatial dispatch and tracking for last-mile commerce.")
+                  description="Streaming geospatial dispatch and tracking for last-mile commerce.",
+                  **docs_urls(engine.api_docs))
     app.include_router(ingest_router)
     app.include_router(tracking_page_router)
     app.include_router(vendor_page_router)
     install_api(app)
+    install_failure_handlers(app)
 
-    @app.get("/healthz", tags=["operators"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    def probes() -> dict:
+        state = app.state
+        return {"postgres": state.db.ping,
+                "redis": state.redis.ping,
+                "broker": lambda: state.producer.kafka.client.fetch_all_metadata()}
 
-    @app.get("/readyz", tags=["operators"])
-    async def readyz(response: Response) -> dict[str, str]:
-        checks = {}
-        try:
-            await app.state.redis.ping()
-            checks["redis"] = "ok"
-        except Exception as exc:  # readiness reports, it does not raise
-            checks["redis"] = f"down: {exc.__class__.__name__}"
-        try:
-            await app.state.db.start()
-            checks["postgres"] = "ok"
-        except Exception as exc:
-            checks["postgres"] = f"down: {exc.__class__.__name__}"
-        if any(v != "ok" for v in checks.values()):
-            response.status_code = 503
-        return checks
-
-    @app.get("/metrics", tags=["operators"], include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    return HubRoute(DriverStreamRoute(app))
+    install_operator_routes(app, probes, engine.operator_token)
+    return EdgeLimits(HubRoute(DriverStreamRoute(app)), max_body_bytes=engine.max_body_bytes,
+                      max_url_bytes=engine.max_url_bytes)
 
 
 def uvicorn_config(app: FastAPI | str, engine: EngineSettings, **overrides) -> uvicorn.Config:
     options = dict(
-        host=engine.host, port=engine.port, ws="websockets-sansio", http="httptools", loop="uvloop",
-        ws_max_size=1 << 20, ws_ping_interval=engine.ws_ping_interval_s,
+        host=engine.host, port=engine.port, ws=WS_PROTOCOL, http=HTTP_PROTOCOL, loop="uvloop",
+        # Only used if a caller overrides http="h11": the same bound on a request head.
+        h11_max_incomplete_event_size=engine.max_url_bytes + MAX_HEADER_BYTES,
+        ws_max_size=transport_limit(engine), ws_ping_interval=engine.ws_ping_interval_s,
         ws_ping_timeout=engine.ws_ping_interval_s, ws_per_message_deflate=engine.ws_compression,
         log_level="warning", backlog=8192,   # a city's drivers reconnecting at once after an outage
         access_log=False, lifespan="on",
@@ -207,6 +224,6 @@ def run_gateway(engine: EngineSettings, workers: int = 1) -> None:
         uvicorn.run("dispatch.app:create_app", factory=True, workers=workers, **{
             k: options[k] for k in ("host", "port", "ws", "http", "loop", "ws_max_size", "ws_ping_interval",
                                     "ws_ping_timeout", "ws_per_message_deflate", "log_level", "access_log", "backlog",
-                                    "lifespan")})
+                                    "lifespan", "h11_max_incomplete_event_size")})
     else:
         uvicorn.Server(uvicorn_config(create_app(engine), engine)).run()

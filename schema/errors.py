@@ -13,7 +13,11 @@ class ConfigError(WakalaError):
 
 
 class DatabaseUnavailable(WakalaError):
-    """A PostgreSQL server or database does not answer."""
+    """A PostgreSQL server or database does not answer.
+
+    The message names the host, port and database so that an operator (the CLI, the logs) can
+    act on it; the engine's HTTP edge therefore never sends it to a client: it answers 503
+    ``unavailable`` with ``Retry-After`` and logs this (``dispatch.web.outages``)."""
 
 
 class MigrationError(WakalaError):

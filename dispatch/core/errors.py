@@ -67,6 +67,7 @@ TOO_SLOW = "too_slow"                     # a socket that does not keep up is cl
 IMPLAUSIBLE_JUMP = "implausible_jump"     # a fix too far from the last one to be driven: not stored
 # The engine itself.
 UNAVAILABLE = "unavailable"               # a service the engine needs is down: retry later (503)
+INTERNAL_ERROR = "internal_error"         # an unhandled error on our side (500)
 
 # Commerce: orders, stock, promotions, payments.
 CLIENT_PRICE = "client_price"
@@ -134,10 +135,12 @@ class NotFound(Refusal):
 def as_refusal(exc: WakalaError) -> Refusal:
     """Any domain error as a refusal: a ``Refusal`` as it is; an error carrying ``status``,
     ``reason``, ``field`` attributes (``InvalidId``, ``IllegalTransition``...) with them;
-    anything else a 400 ``invalid_request`` with its message."""
+    an error named ``...NotFound`` a 404; anything else a 400 ``invalid_request`` with its
+    message. (The API first turns outages into 503 and unknown tenants into 404:
+    ``dispatch.api.common.refusal_of``.)"""
     if isinstance(exc, Refusal):
         return exc
-    status = getattr(exc, "status", None) or 400
+    status = getattr(exc, "status", None) or (404 if type(exc).__name__.endswith("NotFound") else 400)
     reason = getattr(exc, "reason", None) or (NOT_FOUND if status == 404 else INVALID_REQUEST)
     message = getattr(exc, "message", None) or str(exc)
     return Refusal(status, reason, message, getattr(exc, "field", None))

@@ -20,7 +20,15 @@ callback, and by FastAPI's request validation errors on any route.
 driver routes: ``POST /v1/drivers/locations``, ``POST /v1/drivers/shift`` (its token
 refusals), ``POST /v1/drivers/deliveries/{id}/events``, and, without the ``error`` wrapper,
 by the driver websocket's ``{"type": "error", ...}`` frames. Driver apps parse this shape;
-the two are not merged because clients on both sides key on them.
+the two are not merged because clients on both sides key on them. Whatever answers for a
+request without knowing its route (the body limit, the request-target limit, the outage and
+crash handlers) picks the envelope by path: ``error_response`` (``/v1/drivers/...`` is the
+gateway's).
+
+Decoded JSON is checked for text that cannot travel on (a lone surrogate, a NUL:
+``dispatch.web.text``) before any caller sees it: 422 ``invalid_text`` naming the field.
+Error bodies are rendered so that no text in them can fail to encode: a field or message
+that quotes such input is escaped rather than turned into a 500.
 """
 
 from __future__ import annotations
@@ -31,11 +39,15 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from dispatch.core.errors import BAD_JSON, TOO_LARGE, Refusal
+from dispatch.core.errors import BAD_JSON, INVALID_TEXT, TOO_LARGE, Refusal
 from dispatch.core.metrics import PINGS_REJECTED
+from dispatch.web.text import bad_text_path, may_hold_bad_text, printable
 
-__all__ = ["SUBPROTOCOL_PREFIX", "api_error_response", "bearer", "gateway_error", "gateway_error_response",
-           "parse_json", "read_body"]
+__all__ = ["GATEWAY_PREFIX", "SUBPROTOCOL_PREFIX", "api_error_response", "bearer", "check_text", "error_response",
+           "gateway_error", "gateway_error_response", "parse_json", "read_body"]
+
+# Routes under this prefix answer in the driver gateway's envelope, every other in the REST one.
+GATEWAY_PREFIX = "/v1/drivers/"
 
 # Browsers cannot set headers on a websocket: they offer ``bearer.<token>`` as a subprotocol.
 SUBPROTOCOL_PREFIX = "bearer."
@@ -63,10 +75,22 @@ def parse_json(raw: str | bytes | bytearray | None, limit: int, channel: str, wh
         PINGS_REJECTED.labels(channel, TOO_LARGE).inc()
         raise Refusal(413, TOO_LARGE, f"{what} over {limit} bytes")
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):   # RecursionError: nested too deep
         PINGS_REJECTED.labels(channel, BAD_JSON).inc()
         raise Refusal(400, BAD_JSON, f"the {what} is not valid JSON") from None
+    if may_hold_bad_text(raw):
+        check_text(value, channel)
+    return value
+
+
+def check_text(value: Any, channel: str) -> None:
+    """422 ``invalid_text`` naming the first field of decoded ``value`` that holds a lone
+    surrogate or a NUL (counted on ``channel``); nothing when all its text is valid."""
+    field = bad_text_path(value)
+    if field is not None:
+        PINGS_REJECTED.labels(channel, INVALID_TEXT).inc()
+        raise Refusal(422, INVALID_TEXT, "text must be valid Unicode without NUL characters", field)
 
 
 def bearer(value: str | None) -> str | None:
@@ -76,11 +100,40 @@ def bearer(value: str | None) -> str | None:
     return None
 
 
+class _ErrorResponse(JSONResponse):
+    """A JSON error body that always encodes: text quoting a caller's invalid input (a lone
+    surrogate in a key a validator names) is escaped instead of failing the response."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return super().render(content)
+        except UnicodeEncodeError:
+            return json.dumps(_printable(content), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
+
+
 def api_error_response(refusal: Refusal) -> JSONResponse:
     """The REST API's envelope: ``{"error": {"status", "reason", "field", "message"}}``."""
-    return JSONResponse({"error": {"status": refusal.status, "reason": refusal.reason, "field": refusal.field,
-                                   "message": refusal.message}},
-                        status_code=refusal.status, headers=refusal.headers)
+    return _ErrorResponse({"error": {"status": refusal.status, "reason": refusal.reason, "field": refusal.field,
+                                     "message": refusal.message}},
+                          status_code=refusal.status, headers=refusal.headers)
+
+
+def error_response(path: str, refusal: Refusal) -> JSONResponse:
+    """``refusal`` in the envelope of the route at ``path``: the gateway's under
+    ``/v1/drivers/``, the REST API's elsewhere."""
+    if path.startswith(GATEWAY_PREFIX):
+        return gateway_error_response(refusal)
+    return api_error_response(refusal)
 
 
 def gateway_error(refusal: Refusal) -> dict[str, Any]:
@@ -95,4 +148,4 @@ def gateway_error(refusal: Refusal) -> dict[str, Any]:
 
 def gateway_error_response(refusal: Refusal) -> JSONResponse:
     """The driver gateway's envelope: ``{"error": gateway_error(refusal)}``."""
-    return JSONResponse({"error": gateway_error(refusal)}, status_code=refusal.status, headers=refusal.headers)
+    return _ErrorResponse({"error": gateway_error(refusal)}, status_code=refusal.status, headers=refusal.headers)

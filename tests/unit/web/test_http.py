@@ -53,3 +53,12 @@ def test_the_gateway_envelope_carries_field_and_errors_only_when_set():
                                       "errors": items}
     response = gateway_error_response(refusal)
     assert response.status_code == 422 and json.loads(response.body) == {"error": gateway_error(refusal)}
+
+
+def test_a_refusal_answers_in_the_envelope_of_its_route():
+    from dispatch.web.http import error_response
+
+    refusal = Refusal(413, "too_large", "body over 10 bytes")
+    assert json.loads(error_response("/v1/drivers/shift", refusal).body) == {
+        "error": {"reason": "too_large", "message": "body over 10 bytes"}}
+    assert json.loads(error_response("/v1/orders", refusal).body)["error"]["status"] == 413
