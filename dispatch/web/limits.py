@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 # Browsers and proxies keep headers to a few KB; nginx's default allows 32 KB in 8 KB lines.
 MAX_HEADER_BYTES = 16 * 1024
+DRAIN_MIN_BYTES = 1 << 20   # a refused body declared up to this (or 4x the limit) is drained, not reset
 
 
 def target_refusal(scope: dict[str, Any], max_url_bytes: int, max_header_bytes: int) -> Refusal | None:
@@ -101,7 +102,8 @@ class EdgeLimits:
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):
                 PINGS_REJECTED.labels(channel, TOO_LARGE).inc()
-                await _respond(scope, send, Refusal(413, TOO_LARGE, f"body over {limit} bytes"), close=True)
+                await _respond(scope, send, Refusal(413, TOO_LARGE, f"body over {limit} bytes"),
+                               close=_close_after_413(value, limit))
                 return
         chunks: list[bytes] = []
         size = 0
@@ -145,6 +147,18 @@ class EdgeLimits:
                 return
             response = failure_response(path, scope.get("method", ""), exc)
             await response(scope, replay, send)
+
+
+def _close_after_413(declared: bytes, limit: int) -> bool:
+    """Whether a 413 for a body declared ``declared`` bytes long also closes the connection.
+
+    Closing a socket with unread bytes in its receive buffer makes the kernel send a reset,
+    and a client still sending (most HTTP clients send the whole body before reading) then
+    loses the answer to "connection reset". A moderately oversized body (up to 4x the limit or
+    ``DRAIN_MIN_BYTES``) is therefore answered on a kept connection, whose server reads and
+    throws away the rest (nothing is kept: memory stays flat); a huge or unmeasured one is cut
+    off, and its sender may see the reset instead of the 413."""
+    return not declared.isdigit() or int(declared) > max(4 * limit, DRAIN_MIN_BYTES)
 
 
 async def _respond(scope, send, refusal: Refusal, *, close: bool) -> None:
