@@ -62,6 +62,19 @@ async def _tenant(args: argparse.Namespace) -> int:
     from schema.tenants import create_tenant, list_tenants
 
     settings = _pg()
+    if args.action == "payment-secret":
+        from dispatch.commerce.payment_secrets import new_secret, set_webhook_secret
+        from schema.db import TenantDatabase
+
+        secret = args.secret or new_secret()
+        async with TenantDatabase(settings) as db:
+            updated = await set_webhook_secret(db, args.tenant, secret)
+        print(f"payment-callback secret of tenant {args.tenant} set at {updated}; "
+              "callbacks must now be signed t=<unix>,v1=<hmac> with it")
+        if not args.secret:
+            print("secret (shown once):")
+            print(secret)
+        return 0
     if args.action == "create":
         tenant = await create_tenant(settings, args.name, slug=args.slug)
         print(f"created tenant {tenant.name!r} ({tenant.slug}) id {tenant.id} "
@@ -145,9 +158,11 @@ async def _user(args: argparse.Namespace) -> int:
 
 
 def _engine(args: argparse.Namespace) -> int:
-    """Runs outside asyncio.run: uvicorn and faust each own their event loop."""
-    import subprocess
+    """Runs outside asyncio.run: uvicorn and faust each own their event loop.
 
+    ``all`` supervises the location worker as a child (see ``dispatch.ops.supervisor``):
+    SIGTERM or SIGINT stop the API and then the worker, a kill -9 of the engine takes the
+    worker with it, and a worker that exits on its own is restarted with a backoff."""
     if args.role == "worker":
         from dispatch.tracking.worker import run_worker
 
@@ -155,20 +170,23 @@ def _engine(args: argparse.Namespace) -> int:
         return 0
     from dispatch.app import run_gateway
     from dispatch.core.settings import EngineSettings
+    from dispatch.ops.supervisor import ChildSupervisor, exit_on_signals
 
     engine = EngineSettings.from_env()
     worker = None
-    if args.role == "all":
-        worker = subprocess.Popen([sys.executable, "-m", "dispatch.cli", "engine", "worker"])
+    exit_on_signals()
     try:
-        print(f"wakala engine listening on http://{engine.host}:{engine.port} "
-              f"(OpenAPI at /openapi.json){'; location worker pid ' + str(worker.pid) if worker else ''}",
-              flush=True)
+        if args.role == "all":
+            worker = ChildSupervisor([sys.executable, "-m", "dispatch.cli", "engine", "worker",
+                                      "--log-level", args.log_level])
+            worker.start()
+        docs = " (OpenAPI at /openapi.json)" if engine.api_docs else ""
+        print(f"wakala engine listening on http://{engine.host}:{engine.port}{docs}"
+              f"{'; location worker pid ' + str(worker.pid) if worker else ''}", flush=True)
         run_gateway(engine, workers=args.workers)
     finally:
         if worker is not None:
-            worker.terminate()
-            worker.wait(timeout=30)
+            worker.stop(grace_s=30)
     return 0
 
 
@@ -306,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--slug", default=None)
     tsub.add_parser("list", help="list tenants and where they live")
+    psecret = tsub.add_parser("payment-secret", help="set or rotate a tenant's payment-callback secret")
+    psecret.add_argument("tenant")
+    psecret.add_argument("--secret", default=None,
+                         help="32-256 printable ASCII characters (default: generated and shown once)")
     p.set_defaults(handler=_tenant)
 
     p = sub.add_parser("shard", help="list shards or add one")

@@ -31,6 +31,7 @@ import websockets
 from loadtest import movement
 from loadtest.city_report import ReplayMetrics
 from loadtest.provision import ApiCaller, ApiFailed
+from loadtest.reconnect import PERMANENT_CLOSE_CODES, Backoff
 from loadtest.sim_clock import SimClock
 
 __all__ = ["CityDriver", "Job"]
@@ -42,6 +43,11 @@ IDLE_PAUSE_S = (60.0, 420.0)     # parked between drifts while idle
 IDLE_SPEED_SHARE = 0.5           # drifting is slower than driving a job
 PICK_UP_RETRY_S = 0.3            # wall seconds between pick-up attempts while the geofence catches up
 PICK_UP_PATIENCE_S = 20.0        # wall seconds of refused pick-ups before the driver gives up on the job
+UPDATE_PATIENCE_S = 60.0         # wall seconds a delivery update is retried while the socket is down
+CONNECTION_CLOSED = "connection_closed"
+ILLEGAL_TRANSITION = "illegal_transition"
+# Replies that mean "not now": the update is sent again (a closed socket, a service away, a limit).
+TRANSIENT_REASONS = frozenset({CONNECTION_CLOSED, "unavailable", "rate_limited"})
 
 
 @dataclass
@@ -76,6 +82,10 @@ class CityDriver:
         self.job: Job | None = None
         self.online = False
         self._ws: Any = None
+        self._reader: asyncio.Task | None = None
+        self.connected = asyncio.Event()   # the socket is open and the gateway said "ready"
+        self._backoff = Backoff(base_s=0.25, cap_s=4.0, rng=random.Random(spec["seed"] + 1))
+        self._next_attempt = 0.0           # monotonic: no reconnect attempt before this
         self._seq = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -87,30 +97,26 @@ class CityDriver:
         spec, clock = self.spec, self.clock
         if not await clock.until(spec["shift_start_s"]):
             return
-        try:
-            self._ws = await websockets.connect(
-                f"ws://{self.addr}/v1/drivers/stream", compression=None, open_timeout=30,
-                additional_headers={"Authorization": f"Bearer {self.token}"})
-        except (OSError, TimeoutError, websockets.WebSocketException):
+        if await self._connect() != "ready":
             self.metrics.counters["driver_connect_failed"] += 1
             return
-        first: asyncio.Future = asyncio.get_running_loop().create_future()   # the gateway's "ready"
-        reader = asyncio.create_task(self._read(first))
         try:
-            ready = await asyncio.wait_for(asyncio.shield(first), 30)
-            if ready.get("type") != "ready":
-                self.metrics.counters["driver_refused"] += 1
-                return
             await self._shift("start")
             self.online = True
             while not clock.stop.is_set():
                 if self.job is None and clock.now() >= self.shift_end_s:
                     break
                 self._move()
-                await self._ping()
+                if self.connected.is_set():
+                    try:
+                        await self._ping()
+                    except websockets.ConnectionClosed:
+                        self._lost()
+                elif time.monotonic() >= self._next_attempt and not await self._reconnect():
+                    break
                 if not await clock.sleep(spec["ping_interval_s"]):
                     break
-        except (websockets.ConnectionClosed, ApiFailed, httpx.HTTPError, TimeoutError) as exc:
+        except (ApiFailed, httpx.HTTPError, TimeoutError) as exc:
             self.metrics.counters[f"driver_lost:{type(exc).__name__}"] += 1
         finally:
             self.online = False
@@ -118,7 +124,8 @@ class CityDriver:
                 task.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._shift("end"), 5)
-            reader.cancel()
+            if self._reader is not None:
+                self._reader.cancel()
             with contextlib.suppress(Exception):
                 await self._ws.close()
 
@@ -127,9 +134,53 @@ class CityDriver:
 
     # -- the phone's radio ------------------------------------------------------------------------
 
-    async def _read(self, first: asyncio.Future) -> None:
+    async def _connect(self) -> str:
+        """Open the driver socket with the token and wait for the gateway's first frame:
+        ``ready``, ``refused`` (the token is no good: do not try again) or ``failed``."""
         try:
-            async for raw in self._ws:
+            ws = await websockets.connect(
+                f"ws://{self.addr}/v1/drivers/stream", compression=None, open_timeout=10,
+                additional_headers={"Authorization": f"Bearer {self.token}"})
+        except (OSError, TimeoutError, websockets.WebSocketException):
+            return "failed"
+        first: asyncio.Future = asyncio.get_running_loop().create_future()   # the gateway's "ready"
+        self._ws = ws
+        self._reader = asyncio.create_task(self._read(ws, first))
+        try:
+            ready = await asyncio.wait_for(asyncio.shield(first), 15)
+        except TimeoutError:
+            ready = {"type": "timeout"}
+        if ready.get("type") == "ready":
+            self.connected.set()
+            self._backoff.reset()
+            return "ready"
+        self._reader.cancel()
+        with contextlib.suppress(Exception):
+            await ws.close()
+        code = getattr(ws.close_code, "real", ws.close_code)
+        return "refused" if code in PERMANENT_CLOSE_CODES else "failed"
+
+    def _lost(self) -> None:
+        if self.connected.is_set():
+            self.connected.clear()
+            self._next_attempt = time.monotonic() + self._backoff.next()
+
+    async def _reconnect(self) -> bool:
+        """One reconnect attempt (the loop calls again after the backoff); False: give up."""
+        self.metrics.counters["driver_reconnect_attempts"] += 1
+        outcome = await self._connect()
+        if outcome == "ready":
+            self.metrics.counters["driver_reconnects"] += 1
+            return True
+        if outcome == "refused":
+            self.metrics.counters["driver_refused_on_reconnect"] += 1
+            return False
+        self._next_attempt = time.monotonic() + self._backoff.next()
+        return True
+
+    async def _read(self, ws: Any, first: asyncio.Future) -> None:
+        try:
+            async for raw in ws:
                 frame = json.loads(raw)
                 if not first.done():
                     first.set_result(frame)
@@ -151,17 +202,28 @@ class CityDriver:
         finally:
             if not first.done():
                 first.set_result({"type": "closed"})
+            elif ws is self._ws:
+                self._lost()
             for waiter in self._waiting.values():
                 if not waiter.done():
-                    waiter.set_result({"type": "error", "reason": "connection_closed"})
+                    waiter.set_result({"type": "error", "reason": CONNECTION_CLOSED})
 
     async def _request(self, frame: dict, timeout_s: float = 15.0) -> dict:
+        """A frame that expects a reply; while the socket is down, waits (up to ``timeout_s``)
+        for the reconnect, and answers ``connection_closed`` if it does not come."""
+        try:
+            await asyncio.wait_for(self.connected.wait(), timeout_s)
+        except TimeoutError:
+            return {"type": "error", "reason": CONNECTION_CLOSED}
         seq = next(self._seq)
         waiter = asyncio.get_running_loop().create_future()
         self._waiting[seq] = waiter
-        await self._ws.send(json.dumps({**frame, "seq": seq}))
         try:
+            await self._ws.send(json.dumps({**frame, "seq": seq}))
             return await asyncio.wait_for(waiter, timeout_s)
+        except websockets.ConnectionClosed:
+            self._lost()
+            return {"type": "error", "reason": CONNECTION_CLOSED}
         finally:
             self._waiting.pop(seq, None)
 
@@ -233,6 +295,11 @@ class CityDriver:
                   and self.clock.now() < self.shift_end_s)
         delivery_id = offer["delivery_id"]
         reply = await self._request({"type": "offer_reply", "delivery_id": delivery_id, "accept": accept})
+        for _ in range(3):   # the socket went down under the reply: say it again once it is back
+            if reply.get("reason") not in TRANSIENT_REASONS or self.clock.stop.is_set():
+                break
+            metrics.counters["offer_reply_retries"] += 1
+            reply = await self._request({"type": "offer_reply", "delivery_id": delivery_id, "accept": accept})
         if not accept:
             metrics.counters["offers_declined"] += 1
             return
@@ -283,6 +350,8 @@ class CityDriver:
             return "stopped"
         if rng.random() < FAIL_AT_DOOR_SHARE:
             ok = await self._update(job.delivery_id, {"event": "fail", "reason": "nobody home"})
+            if ok:
+                metrics.counters["orders_failed_at_door"] += 1   # the scenario's doing, not the engine's
             return "failed" if ok else "fail_refused"
         ok = await self._update(job.delivery_id, {"event": "deliver", "proof_of_delivery": {
             "code": f"{rng.randrange(10000):04d}", "received_by": "customer"}})
@@ -300,13 +369,28 @@ class CityDriver:
 
     async def _update(self, delivery_id: str, body: dict) -> bool:
         """A delivery_update; pick-up is retried while the engine has not yet seen the driver
-        inside the shop's geofence (its fixes are a ping interval behind)."""
-        deadline = time.monotonic() + PICK_UP_PATIENCE_S
+        inside the shop's geofence (its fixes are a ping interval behind). Any update is sent
+        again while the socket is down or the engine says ``unavailable`` (for up to
+        ``UPDATE_PATIENCE_S``); when an update whose reply was lost with the socket is then
+        refused as an illegal transition, the first one took effect."""
+        started = time.monotonic()
+        backoff = Backoff(base_s=0.25, cap_s=4.0, rng=random.Random(self.rng.random()))
+        reply_lost = False
         while True:
             reply = await self._request({"type": "delivery_update", "delivery_id": delivery_id, **body})
             if reply.get("type") == "delivery_update":
                 return True
-            self.metrics.counters[f"update_refused:{body['event']}:{reply.get('reason')}"] += 1
-            if body["event"] != "pick_up" or time.monotonic() > deadline or self.clock.stop.is_set():
+            reason = reply.get("reason")
+            waited = time.monotonic() - started
+            if reason in TRANSIENT_REASONS and waited < UPDATE_PATIENCE_S and not self.clock.stop.is_set():
+                reply_lost = reply_lost or reason == CONNECTION_CLOSED
+                self.metrics.counters["update_retries"] += 1
+                await asyncio.sleep(backoff.next())
+                continue
+            if reason == ILLEGAL_TRANSITION and reply_lost:
+                self.metrics.counters[f"update_took_effect_before_loss:{body['event']}"] += 1
+                return True
+            self.metrics.counters[f"update_refused:{body['event']}:{reason}"] += 1
+            if body["event"] != "pick_up" or waited > PICK_UP_PATIENCE_S or self.clock.stop.is_set():
                 return False
             await asyncio.sleep(PICK_UP_RETRY_S)

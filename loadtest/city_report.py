@@ -51,10 +51,12 @@ REPORT_FILES = {
 }
 _COUNTER_FIGURES = (
     "orders_planned", "orders_placed", "orders_refused", "orders_accepted_by_vendor",
-    "orders_ready", "orders_delivered", "orders_failed", "orders_cancelled",
+    "orders_ready", "orders_delivered", "orders_failed", "orders_failed_at_door", "orders_cancelled",
     "offers", "offers_accepted", "offers_declined", "offers_ignored",
     "pings_sent", "pings_refused", "pings_dropped_out",
     "watchers", "tracking_frames", "tracking_positions", "api_errors",
+    # how the apps rode out an engine that went away (loadtest.reconnect)
+    "api_retries", "driver_reconnects", "watcher_reconnects",
 )
 # Column names of each series in report.json, in tuple order.
 _SERIES_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -319,7 +321,8 @@ def render(summary: dict[str, Any]) -> str:
         "Drivers, offers, tracking\n" + format_table(["measure", "value"], drivers),
         "Latency (ms)\n" + format_table(["what", "count", "p50", "p90", "p99", "max"], latency),
         "Broker lag (messages behind)\n" + format_table(["topic / consumer", "p99", "max"], lag),
-        f"API errors: {_show(s['api_errors'])}",
+        f"API errors: {_show(s['api_errors'])}; retries: {_show(s['api_retries'])}; reconnects: "
+        f"drivers {_show(s['driver_reconnects'])}, watchers {_show(s['watcher_reconnects'])}",
     ])
 
 

@@ -30,6 +30,16 @@ def stop(proc: subprocess.Popen, grace_s: float = 20) -> None:
             proc.wait()
 
 
+def streams_env(streams) -> dict[str, str]:
+    """The ``WAKALA_*`` variables that make an engine use ``streams`` (a ``StreamSettings``):
+    its broker, Redis, topics and consumer group."""
+    return {"WAKALA_KAFKA_BOOTSTRAP": streams.kafka_bootstrap, "WAKALA_REDIS_URL": streams.redis_url,
+            "WAKALA_LOCATIONS_TOPIC": streams.locations_topic,
+            "WAKALA_DEAD_LETTERS_TOPIC": streams.dead_letters_topic,
+            "WAKALA_DELIVERY_EVENTS_TOPIC": streams.delivery_events_topic,
+            "WAKALA_ORDER_EVENTS_TOPIC": streams.order_events_topic, "WAKALA_APP_ID": streams.app_id}
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now (for an engine, a test server, a bench)."""
     import socket

@@ -40,3 +40,22 @@ def test_cli_names_the_fix_when_postgres_is_down():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "does not answer" in result.stderr and "wakala services up" in result.stderr
+
+
+@pytest.mark.timeout(300)
+async def test_cli_sets_a_tenants_payment_secret_and_refuses_a_weak_one(fresh_settings):
+    from dispatch.commerce.payment_secrets import get_webhook_secret
+    from schema.db import TenantDatabase
+
+    assert _wakala(fresh_settings, "migrate").returncode == 0
+    created = _wakala(fresh_settings, "tenant", "create", "Spaza Secrets")
+    tenant_id = created.stdout.split(" id ")[1].split()[0]
+    weak = _wakala(fresh_settings, "tenant", "payment-secret", tenant_id, "--secret", "short")
+    assert weak.returncode == 2 and "secret must be" in weak.stderr and "Traceback" not in weak.stderr
+    generated = _wakala(fresh_settings, "tenant", "payment-secret", tenant_id)
+    assert generated.returncode == 0, generated.stderr
+    shown = generated.stdout.strip().splitlines()[-1]
+    async with TenantDatabase(fresh_settings) as db:
+        assert await get_webhook_secret(db, tenant_id) == shown and len(shown) == 64
+    unknown = _wakala(fresh_settings, "tenant", "payment-secret", "00000000-0000-0000-0000-000000000001")
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
