@@ -35,6 +35,9 @@ ACTIVE_TENANTS_SQL = """
 SELECT t.id FROM tenants t JOIN tenant_shard_mapping m ON m.tenant_id = t.id
 WHERE t.status = 'active' ORDER BY t.created_at, t.id
 """
+SHARD_ADDRESSES_SQL = """
+SELECT host, port, database_name FROM shard_map ORDER BY shard_id
+"""
 SET_TENANT_SQL = """
 SELECT set_config('search_path', $1, true), set_config('app.current_tenant_id', $2, true)
 """
@@ -214,6 +217,11 @@ class TenantDatabase:
     async def ping(self) -> None:
         """``select 1`` through the control pool (readiness; the caller bounds the wait)."""
         await self._control_fetch("SELECT 1")
+
+    async def shard_addresses(self) -> list[tuple[str, int, str]]:
+        """(host, port, database) of every shard, read as the application role through the
+        control pool (for the outbox relays' LISTEN connections)."""
+        return [(r["host"], r["port"], r["database_name"]) for r in await self._control_fetch(SHARD_ADDRESSES_SQL)]
 
     async def active_tenant_ids(self) -> list[uuid.UUID]:
         """Every active tenant, oldest first, read as the application role through the

@@ -64,7 +64,6 @@ from dispatch.deliveries.store import OUTBOX_CHANNEL
 from schema.connect import connect
 from schema.db import TenantDatabase
 from schema.settings import DSN, PostgresSettings
-from schema.shards import list_shards
 
 log = logging.getLogger(__name__)
 
@@ -238,17 +237,17 @@ class OutboxRelay:
 
     async def _listen(self, settings: PostgresSettings, listeners: dict, notified) -> None:
         """(Re)open a LISTEN connection, as the application role, on every shard without one."""
-        for shard in await list_shards(settings):
-            key = (shard.host, shard.port, shard.database)
+        for key in await self.db.shard_addresses():   # listed as the app role too
+            host, port, database = key
             conn = listeners.get(key)
             if conn is not None and not conn.is_closed():
                 continue
             try:
-                conn = await connect(app_listen_dsn(settings, shard.host, shard.port, shard.database))
+                conn = await connect(app_listen_dsn(settings, host, port, database))
                 await conn.add_listener(self.outbox.channel, notified)
             except Exception as exc:   # noqa: BLE001 - that shard is relayed by the sweep meanwhile
                 log.warning("cannot LISTEN on shard %s (%s: %s); the sweep covers it",
-                            shard.database, exc.__class__.__name__, exc)
+                            database, exc.__class__.__name__, exc)
                 continue
             listeners[key] = conn
 
