@@ -98,8 +98,6 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
             socket_connect_timeout=2, socket_timeout=5))
         db = TenantDatabase(pg)
         producer = PingProducer(streams)
-        # One budget of made-up tokens per client address, shared by drivers' and users' tokens.
-        failures = FailureLimiter(engine.auth_failure_limit, engine.auth_failure_window_s)
         auth = DriverAuthenticator.from_settings(db, redis, engine, failures)
         await db.start()
         await producer.start()
@@ -182,6 +180,9 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
             if stop_metrics is not None:
                 await asyncio.to_thread(stop_metrics)
 
+    # One budget of made-up tokens per client address, shared by drivers' and users' tokens and
+    # checked again at the edge (EdgeLimits) before a throttled request reaches a route.
+    failures = FailureLimiter(engine.auth_failure_limit, engine.auth_failure_window_s)
     app = FastAPI(title="Wakala dispatch engine", version="0.1.0", lifespan=lifespan,
                   description="Streaming geospatial dispatch and tracking for last-mile commerce.",
                   **docs_urls(engine.api_docs))
@@ -199,7 +200,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
 
     install_operator_routes(app, probes, engine.operator_token)
     return EdgeLimits(HubRoute(DriverStreamRoute(app)), max_body_bytes=engine.max_body_bytes,
-                      max_url_bytes=engine.max_url_bytes)
+                      max_url_bytes=engine.max_url_bytes, failures=failures)
 
 
 def uvicorn_config(app: FastAPI | str, engine: EngineSettings, **overrides) -> uvicorn.Config:

@@ -224,6 +224,16 @@ async def _bench(args: argparse.Namespace) -> int:
             seed=args.seed, minutes=args.minutes, orders_per_min=args.orders_per_min,
             drivers=args.drivers, window_s=args.window, radius_m=args.radius,
             wait_weight=args.wait_weight))
+    elif args.bench == "flood":
+        from loadtest.flood import FloodBench, run_flood_bench
+
+        figures = await run_flood_bench(FloodBench(
+            tokens=args.tokens, concurrency=args.concurrency, source_ips=args.source_ips, body_mb=args.body_mb,
+            body_parallel=args.body_parallel, bodies_s=args.bodies_seconds, slow_clients=args.slow_clients,
+            stuck_drivers=args.stuck_drivers, slow_s=args.slow_seconds, baseline_s=args.baseline,
+            duration_s=args.duration, workers=args.workers, auth_failure_limit=args.auth_failure_limit,
+            profile=args.profile))
+        return 0 if figures["rss_target_met"] is not False and figures["p99_target_met"] is not False else 1
     return 0
 
 
@@ -422,6 +432,24 @@ def build_parser() -> argparse.ArgumentParser:
     match.add_argument("--radius", type=float, default=5_000.0, help="pickup radius, great-circle metres")
     match.add_argument("--wait-weight", type=float, default=1.0,
                        help="batch: weight of time already waited in the cost (0 = pickup ETA only)")
+    flood = bsub.add_parser("flood", help="random tokens, oversized bodies and slow clients against an engine "
+                                          "while customers and drivers go on: RSS, legit p99, refusals")
+    flood.add_argument("--tokens", type=int, default=100_000, help="random well-formed bearer tokens sent")
+    flood.add_argument("--concurrency", type=int, default=64, help="keep-alive connections of the token flood")
+    flood.add_argument("--source-ips", type=int, default=16, help="attacker addresses, 127.0.0.2 up")
+    flood.add_argument("--body-mb", type=float, default=50.0, help="size of each oversized body, MB")
+    flood.add_argument("--body-parallel", type=int, default=3, help="oversized bodies in flight at once")
+    flood.add_argument("--bodies-seconds", type=float, default=10.0, help="oversized bodies repeated this long")
+    flood.add_argument("--slow-clients", type=int, default=200, help="slowloris connections")
+    flood.add_argument("--stuck-drivers", type=int, default=10, help="drivers who ping and never read")
+    flood.add_argument("--slow-seconds", type=float, default=20.0, help="how long the slow clients hold on")
+    flood.add_argument("--baseline", type=float, default=30.0, help="seconds of the legit workload alone, first")
+    flood.add_argument("--duration", type=float, default=600.0, help="the token flood stops here, seconds")
+    flood.add_argument("--workers", type=int, default=1, help="engine api processes")
+    flood.add_argument("--auth-failure-limit", type=int, default=None,
+                       help="WAKALA_AUTH_FAILURE_LIMIT for the engine (default: the engine's own)")
+    flood.add_argument("--profile", default=None, metavar="PATH",
+                       help="py-spy the engine during the token flood, raw stacks to PATH (needs py-spy)")
     p.set_defaults(handler=_bench)
 
     p = sub.add_parser("loadtest", help="generate a synthetic city and replay it through the running engine")

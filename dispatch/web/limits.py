@@ -33,8 +33,9 @@ import logging
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from dispatch.core.errors import INVALID_TEXT, TOO_LARGE, URI_TOO_LONG, Refusal
+from dispatch.core.errors import INVALID_TEXT, RATE_LIMITED, TOO_LARGE, URI_TOO_LONG, Refusal
 from dispatch.core.metrics import PINGS_REJECTED
+from dispatch.web.failures import FailureLimiter, client_address
 from dispatch.web.http import GATEWAY_PREFIX, error_response
 from dispatch.web.outages import failure_response
 
@@ -73,8 +74,13 @@ class EdgeLimits:
     """ASGI middleware: the limits above, then ``app``; ``state`` is the app's."""
 
     def __init__(self, app: Any, *, max_body_bytes: int, max_url_bytes: int,
-                 max_header_bytes: int = MAX_HEADER_BYTES) -> None:
+                 max_header_bytes: int = MAX_HEADER_BYTES, failures: FailureLimiter | None = None) -> None:
         self.app = app
+        # An address past its budget of made-up tokens: a request carrying a token is refused
+        # here, before the body is read or a route runs. The verifier would refuse it the same
+        # way (before any lookup); answering it this early is what keeps a flood from one
+        # address cheap enough that the other callers' requests are not queued behind it.
+        self.failures = failures
         self.state = app.state
         self.max_body_bytes, self.max_url_bytes, self.max_header_bytes = max_body_bytes, max_url_bytes, max_header_bytes
 
@@ -91,6 +97,17 @@ class EdgeLimits:
         else:
             await self.app(scope, receive, send)
 
+    def _throttled(self, scope) -> Refusal | None:
+        """The 429 for a request with a token from an address past its budget, else None."""
+        client = client_address(scope)
+        if client is None or not _has_authorization(scope):
+            return None
+        retry_after = self.failures.retry_after(client)
+        if retry_after is None:
+            return None
+        return Refusal(429, RATE_LIMITED, f"too many refused tokens from this address; retry in {retry_after} s",
+                       "authorization", headers={"Retry-After": str(retry_after)})
+
     async def _http(self, scope, receive, send) -> None:
         path = scope["path"]
         refusal = target_refusal(scope, self.max_url_bytes, self.max_header_bytes)
@@ -99,6 +116,10 @@ class EdgeLimits:
             return
         limit = self.max_body_bytes
         channel = "http" if path.startswith(GATEWAY_PREFIX) else "api"
+        if self.failures is not None and (throttled := self._throttled(scope)) is not None:
+            PINGS_REJECTED.labels(channel, RATE_LIMITED).inc()
+            await _respond(scope, send, throttled, close=False)
+            return
         for name, value in scope["headers"]:
             if name == b"content-length" and (not value.isdigit() or int(value) > limit):
                 PINGS_REJECTED.labels(channel, TOO_LARGE).inc()
@@ -159,6 +180,10 @@ def _close_after_413(declared: bytes, limit: int) -> bool:
     throws away the rest (nothing is kept: memory stays flat); a huge or unmeasured one is cut
     off, and its sender may see the reset instead of the 413."""
     return not declared.isdigit() or int(declared) > max(4 * limit, DRAIN_MIN_BYTES)
+
+
+def _has_authorization(scope) -> bool:
+    return any(name == b"authorization" for name, _ in scope["headers"])
 
 
 async def _respond(scope, send, refusal: Refusal, *, close: bool) -> None:

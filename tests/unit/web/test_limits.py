@@ -116,3 +116,26 @@ async def test_a_websocket_upgrade_over_the_limits_is_denied_with_the_status():
     sent, _ = await run(EdgeLimits(inner, max_body_bytes=4096, max_url_bytes=4096),
                         scope("/v1/drivers/stream", query=b"x" * 5000, kind="websocket"), [])
     assert status_and_body(sent)[0] == 414 and inner.calls == 0
+
+
+async def test_a_token_from_an_address_past_its_budget_is_refused_before_the_body_or_the_route():
+    from dispatch.web.failures import FailureLimiter
+
+    failures = FailureLimiter(2, 60)
+    edge = EdgeLimits(Recorder(), max_body_bytes=4096, max_url_bytes=4096, failures=failures)
+    token = [(b"authorization", b"Bearer wkd_made_up")]
+
+    def from_(address, headers):
+        return {**scope(headers=headers), "client": (address, 40000)}
+
+    sent, _ = await run(edge, from_("10.0.0.9", token), [b"{}"])
+    assert status_and_body(sent)[0] == 200   # within its budget: the route decides
+    failures.failed("10.0.0.9")
+    failures.failed("10.0.0.9")
+    sent, pulled = await run(edge, from_("10.0.0.9", token), [b"{}"])
+    status, body, headers = status_and_body(sent)
+    assert (status, body["error"]["reason"], body["error"]["field"]) == (429, "rate_limited", "authorization")
+    assert int(headers[b"retry-after"]) >= 1 and pulled == 0 and edge.app.calls == 1
+    # the same address without a token (a tracking page, a callback) and another address pass
+    assert status_and_body((await run(edge, from_("10.0.0.9", []), [b"{}"]))[0])[0] == 200
+    assert status_and_body((await run(edge, from_("10.0.0.8", token), [b"{}"]))[0])[0] == 200
