@@ -65,6 +65,8 @@ from streams.settings import StreamSettings
 
 log = logging.getLogger(__name__)
 
+STOP_STEP_S = 5.0   # each step of the shutdown (see _bounded)
+
 
 async def _forever(run: Callable[..., Awaitable[None]], *args: object, **kwargs: object) -> None:
     """Run a background loop of the engine; if it fails (a service restarting), start it again."""
@@ -76,6 +78,19 @@ async def _forever(run: Callable[..., Awaitable[None]], *args: object, **kwargs:
         except Exception:
             log.exception("%s stopped; restarting in 2 s", getattr(run, "__qualname__", run))
             await asyncio.sleep(2)
+
+
+async def _bounded(name: str, step: Awaitable[object], timeout_s: float = STOP_STEP_S) -> None:
+    """One step of the engine's shutdown, given ``timeout_s``: a step that hangs (a task that
+    does not take its cancellation, a service that stopped answering) is logged by name and
+    abandoned, so a SIGTERM always ends the process instead of waiting on it forever."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        task.cancel()   # not awaited: a step that ignores cancellation must not hold the stop
+        log.error("stopping the engine: %s did not stop within %.0f s; abandoned", name, timeout_s)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("stopping the engine: %s failed (%r)", name, task.exception())
 
 
 def create_app(engine: EngineSettings | None = None, streams: StreamSettings | None = None,
@@ -168,17 +183,14 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await notices.stop()
-            await hub.stop()
-            await users.stop()
-            await notifier.stop()
-            await auth.stop()
-            await producer.stop()
-            await db.close()
-            await redis.aclose()
+            await _bounded("background tasks", asyncio.gather(*tasks, return_exceptions=True))
+            for name, stop in (("driver notices", notices.stop), ("tracking hub", hub.stop),
+                               ("user tokens", users.stop), ("offer notifier", notifier.stop),
+                               ("driver tokens", auth.stop), ("producer", producer.stop),
+                               ("database pools", db.close), ("redis", redis.aclose)):
+                await _bounded(name, stop())
             if stop_metrics is not None:
-                await asyncio.to_thread(stop_metrics)
+                await _bounded("metrics server", asyncio.to_thread(stop_metrics))
 
     # One budget of made-up tokens per client address, shared by drivers' and users' tokens and
     # checked again at the edge (EdgeLimits) before a throttled request reaches a route.
