@@ -12,8 +12,8 @@ Detecting the loss
 ------------------
 
 ``watch_redis`` checks, every ``interval_s``, that the sentinel key
-``dispatch:redis-epoch:{app_id}`` exists: one ``EXISTS``. The sentinel is written after each rebuild; a Redis that restarted
-empty (or was flushed) has lost it with everything else, so its absence is the signal. The
+``dispatch:redis-epoch:{app_id}`` exists: one ``EXPIRE`` (which also keeps it alive). The
+sentinel is written after each rebuild; a Redis that restarted empty (or was flushed) has lost it with everything else, so its absence is the signal. The
 first engine to start on a fresh Redis rebuilds too, which is what it should do. Two engines
 noticing together both rebuild: every step is idempotent.
 
@@ -98,6 +98,9 @@ class Rebuilt:
     tracked: int = 0
     reset: int = 0
     failed_tenants: int = 0
+
+
+SENTINEL_TTL_S = 3600   # refreshed at every watch tick; gone an hour after the last engine stopped
 
 
 async def start_shift(db: TenantDatabase, claims: DriverClaims, tenant_id: str, driver_id: str) -> str:
@@ -190,11 +193,13 @@ async def watch_redis(db: TenantDatabase, redis: Redis, claims: DriverClaims, *,
     while True:
         delay = interval_s
         try:
-            if not await redis.exists(sentinel):
+            # EXPIRE both tells whether the sentinel is there and keeps it alive while an engine
+            # watches; an app id no engine runs any more (a bench's) leaves nothing behind.
+            if not await redis.expire(sentinel, SENTINEL_TTL_S):
                 started = time.monotonic()
                 done = await rebuild(db, redis, claims)
                 if not done.failed_tenants:
-                    await redis.set(sentinel, str(round(time.time() * 1000)))
+                    await redis.set(sentinel, str(round(time.time() * 1000)), ex=SENTINEL_TTL_S)
                 log.warning("matching state rebuilt from Postgres in %.2f s: %d tenants, %d drivers, "
                             "%d tracked deliveries, %d deliveries back to pending, %d tenants failed",
                             time.monotonic() - started, len(done.tenants), done.drivers, done.tracked,

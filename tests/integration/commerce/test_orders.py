@@ -734,7 +734,7 @@ async def test_list_orders_filters_by_vendor_customer_and_status(shop):
 
 
 async def test_every_transition_reaches_order_events_through_the_relay(shop, stream_settings):
-    topic = f"order-events-{uuid.uuid4().hex[:8]}"
+    topic = stream_settings.order_events_topic   # this test's own, deleted with the session's topics
     view = await place(shop, ("maize", 1), payment_method="card")
     await pay(shop, view, "pay_e1")
     await vendor_decision(shop.db, shop.tenant_id, shop.vendor, view["id"], accept=True, actor=shop.staff)
@@ -746,7 +746,7 @@ async def test_every_transition_reaches_order_events_through_the_relay(shop, str
         assert await relay.publish_all([shop.tenant_id]) == 4
         assert await relay.publish_all([shop.tenant_id]) == 0
         # the delivery's own relay is untouched by the order events
-        deliveries = OutboxRelay(shop.db, producer, f"{topic}-deliveries")
+        deliveries = OutboxRelay(shop.db, producer, stream_settings.delivery_events_topic)
         assert await deliveries.publish_all([shop.tenant_id]) == 1
     finally:
         await producer.stop()
