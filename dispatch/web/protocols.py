@@ -27,7 +27,7 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from dispatch.core.errors import URI_TOO_LONG
+from dispatch.core.errors import TOO_SLOW, URI_TOO_LONG
 from dispatch.core.settings import EdgeSettings
 from dispatch.web.limits import MAX_HEADER_BYTES
 
@@ -56,22 +56,60 @@ def edge_limits(config: Any) -> tuple[int, int]:
 
 
 class _HeadTooLarge(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, reason: str = URI_TOO_LONG) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.reason = status, message, reason
 
 
 class BoundedHttpTools(HttpToolsProtocol):
-    """httptools' protocol, refusing a request head over the edge's limits as it arrives."""
+    """httptools' protocol, refusing a request head over the edge's limits as it arrives, and
+    a head that does not arrive within ``head_timeout_s``.
+
+    The deadline runs from the connection's start (a client that connects and says nothing)
+    and from the first byte of each further request on a kept connection, until the head is
+    complete; a slowly sent body or a long-running request is not timed by it, and idle kept
+    connections are uvicorn's keep-alive timeout's business. Without it a client dribbling a
+    header line now and then (slowloris) held a connection, and a descriptor, for ever."""
+
+    head_timeout_s = 10.0
 
     def __init__(self, config, server_state, app_state, _loop=None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._max_url, self._max_headers = edge_limits(config)
         self._head_bytes = 0
+        self._head_deadline: Any = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_bytes = 0
+        self._arm_head_deadline()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_head_deadline()
+        super().on_headers_complete()
+
+    def _arm_head_deadline(self) -> None:
+        if self._head_deadline is None:
+            self._head_deadline = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _disarm_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def _head_timed_out(self) -> None:
+        self._head_deadline = None
+        if not self.transport.is_closing():
+            self._refuse_head(_HeadTooLarge(408, f"the request head did not arrive within {self.head_timeout_s:g} s",
+                                            TOO_SLOW))
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -105,7 +143,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             self.send_400_response(msg)
 
     def _refuse_head(self, refusal: _HeadTooLarge) -> None:
-        body = json.dumps({"error": {"status": refusal.status, "reason": URI_TOO_LONG, "field": None,
+        body = json.dumps({"error": {"status": refusal.status, "reason": refusal.reason, "field": None,
                                      "message": refusal.message}}).encode()
         content = [STATUS_LINE[refusal.status]]
         for name, value in self.server_state.default_headers:

@@ -157,3 +157,41 @@ async def test_a_nul_in_a_query_parameter_is_refused_naming_it(platform, stream_
                                                "Connection: close\r\n\r\n".encode())
     assert answer.startswith(b"HTTP/1.1 422"), answer[:200]
     assert b'"reason":"invalid_text","field":"q"' in answer
+
+
+async def test_a_request_head_that_never_completes_is_answered_408_and_closed(platform, stream_settings, monkeypatch):
+    from dispatch.web.protocols import BoundedHttpTools
+
+    monkeypatch.setattr(BoundedHttpTools, "head_timeout_s", 1.0)
+    async with running_engine(platform, stream_settings) as addr:
+        host, port = addr.split(":")
+        # slowloris: a header line now and then, never the blank line that ends the head
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            started = time.monotonic()
+            writer.write(f"GET /v1/orders HTTP/1.1\r\nHost: {addr}\r\n".encode())
+            answer = b""
+            for i in range(8):
+                try:
+                    writer.write(f"X-Drip-{i}: y\r\n".encode())
+                    await writer.drain()
+                except ConnectionError:
+                    break
+                try:
+                    answer += await asyncio.wait_for(reader.read(65536), 0.5)
+                except TimeoutError:
+                    continue
+                if answer:
+                    break
+            elapsed = time.monotonic() - started
+            rest = await asyncio.wait_for(reader.read(65536), 3)
+        finally:
+            writer.close()
+        assert answer.startswith(b"HTTP/1.1 408") and b"too_slow" in answer + rest, answer[:200]
+        assert elapsed < 3 and rest == b""   # closed after the answer
+        # a client that connects and says nothing is let go the same way
+        silent, _, closed = await head_answer(addr, b"", wait_s=3)
+        assert silent.startswith(b"HTTP/1.1 408") and closed
+        # a head sent at once is not timed out, on a fresh or a kept connection
+        ok, elapsed, _ = await head_answer(addr, f"GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n".encode(), 0.5)
+        assert ok.startswith(b"HTTP/1.1 200")
