@@ -31,7 +31,8 @@ from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.location_store import LocationStore
 from tests.integration.engine_helpers import running_app
-from tests.integration.streams.test_streams import SESSION_TIMEOUT_S, create_topics, eventually
+from tests.integration.streams.harness import SESSION_TIMEOUT_S, eventually
+from tests.integration.streams.test_streams import create_topics
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -18,7 +18,7 @@ from schema.shards import list_shards
 from schema.tenants import create_tenant
 from tests.integration.deliveries.test_outbox import _events, _unpublished
 from tests.integration.deliveries.test_store import _populate
-from tests.integration.streams.test_streams import eventually
+from tests.integration.streams.harness import eventually
 
 pytestmark = pytest.mark.timeout(120)
 

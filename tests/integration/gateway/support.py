@@ -3,23 +3,15 @@ the test's own (so that it can be killed), and a driver socket that never reads.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import os
 import socket
-import subprocess
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-
-import redis.asyncio as aioredis
 
 from dispatch.identity.auth import issue_driver_token
 from dispatch.identity.drivers import NewDriver, create_driver
-from loadtest.processes import free_port
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 
@@ -54,52 +46,6 @@ async def make_fleet(platform, n: int = 2, name: str = "Gateway Fleet") -> Fleet
             tokens.append(issued.token)
             token_ids.append(issued.token_id)
     return Fleet(str(tenant.id), ids, tokens, token_ids)
-
-
-class PrivateRedis:
-    """A redis-server of this test only, on a spare port, that the test may kill and restart
-    (on the same port: the engine's clients reconnect to it)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._dir = tempfile.mkdtemp(prefix="wakala-redis-")
-        self.proc: subprocess.Popen | None = None
-
-    async def start(self) -> None:
-        self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting a server takes no time to wait for
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self._dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = aioredis.from_url(self.url)
-        try:
-            for _ in range(100):
-                with contextlib.suppress(Exception):
-                    if await client.ping():
-                        return
-                await asyncio.sleep(0.05)
-            raise TimeoutError("the private redis-server did not start")
-        finally:
-            await client.aclose()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-
-
-@contextlib.asynccontextmanager
-async def private_redis() -> AsyncIterator[PrivateRedis]:
-    server = PrivateRedis()
-    await server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-        with contextlib.suppress(OSError):
-            for name in os.listdir(server._dir):
-                os.unlink(os.path.join(server._dir, name))
-            os.rmdir(server._dir)
 
 
 def silent_driver(addr: str, token: str) -> socket.socket:

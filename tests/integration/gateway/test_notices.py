@@ -12,7 +12,8 @@ import websockets
 from dispatch.gateway.notices import DriverNotices
 from streams.keys import DRIVER_NOTICES_CHANNEL
 from tests.integration.engine_helpers import running_app
-from tests.integration.gateway.support import make_fleet, private_redis
+from tests.integration.gateway.support import make_fleet
+from tests.integration.private_services import private_redis
 
 pytestmark = pytest.mark.timeout(180)
 

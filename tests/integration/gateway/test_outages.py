@@ -10,7 +10,8 @@ import websockets
 
 from streams.producer import PingProducer
 from tests.integration.engine_helpers import running_app
-from tests.integration.gateway.support import make_fleet, ping, private_redis
+from tests.integration.gateway.support import make_fleet, ping
+from tests.integration.private_services import private_redis
 
 pytestmark = pytest.mark.timeout(180)
 

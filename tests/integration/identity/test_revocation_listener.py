@@ -6,12 +6,6 @@ A revocation made while the listener is away (committed, its message lost) still
 """
 
 import asyncio
-import contextlib
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 
 import pytest
@@ -21,56 +15,9 @@ from dispatch.identity.auth import TokenRejected, revoke_token
 from dispatch.identity.users import UserAuthenticator, create_user, issue_user_token
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
+from tests.integration.private_services import private_redis
 
 WAIT_S = 30   # a bound for awaited events, never a sleep
-
-
-class PrivateRedis:
-    """A redis-server without persistence on a spare port: killed with SIGKILL, started empty."""
-
-    def __init__(self, workdir: str) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-
-    async def start(self) -> None:
-        self.proc = subprocess.Popen(  # noqa: ASYNC220 - a fork, returns at once
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while True:   # the server has no readiness signal to await but its port
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.kill()
-                    pytest.fail(f"the private redis-server on port {self.port} did not start")
-                await asyncio.sleep(0.05)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@contextlib.asynccontextmanager
-async def private_redis():
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    workdir = tempfile.mkdtemp(prefix="wakala-h1-redis-")
-    server = PrivateRedis(workdir)
-    await server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 async def test_revocations_reach_the_callback_after_a_dropped_connection_and_a_redis_restart(platform):

@@ -64,7 +64,7 @@ from streams.location_store import LocationStore
 from tests.integration.engine_helpers import running_app
 from tests.integration.matching.test_nearest import put_live
 from tests.integration.matching.test_offers import RecordingNotifier
-from tests.integration.streams.test_streams import eventually
+from tests.integration.streams.harness import eventually
 from tests.integration.test_dispatch_e2e import DROPOFF, PROOF, VENDOR, _driver, _world
 
 pytestmark = pytest.mark.timeout(60)

@@ -29,7 +29,7 @@ from schema.tenants import create_tenant
 from tests.integration.deliveries.test_outbox_faults import _owner_on_shard
 from tests.integration.matching.test_dispatcher import _driver, matcher
 from tests.integration.matching.test_nearest import put_live
-from tests.integration.streams.test_streams import eventually
+from tests.integration.streams.harness import eventually
 from tests.integration.test_dispatch_e2e import VENDOR
 
 pytestmark = pytest.mark.timeout(90)

@@ -18,7 +18,8 @@ from streams.app import create_app
 from streams.keys import location_key
 from streams.location_store import LocationStore
 from tests.integration.engine_helpers import running_engine
-from tests.integration.streams.test_streams import SESSION_TIMEOUT_S, create_topics, eventually
+from tests.integration.streams.harness import SESSION_TIMEOUT_S, eventually
+from tests.integration.streams.test_streams import create_topics
 
 pytestmark = pytest.mark.timeout(180)
 ORLANDO = (-26.2360, 27.9090)

@@ -15,7 +15,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -31,7 +31,6 @@ from geo import distance_m
 from schema.db import TenantDatabase
 from schema.settings import DSN, PostgresSettings
 from schema.tenants import create_tenant
-from streams.app import ObserverFactory, create_app
 from streams.decode import MAX_PING_BYTES, UndecodablePing, decode_ping, decode_pings
 from streams.keys import (
     INGEST_COUNTS_KEY,
@@ -44,44 +43,19 @@ from streams.location_store import InvalidStatus, LocationStore, UnknownDriverSt
 from streams.pg_writer import PgLocationWriter
 from streams.records import DriverPing
 from streams.settings import StreamSettings
+from tests.integration.streams.harness import (
+    CAPE_TOWN,
+    JOBURG,
+    SOWETO,
+    eventually,
+    new_ids,
+    ping,
+    raw,
+)
+from tests.integration.streams.harness import running_worker as harness_worker
 
 RUN = uuid.uuid4().hex[:8]
-JOBURG = (-26.2041, 28.0473)
-SOWETO = (-26.2485, 27.8540)      # ~20 km from JOBURG
-CAPE_TOWN = (-33.9249, 18.4241)   # ~1260 km from JOBURG
-SESSION_TIMEOUT_S = 2.0           # tansu holds a group join for half of it
 BASE = StreamSettings.from_env()
-
-
-def ping(driver: str, tenant: str, lat: float, lng: float, ts: float, **extra: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "v": 1, "driver_id": driver, "tenant_id": tenant, "lat": lat, "lng": lng,
-        "accuracy_m": 5.0, "speed_mps": 8.0, "heading_deg": 90.0, "ts": ts,
-        "received_at": time.time(), "vehicle_type": "motorbike",
-    }
-    body.update(extra)
-    return body
-
-
-def raw(body: dict[str, Any]) -> bytes:
-    return json.dumps(body).encode()
-
-
-def new_ids() -> tuple[str, str]:
-    return str(uuid.uuid4()), str(uuid.uuid4())
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], within: float = 5.0,
-                     every: float = 0.02) -> Any:
-    """Poll ``check`` until it returns something truthy; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s (last: {result!r})")
-        await asyncio.sleep(every)
 
 
 # -- decoding: pure ---------------------------------------------------------------------------
@@ -388,29 +362,9 @@ def unique_settings(name: str, **changes: Any) -> StreamSettings:
                    **changes)
 
 
-@contextlib.asynccontextmanager
-async def running_worker(settings: StreamSettings, pg=None, *,
-                         prepare: Callable[[faust.App], None] | None = None,
-                         latency_samples: bool = False,
-                         observer: ObserverFactory | None = None) -> AsyncIterator[faust.App]:
-    """A worker in this process; yields once it owns every partition; always stopped.
-
-    ``observer``: what the worker hands landed batches to (the engine's tracker, in the
-    tracking tests); none here, where only the landing is under test."""
-    app = create_app(settings, pg, session_timeout_s=SESSION_TIMEOUT_S, latency_samples=latency_samples,
-                     observer=observer)
-    if prepare is not None:
-        prepare(app)
-    await asyncio.wait_for(app.start(), 30)
-    try:
-        async def assigned() -> bool:
-            tps = app.consumer.assignment()
-            return sum(tp.topic == settings.locations_topic for tp in tps) == settings.locations_partitions
-
-        await eventually(assigned, within=20, every=0.05)
-        yield app
-    finally:
-        await asyncio.wait_for(app.stop(), 30)
+def running_worker(settings: StreamSettings, pg=None, **options: Any):
+    """The harness's worker, with this module's 20 s for taking every partition."""
+    return harness_worker(settings, pg, assigned_within=20, **options)
 
 
 @pytest.fixture(scope="module")

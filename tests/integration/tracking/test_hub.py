@@ -49,12 +49,8 @@ from tests.integration.api.test_api import (
     phone,
 )
 from tests.integration.engine_helpers import running_app
-from tests.integration.streams.test_streams import (
-    SESSION_TIMEOUT_S,
-    create_topics,
-    driver_ping,
-    eventually,
-)
+from tests.integration.streams.harness import SESSION_TIMEOUT_S, eventually
+from tests.integration.streams.test_streams import create_topics, driver_ping
 
 pytestmark = pytest.mark.timeout(240)
 

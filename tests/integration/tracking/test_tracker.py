@@ -36,14 +36,12 @@ from dispatch.tracking.worker import tracker_factory
 from geo import EtaCalibration, bearing_deg, destination, distance_m, eta_seconds
 from streams.keys import location_key, state_key, tracking_key
 from tests.integration.deliveries.test_store import DROPOFF, PICKUP, _tables, world  # noqa: F401 - the fixture
+from tests.integration.streams.harness import eventually, ping, raw
 from tests.integration.streams.test_streams import (  # noqa: F401 - the fixture gives back the topics it created
     _delete_created_topics,
     _value,
     create_topics,
     driver_ping,
-    eventually,
-    ping,
-    raw,
     running_worker,
 )
 
