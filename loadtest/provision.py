@@ -61,17 +61,23 @@ class ApiCaller:
                        route: str | None = None, headers: dict[str, str] | None = None,
                        content: bytes | None = None) -> dict:
         label = f"{method} {route or path}"
+        resp = await self._send(method, path, token, body, label, headers or {}, content)
+        if resp.status_code >= 300:
+            raise ApiFailed(label, resp.status_code, resp.text)
+        return resp.json()
+
+    async def _send(self, method: str, path: str, token: str | None, body: Any, label: str,
+                    headers: dict[str, str], content: bytes | None) -> httpx.Response:
+        """One request (JSON ``body`` or raw ``content``), its latency recorded under ``label``."""
         sent = {"Authorization": f"Bearer {token}"} if token else {}
-        sent.update(headers or {})
+        sent.update(headers)
         started = time.perf_counter()
         if content is not None:
             resp = await self.http.request(method, path, content=content, headers=sent)
         else:
             resp = await self.http.request(method, path, json=body, headers=sent)
         self.record(label, (time.perf_counter() - started) * 1000)
-        if resp.status_code >= 300:
-            raise ApiFailed(label, resp.status_code, resp.text)
-        return resp.json()
+        return resp
 
 
 def unique_phone() -> str:

@@ -137,14 +137,7 @@ class RetryingApi(ApiCaller):
 
     async def _once(self, method: str, path: str, token: str | None, body: Any, label: str,
                     headers: dict[str, str], content: bytes | None) -> dict:
-        sent = {"Authorization": f"Bearer {token}"} if token else {}
-        sent.update(headers)
-        started = time.perf_counter()
-        if content is not None:
-            resp = await self.http.request(method, path, content=content, headers=sent)
-        else:
-            resp = await self.http.request(method, path, json=body, headers=sent)
-        self.record(label, (time.perf_counter() - started) * 1000)
+        resp = await self._send(method, path, token, body, label, headers, content)
         if resp.status_code >= 300:
             failure = ApiFailed(label, resp.status_code, resp.text)
             if resp.status_code in RETRY_STATUSES or (resp.status_code == 409 and "retry-after" in resp.headers):
