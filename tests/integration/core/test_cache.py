@@ -1,8 +1,5 @@
 """dispatch.core.cache against the real Redis: cache-aside, tags, stale-write guard, tenant keys."""
 
-import asyncio
-import contextlib
-import socket
 import uuid
 from decimal import Decimal
 
@@ -17,6 +14,7 @@ from dispatch.core.cache_keys import (
     product_list_key,
     search_key,
 )
+from tests.integration.private_services import private_redis, spare_port
 
 
 @pytest.fixture
@@ -96,35 +94,19 @@ async def test_a_corrupt_entry_is_recomputed(cache):
     assert await c.get(key) == {"ok": True}
 
 
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 async def own_redis():
     """A redis-server of this test's own (it may be paused or killed), gone afterwards."""
-    port = _free_port()
-    proc = await asyncio.create_subprocess_exec(
-        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    redis = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
-    try:
-        for _ in range(100):
-            with contextlib.suppress(Exception):
-                if await redis.ping():
-                    break
-            await asyncio.sleep(0.05)
-        yield redis, port, proc
-    finally:
-        await redis.aclose()
-        proc.kill()
-        await asyncio.wait_for(proc.wait(), 10)
+    async with private_redis() as server:
+        redis = aioredis.from_url(server.url)
+        try:
+            yield redis, server.port
+        finally:
+            await redis.aclose()
 
 
 async def test_invalidation_after_a_commit_never_raises_when_redis_is_down():
-    redis = aioredis.from_url(f"redis://127.0.0.1:{_free_port()}/0")   # nothing listens there
+    redis = aioredis.from_url(f"redis://127.0.0.1:{spare_port()}/0")   # nothing listens there
     c, tenant = Cache(redis, timeout_s=1), str(uuid.uuid4())
     before = INVALIDATION_FAILURES._value.get()
     try:
@@ -141,7 +123,7 @@ async def test_invalidation_after_a_commit_never_raises_when_redis_is_down():
 
 
 async def test_a_failed_invalidation_is_made_good_by_the_next_one(own_redis):
-    redis, port, _proc = own_redis
+    redis, port = own_redis
     client = aioredis.from_url(f"redis://127.0.0.1:{port}/0")
     c, tenant = Cache(client, timeout_s=0.3), str(uuid.uuid4())
     try:

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-import subprocess
-import time
 import uuid
 from dataclasses import replace
 
@@ -18,14 +15,9 @@ import redis.exceptions
 
 from tests.integration.api.test_api import VENDOR, _tenant_with_admin, auth
 from tests.integration.engine_helpers import running_app
+from tests.integration.private_services import private_redis, spare_port
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def assert_unavailable(resp: httpx.Response, *secrets: str) -> None:
@@ -38,7 +30,7 @@ def assert_unavailable(resp: httpx.Response, *secrets: str) -> None:
 
 async def test_an_unreachable_shard_is_503_without_its_host_port_or_name(platform, stream_settings):
     tenant, admin = await _tenant_with_admin(platform)
-    dead_port = free_port()   # nothing listens there
+    dead_port = spare_port()   # nothing listens there
     control = await asyncpg.connect(platform.control.url())
     try:
         names = [r["database_name"] for r in await control.fetch("SELECT database_name FROM shard_map")]
@@ -85,33 +77,14 @@ async def test_terminated_database_sessions_are_503_never_500(platform, stream_s
     assert set(statuses) <= {201, 503}, statuses
 
 
-@pytest.fixture
-def own_redis():
-    """A redis-server of this test's own, to be killed; gone afterwards."""
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:   # until it accepts connections
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.05)
-        yield port, proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
-async def test_redis_down_is_503_with_retry_after_and_no_host(platform, stream_settings, own_redis):
-    port, proc = own_redis
-    streams = replace(stream_settings, redis_url=f"redis://127.0.0.1:{port}/0")
+async def test_redis_down_is_503_with_retry_after_and_no_host(platform, stream_settings):
     tenant, admin = await _tenant_with_admin(platform)
-    async with running_app(platform, streams) as (addr, state), \
+    async with private_redis() as server, \
+            running_app(platform, replace(stream_settings, redis_url=server.url)) as (addr, state), \
             httpx.AsyncClient(base_url=f"http://{addr}", timeout=30) as http:
+        port = server.port
         assert (await http.get("/v1/admin/orders", headers=auth(admin))).status_code == 200
-        proc.kill()
-        proc.wait(timeout=10)
+        server.kill()
         resp = await http.get("/v1/catalogue/search", params={"q": "maize"}, headers=auth(admin))
         assert resp.status_code in (503, 200), resp.text   # a route may serve without Redis
         if resp.status_code == 503:
