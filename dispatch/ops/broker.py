@@ -49,6 +49,7 @@ __all__ = [
     "read_pid_file",
     "start_tansu",
     "stop_pid",
+    "wait_gone",
 ]
 
 #: Seconds to wait for a freshly started tansu broker to answer.
@@ -257,7 +258,8 @@ async def start_tansu(
     )
 
 
-def _wait_gone(pid: int, time_limit: float) -> bool:
+def wait_gone(pid: int, time_limit: float) -> bool:
+    """Whether process ``pid`` is gone within ``time_limit`` seconds."""
     deadline = time.monotonic() + time_limit
     while time.monotonic() < deadline:
         if not pid_alive(pid):
@@ -270,7 +272,7 @@ def stop_pid(pid: int, time_limit: float) -> None:
     """SIGTERM, then SIGKILL after *time_limit*; raise ServiceError if it survives."""
     try:
         os.kill(pid, signal.SIGTERM)
-        if _wait_gone(pid, time_limit):
+        if wait_gone(pid, time_limit):
             return
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -279,7 +281,7 @@ def stop_pid(pid: int, time_limit: float) -> None:
         raise ServiceError(
             f"not allowed to stop the tansu broker (pid {pid}): {exc}; stop it as its owner"
         ) from exc
-    if not _wait_gone(pid, 5.0):
+    if not wait_gone(pid, 5.0):
         raise ServiceError(f"the tansu broker (pid {pid}) survived SIGKILL; check `ps -p {pid}`")
     child = _CHILDREN.pop(pid, None)
     if child is not None:

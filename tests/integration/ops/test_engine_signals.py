@@ -16,20 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from dispatch.ops.broker import pid_alive
+from dispatch.ops.broker import pid_alive, wait_gone
 from loadtest.processes import free_port, streams_env
 
 WORKER_PID = re.compile(r"location worker pid (\d+)")
 RESTARTED = re.compile(r"restarted the location worker \(pid (\d+)\)")
-
-
-def _gone_within(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.1)
-    return not pid_alive(pid)
 
 
 def _exit_status(proc: subprocess.Popen, seconds: float, log: Path) -> int:
@@ -89,7 +80,7 @@ def test_a_signal_to_the_engine_stops_its_location_worker_too(engine_all, sig):
     # Bounded by uvicorn's shutdown plus the worker's 30 s grace (then SIGKILL): generous, since
     # the suite's four workers share two cores with it.
     assert _exit_status(engine, 90, log) == 0, log.read_text()[-3000:]
-    assert _gone_within(worker, 10), f"worker {worker} outlived the engine:\n{log.read_text()[-3000:]}"
+    assert wait_gone(worker, 10), f"worker {worker} outlived the engine:\n{log.read_text()[-3000:]}"
     assert "Traceback" not in log.read_text()
 
 
@@ -97,7 +88,7 @@ def test_a_killed_engine_takes_its_worker_with_it(engine_all):
     engine, worker, _ = engine_all()
     engine.kill()
     engine.wait()
-    assert _gone_within(worker, 15)
+    assert wait_gone(worker, 15)
 
 
 def test_a_worker_that_dies_is_said_and_restarted_and_still_stopped_at_the_end(engine_all):
@@ -110,4 +101,4 @@ def test_a_worker_that_dies_is_said_and_restarted_and_still_stopped_at_the_end(e
     assert replacement != worker and pid_alive(replacement)
     engine.send_signal(signal.SIGTERM)
     assert _exit_status(engine, 90, log) == 0, log.read_text()[-3000:]
-    assert _gone_within(replacement, 10)
+    assert wait_gone(replacement, 10)
