@@ -22,7 +22,8 @@ from dispatch.matching.consumer import EventConsumer
 from dispatch.matching.keys import dispatcher_event_key, dispatcher_offsets_key
 from tests.integration.deliveries.test_outbox import _unpublished
 from tests.integration.deliveries.test_store import world  # noqa: F401 - the fixture
-from tests.integration.streams.harness import eventually, private_tansu
+from tests.integration.private_services import private_tansu
+from tests.integration.streams.harness import eventually
 
 pytestmark = pytest.mark.timeout(180)
 

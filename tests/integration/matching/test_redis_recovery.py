@@ -22,7 +22,8 @@ from geo import destination
 from streams.keys import state_key
 from tests.integration.matching.test_dispatcher import _driver, matcher
 from tests.integration.matching.test_nearest import put_live
-from tests.integration.streams.harness import eventually, private_redis
+from tests.integration.private_services import private_redis
+from tests.integration.streams.harness import eventually
 from tests.integration.test_dispatch_e2e import VENDOR
 
 pytestmark = pytest.mark.timeout(120)

@@ -23,7 +23,6 @@ from redis.asyncio import Redis
 from streams.app import ObserverFactory, create_app
 from streams.keys import location_key, state_key
 from streams.settings import StreamSettings
-from tests.integration.private_services import private_redis, private_tansu, spare_port  # noqa: F401 - used by the stream tests
 
 JOBURG = (-26.2041, 28.0473)
 SOWETO = (-26.2485, 27.8540)      # ~20 km from JOBURG

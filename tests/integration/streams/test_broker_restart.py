@@ -19,12 +19,12 @@ from redis.asyncio import Redis
 from streams.consumer import WATCH_INTERVAL_S, BrokerStuck, BrokerWatch
 from streams.location_store import LocationStore
 from streams.producer import PingProducer, encode_pings
+from tests.integration.private_services import private_tansu
 from tests.integration.streams.harness import (
     JOBURG,
     eventually,
     forget_drivers,
     new_ids,
-    private_tansu,
     running_worker,
 )
 

@@ -12,7 +12,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.producer import BrokerUnavailable, PingProducer, encode_pings
-from tests.integration.streams.harness import JOBURG, new_ids, private_tansu
+from tests.integration.private_services import private_tansu
+from tests.integration.streams.harness import JOBURG, new_ids
 
 PARTITIONS = 3     # the tansu default is 4: a topic with 3 was created by us
 

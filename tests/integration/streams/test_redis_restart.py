@@ -17,12 +17,12 @@ from redis.asyncio import Redis
 
 from streams.keys import available_key, location_key
 from streams.location_store import LocationStore
+from tests.integration.private_services import private_redis
 from tests.integration.streams.harness import (
     JOBURG,
     eventually,
     new_ids,
     ping,
-    private_redis,
     raw,
     running_worker,
 )

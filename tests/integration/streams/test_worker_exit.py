@@ -18,12 +18,11 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from streams.keys import INGEST_COUNTS_KEY
+from tests.integration.private_services import private_redis, private_tansu
 from tests.integration.streams.harness import (
     JOBURG,
     new_ids,
     ping,
-    private_redis,
-    private_tansu,
     raw,
 )
 
