@@ -31,6 +31,7 @@ import httpx
 from dispatch.identity.auth import issue_driver_token
 from dispatch.identity.drivers import NewDriver, create_driver
 from dispatch.identity.users import create_user, create_vendor, issue_user_token
+from loadtest.orders import PRODUCTS_SQL, VENDOR_AT  # the orders bench's shop and stock
 from loadtest.provision import unique_phone
 from schema.db import TenantDatabase
 from schema.errors import TenantExists
@@ -40,16 +41,6 @@ from schema.tenants import create_tenant, list_tenants
 __all__ = ["BENCH_SLUG", "LegitWorkload", "Population", "populate"]
 
 BENCH_SLUG = "bench-flood"
-VENDOR_AT = (-26.2360, 27.9090)   # Orlando, Soweto
-PRODUCTS_SQL = """
-WITH p AS (
-    INSERT INTO products (vendor_id, sku, name, description, price)
-    SELECT $1, $4 || n, 'Flood item ' || n, 'A bench product', (5 + n % 40)::numeric + 0.99
-    FROM generate_series(1, $2) AS n
-    RETURNING id
-)
-INSERT INTO inventory (product_id, quantity) SELECT id, $3 FROM p RETURNING product_id
-"""
 
 
 @dataclass
