@@ -57,13 +57,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
 
 from dispatch.commerce.orders.records import ORDER_OUTBOX_CHANNEL
 from dispatch.deliveries.store import OUTBOX_CHANNEL
 from schema.connect import connect
 from schema.db import TenantDatabase
 from schema.settings import DSN, PostgresSettings
+from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -81,25 +82,18 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
     """Create ``topic`` with ``partitions`` if the broker does not have it; True if created.
 
     A broker restarted with memory storage comes back without its topics, and a producer
-    or consumer must not let it auto-create one with its own default partition count.
+    or consumer must not let it auto-create one with its own default partition count. The
+    creating is ``streams.topics.ensure_topics``'s (the location worker's and the gateway's
+    too); a broker that does not answer in time is a ``KafkaTimeoutError`` like its other
+    errors, so callers back off on ``KafkaError`` alone.
     """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
     try:
-        await admin.start()
-        if topic in set(await admin.list_topics()):
-            return False
-        try:
-            await admin.create_topics([NewTopic(topic, partitions, 1)])
-        except TopicAlreadyExistsError:
-            return False
+        created = topic in await ensure_topics(bootstrap, {topic: partitions})
+    except TimeoutError as exc:
+        raise KafkaTimeoutError(f"the broker gave no answer about topic {topic}") from exc
+    if created:
         log.warning("topic %s was missing on the broker; created it with %d partitions", topic, partitions)
-        return True
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
+    return created
 
 
 @dataclass(frozen=True)
