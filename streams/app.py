@@ -2,8 +2,10 @@
 
 Flow per batch (up to ``batch_size`` events, or whatever arrived within ``batch_within_s``):
 
-1. decode every raw value with ``decode_pings`` (one ping, or one driver's upload); undecodable ones become ``DeadLetter`` records
-   on the dead-letter topic (their delivery is awaited before the batch is acknowledged);
+1. decode every raw value with ``decode_message`` (one ping, one driver's upload, or the
+   gateway's bundle of many drivers' uploads: ``streams.bundles``); an undecodable message,
+   or an undecodable upload of a bundle, becomes a ``DeadLetter`` record on the dead-letter
+   topic (its delivery is awaited before the batch is acknowledged);
 2. one ``LocationStore.write_batch`` (a Lua script per 500 pings, one round trip) does the
    out-of-order and jump checks against the stored positions, the writes and the index;
 3. the landed pings go to the batch observer the composition root handed in (the engine's
@@ -63,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import os
 import sys
@@ -79,7 +82,7 @@ from redis.asyncio import Redis
 from schema.db import TenantDatabase
 from schema.settings import PostgresSettings
 from streams.consumer import WATCH_INTERVAL_S, BrokerWatch, IngestApp
-from streams.decode import UndecodablePing, decode_pings
+from streams.decode import decode_message
 from streams.keys import INGEST_OFFSETS_TTL_S, ingest_offsets_key
 from streams.location_store import BatchOutcome, LocationStore
 from streams.pg_writer import PgLocationWriter
@@ -200,12 +203,12 @@ class IngestPipeline:
             store = self.store
             max_future_s = self.settings.max_future_s
             pings: list[DriverPing] = []
-            dead: list[tuple[EventT, str]] = []
+            dead: list[tuple[EventT, str, Any]] = []
             for event in events:
-                try:
-                    pings.extend(decode_pings(event.value, max_future_s=max_future_s))
-                except UndecodablePing as exc:
-                    dead.append((event, exc.reason))
+                good, rejected = decode_message(event.value, max_future_s=max_future_s)
+                pings += good
+                for exc, part in rejected:
+                    dead.append((event, exc.reason, part))
             if dead:
                 await self._dead_letter(dead)
             if pings:
@@ -271,12 +274,16 @@ class IngestPipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, REDIS_BACKOFF_MAX_S)
 
-    async def _dead_letter(self, dead: list[tuple[EventT, str]]) -> None:
+    async def _dead_letter(self, dead: list[tuple[EventT, str, Any]]) -> None:
+        """Dead-letter whole messages (``part`` None) or single uploads of a bundle (``part``
+        is the upload's decoded JSON, previewed re-encoded)."""
         sent = []
-        for event, reason in dead:
+        for event, reason, part in dead:
             message = event.message
             raw = event.value
-            if isinstance(raw, bytes | bytearray):
+            if part is not None:
+                preview = _preview_json(part)
+            elif isinstance(raw, bytes | bytearray):
                 preview = bytes(raw[: DEAD_LETTER_PREVIEW * 4]).decode("utf-8", "replace")
             else:
                 preview = "" if raw is None else repr(raw)
@@ -318,6 +325,13 @@ class IngestPipeline:
             rate = (delta["accepted"] + delta["out_of_order"] + delta["implausible_jump"]) / (now - then)
             log.info("ingest: %.0f pings/s; last %.0f s %s; total %s", rate, now - then,
                      dict(delta), dict(self.stats))
+
+
+def _preview_json(part: Any) -> str:
+    try:
+        return json.dumps(part, ensure_ascii=False)[: DEAD_LETTER_PREVIEW * 4]
+    except (TypeError, ValueError, RecursionError):
+        return repr(part)[: DEAD_LETTER_PREVIEW * 4]
 
 
 class _suppress_all:

@@ -24,7 +24,13 @@ Reasons are short machine-friendly strings, ``kind`` or ``kind:field``:
 ``future_timestamp:ts``     the fix is stamped more than ``max_future_s`` after the
                             gateway received it (a wrong device clock would otherwise
                             freeze the driver: every honest ping after it looks old)
+``bad_bundle``              an object with ``uploads`` that is not a bundle of version
+                            BUNDLE_VERSION holding an array of uploads
 ==========================  ========================================================
+
+A message is one ping, one driver's upload (an array of pings) or a bundle of uploads
+(``streams.bundles``); ``decode_message`` takes all three and judges each upload of a bundle on
+its own.
 
 Unknown fields are ignored (a tolerant reader, so that a newer gateway adding an optional
 field does not dead-letter everything during a rolling upgrade); UUIDs are normalised to
@@ -33,17 +39,19 @@ canonical lower-case text, because they become Redis keys.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
 
 from schema.ids import InvalidId, canonical_uuid
+from streams import codec
+from streams.bundles import BUNDLE_VERSION, MAX_BUNDLE_BYTES
 from streams.records import SCHEMA_VERSION, DriverPing
 
 MAX_PING_BYTES = 4096          # a ping is ~330 bytes of JSON; anything near this is not a ping
 MAX_PINGS_PER_MESSAGE = 500    # the gateway's largest batch
 MAX_MESSAGE_BYTES = MAX_PINGS_PER_MESSAGE * MAX_PING_BYTES // 4
+MAX_BUNDLE_MESSAGE_BYTES = 4 * MAX_BUNDLE_BYTES   # the gateway builds bundles of at most MAX_BUNDLE_BYTES
 MAX_VEHICLE_TYPE_LEN = 50      # drivers.vehicle_type is VARCHAR(50)
 # Same physical bounds as the gateway's validation (dispatch/gateway/pings.py; the record's field names differ).
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -57,7 +65,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "received_at": (1.0, 4_102_444_800.0),
 }
 _VEHICLE_TYPE = re.compile(r"[A-Za-z0-9_.\- ]+")
-_json_loads = json.loads
+_json_loads = codec.loads
 _isfinite = math.isfinite
 
 
@@ -129,6 +137,54 @@ def decode_pings(raw: bytes | bytearray | memoryview | None, *, max_future_s: fl
         if len(raw) > MAX_PING_BYTES:
             raise UndecodablePing("too_large")
         return [_decode_object(obj, max_future_s)]
+    return _decode_upload(obj, max_future_s)
+
+
+# An upload of a bundle that did not decode: its reason and the upload's decoded JSON (for the
+# dead letter's preview), or None for the whole message.
+Rejected = tuple[UndecodablePing, Any]
+
+
+def decode_message(raw: bytes | bytearray | memoryview | None, *,
+                   max_future_s: float = 60.0) -> tuple[list[DriverPing], list[Rejected]]:
+    """Decode any message of the topic: (the pings, the rejected parts).
+
+    A ping or an upload is all or nothing, as in ``decode_pings`` (a rejection's part is then
+    None: the whole message). In a bundle each upload is judged on its own: the good ones'
+    pings are returned, each bad one is rejected with its reason and its JSON."""
+    try:
+        # Only a bundle (a JSON object) may be larger than MAX_MESSAGE_BYTES: refuse anything
+        # else before parsing it.
+        limit = MAX_BUNDLE_MESSAGE_BYTES if raw is not None and raw[:1] == b"{" else MAX_MESSAGE_BYTES
+        obj = _load(raw, limit)
+        if obj.__class__ is not dict or "uploads" not in obj:
+            if len(raw) > MAX_MESSAGE_BYTES:
+                raise UndecodablePing("too_large")
+            if obj.__class__ is list:
+                return _decode_upload(obj, max_future_s), []
+            if len(raw) > MAX_PING_BYTES:
+                raise UndecodablePing("too_large")
+            return [_decode_object(obj, max_future_s)], []
+        uploads = obj["uploads"]
+        version = obj.get("v")
+        if version.__class__ is not int or version != BUNDLE_VERSION or uploads.__class__ is not list:
+            raise UndecodablePing("bad_bundle")
+    except UndecodablePing as exc:
+        return [], [(exc, None)]
+    pings: list[DriverPing] = []
+    rejected: list[Rejected] = []
+    for upload in uploads:
+        if upload.__class__ is not list:
+            rejected.append((UndecodablePing("bad_json"), upload))
+            continue
+        try:
+            pings += _decode_upload(upload, max_future_s)
+        except UndecodablePing as exc:
+            rejected.append((exc, upload))
+    return pings, rejected
+
+
+def _decode_upload(obj: list[Any], max_future_s: float) -> list[DriverPing]:
     if not obj:
         raise UndecodablePing("empty_batch")
     if len(obj) > MAX_PINGS_PER_MESSAGE:

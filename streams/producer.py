@@ -1,9 +1,12 @@
-"""Producing validated pings to `driver-locations`, batched, keyed by driver id.
+"""Producing validated pings to `driver-locations`: uploads bundled per partition.
 
-One aiokafka producer per gateway process. ``send_pings`` hands every ping of a request to
-the producer at once (no per-ping round trip; the producer's linger batches requests from
-many connections together) and returns when the broker has acknowledged them, so a client's
-ack means the ping is durable in the log.
+One aiokafka producer per gateway process. ``send_upload`` queues one driver's upload (the
+encoded array of its pings) and returns when the broker has acknowledged the message holding
+it, so a client's ack means the ping is durable in the log. The uploads queued during one
+event-loop iteration for the same partition travel as one bundle (``streams.bundles``): one
+aiokafka ``send`` and one worker event for all of them instead of one each. Bundling adds no
+wait of its own (the flush runs as soon as the loop has served the sockets that were ready);
+aiokafka's ``linger_ms`` still batches bundles of several partitions into one request.
 
 A broker that restarted empty (the bundled tansu keeps topics in memory) has lost the topics:
 after a failed produce the next ``send`` to that topic first creates it again, with the
@@ -15,13 +18,13 @@ produce, so callers keep one error path.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from schema.errors import WakalaError
+from streams import bundles, codec
 from streams.records import SCHEMA_VERSION
 from streams.settings import StreamSettings
 from streams.topics import ensure_topics
@@ -35,8 +38,7 @@ class BrokerUnavailable(WakalaError):
 
 def encode_pings(pings, *, tenant_id: str, vehicle_type: str, received_at: float) -> bytes:
     """One driver's upload as one message: a JSON array of DriverPing objects (streams.decode)."""
-    return json.dumps([_ping_object(p, tenant_id, vehicle_type, received_at) for p in pings],
-                      separators=(",", ":")).encode()
+    return codec.dumps([_ping_object(p, tenant_id, vehicle_type, received_at) for p in pings])
 
 
 def _ping_object(ping, tenant_id: str, vehicle_type: str, received_at: float) -> dict:
@@ -72,6 +74,12 @@ class PingProducer:
         # topic -> partitions, for recreating a topic after the broker lost it
         self._partitions: dict[str, int] = {settings.locations_topic: settings.locations_partitions}
         self._suspect: set[str] = set()   # topics whose last produce failed
+        self._partition_counts: dict[str, int] = {}
+        # (topic, partition) -> uploads waiting for the next flush, with their callers' futures
+        self._queued: dict[tuple[str, int], list[tuple[bytes, asyncio.Future[None]]]] = {}
+        self._flusher: asyncio.Task | None = None
+        self.bundles_sent = 0
+        self.uploads_sent = 0
 
     @property
     def kafka(self) -> AIOKafkaProducer:
@@ -102,6 +110,11 @@ class PingProducer:
         self._started = True
 
     async def stop(self) -> None:
+        queued, self._queued = self._queued, {}
+        for items in queued.values():
+            self._failed_quietly([future for _, future in items])
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
         if self._started:
             await self._producer.stop()
             self._started = False
@@ -117,6 +130,73 @@ class PingProducer:
             if topic in self._partitions:
                 self._suspect.add(topic)
             raise BrokerUnavailable(f"producing to {topic} failed: {exc}") from exc
+
+    async def send_upload(self, topic: str, key: bytes, value: bytes) -> None:
+        """Produce one driver's upload (``encode_pings``) keyed ``key``, bundled with the other
+        uploads of this loop iteration for the same partition; returns when the broker has it.
+        Raises ``BrokerUnavailable`` when it was not produced."""
+        if topic in self._suspect:
+            await self._recreate(topic)
+        count = self._partition_counts.get(topic)
+        if count is None:
+            try:
+                count = len(await self._producer.partitions_for(topic))
+            except (KafkaError, TimeoutError) as exc:
+                if topic in self._partitions:
+                    self._suspect.add(topic)
+                raise BrokerUnavailable(f"no partitions known for {topic}: {exc}") from exc
+            self._partition_counts[topic] = count
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.setdefault((topic, bundles.partition_of(key, count)), []).append((value, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="bundle-flush")
+        await future
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)   # the uploads of the sockets served in this loop iteration join
+        while self._queued:
+            queued, self._queued = self._queued, {}
+            for (topic, partition), items in queued.items():
+                for start, end in bundles.split([len(value) for value, _ in items]):
+                    await self._send_bundle(topic, partition, items[start:end])
+
+    async def _send_bundle(self, topic: str, partition: int,
+                           items: list[tuple[bytes, asyncio.Future[None]]]) -> None:
+        waiting = [future for _, future in items]
+        try:
+            sent = await self._producer.send(topic, value=bundles.frame([value for value, _ in items]),
+                                             partition=partition)
+        except Exception as exc:  # noqa: BLE001 - every waiting caller gets the failure
+            self._failed(topic, waiting, exc)
+            return
+        self.bundles_sent += 1
+        self.uploads_sent += len(items)
+        sent.add_done_callback(lambda done: self._settle(topic, waiting, done))
+
+    def _settle(self, topic: str, waiting: list[asyncio.Future[None]], done: asyncio.Future) -> None:
+        if done.cancelled():
+            self._failed(topic, waiting, asyncio.CancelledError())
+        elif done.exception() is not None:
+            self._failed(topic, waiting, done.exception())
+        else:
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+
+    def _failed(self, topic: str, waiting: list[asyncio.Future[None]], exc: BaseException) -> None:
+        if topic in self._partitions:
+            self._suspect.add(topic)
+        self._partition_counts.pop(topic, None)
+        error = BrokerUnavailable(f"producing to {topic} failed: {exc}")
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+
+    @staticmethod
+    def _failed_quietly(waiting: list[asyncio.Future[None]]) -> None:
+        for future in waiting:
+            if not future.done():
+                future.set_exception(BrokerUnavailable("the producer stopped"))
 
     async def _recreate(self, topic: str) -> None:
         """After a failed produce: create the topic again if the broker lost it."""

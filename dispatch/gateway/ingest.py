@@ -168,14 +168,14 @@ class Ingest:
             raise Refusal(429, RATE_LIMITED,
                           f"more than {self.engine.ping_rate_limit} pings in {self.engine.ping_rate_window_s} s",
                           headers={"Retry-After": str(self.engine.ping_rate_window_s)})
-        key = driver.driver_id.encode()
         started = time.perf_counter()
-        # One message per upload, keyed by driver: ordering per driver, one produce per request.
+        # One upload, on the driver's partition (ordering per driver), bundled with the other
+        # uploads this process accepts in the same loop iteration (streams.bundles).
         try:
-            await self.producer.send(self.streams.locations_topic, [
-                (key, encode_pings(pings, tenant_id=driver.tenant_id, vehicle_type=driver.vehicle_type,
-                                   received_at=received_at))
-            ])
+            await self.producer.send_upload(
+                self.streams.locations_topic, driver.driver_id.encode(),
+                encode_pings(pings, tenant_id=driver.tenant_id, vehicle_type=driver.vehicle_type,
+                             received_at=received_at))
         except OUTAGES:
             PINGS_REJECTED.labels(channel, UNAVAILABLE).inc(len(pings))
             raise unavailable() from None

@@ -42,6 +42,7 @@ from starlette.responses import JSONResponse
 from dispatch.core.errors import BAD_JSON, INVALID_TEXT, TOO_LARGE, Refusal
 from dispatch.core.metrics import PINGS_REJECTED
 from dispatch.web.text import bad_text_path, may_hold_bad_text, printable
+from streams import codec
 
 __all__ = ["GATEWAY_PREFIX", "SUBPROTOCOL_PREFIX", "api_error_response", "bearer", "check_text", "error_response",
            "gateway_error", "gateway_error_response", "parse_json", "read_body"]
@@ -75,7 +76,7 @@ def parse_json(raw: str | bytes | bytearray | None, limit: int, channel: str, wh
         PINGS_REJECTED.labels(channel, TOO_LARGE).inc()
         raise Refusal(413, TOO_LARGE, f"{what} over {limit} bytes")
     try:
-        value = json.loads(raw)
+        value = codec.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):   # RecursionError: nested too deep
         PINGS_REJECTED.labels(channel, BAD_JSON).inc()
         raise Refusal(400, BAD_JSON, f"the {what} is not valid JSON") from None

@@ -18,6 +18,7 @@ from dispatch.identity.auth import issue_driver_token, revoke_token
 from dispatch.identity.drivers import InvalidDriver, NewDriver, create_driver
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
+from streams.bundles import partition_of
 from tests.integration.engine_helpers import running_engine
 
 pytestmark = pytest.mark.timeout(180)
@@ -47,7 +48,8 @@ async def drivers(platform, redis_url):
 
 
 async def _topic_values(stream_settings, expect, wait_s=5.0, messages=None):
-    """(key, ping) pairs on the locations topic; ``messages`` collects the raw message count."""
+    """(partition, ping) pairs on the locations topic, bundles unpacked; ``messages`` collects
+    each raw message's partition."""
     consumer = AIOKafkaConsumer(stream_settings.locations_topic, bootstrap_servers=stream_settings.kafka_bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
     await consumer.start()
@@ -59,9 +61,11 @@ async def _topic_values(stream_settings, expect, wait_s=5.0, messages=None):
             for records in batch.values():
                 for r in records:
                     decoded = json.loads(r.value)
-                    values.extend((r.key, v) for v in (decoded if isinstance(decoded, list) else [decoded]))
+                    uploads = decoded["uploads"] if isinstance(decoded, dict) and "uploads" in decoded else [decoded]
+                    for upload in uploads:
+                        values.extend((r.partition, v) for v in (upload if isinstance(upload, list) else [upload]))
                     if messages is not None:
-                        messages.append(r.key)
+                        messages.append(r.partition)
     finally:
         await consumer.stop()
     return values
@@ -71,7 +75,7 @@ def rejected(channel, reason):
     return PINGS_REJECTED.labels(channel, reason)._value.get()
 
 
-async def test_http_batch_is_produced_keyed_by_driver(platform, stream_settings, drivers):
+async def test_http_batch_is_produced_on_the_drivers_partition(platform, stream_settings, drivers):
     tenant, ids, tokens = drivers
     stream_settings = replace(stream_settings, locations_partitions=3)
     async with running_engine(platform, stream_settings) as addr, httpx.AsyncClient(base_url=f"http://{addr}") as http:
@@ -81,8 +85,9 @@ async def test_http_batch_is_produced_keyed_by_driver(platform, stream_settings,
         assert resp.json() == {"accepted": 2}
     messages = []
     values = await _topic_values(stream_settings, 2, messages=messages)
-    assert messages == [str(ids[0]).encode()]   # one message per upload, keyed by driver
-    assert [k for k, _ in values] == [str(ids[0]).encode()] * 2
+    # one bundle, on the partition the driver's key gives (ordering per driver)
+    assert messages == [partition_of(str(ids[0]).encode(), 3)]
+    assert [p for p, _ in values] == messages * 2
     consumer = AIOKafkaConsumer(bootstrap_servers=stream_settings.kafka_bootstrap)
     await consumer.start()
     try:  # the gateway created the topic with the configured partitions, not the broker's default
