@@ -67,6 +67,7 @@ from dispatch.web.http import (
 )
 from dispatch.web.outages import OUTAGES, unavailable
 from dispatch.web.ratelimit import SlidingWindowLimiter
+from dispatch.web.windows import LocalWindows
 from streams.producer import PingProducer, encode_pings
 from streams.settings import StreamSettings
 
@@ -111,6 +112,9 @@ class PingBatchDoc(BaseModel):
 class Ingest:
     """Authenticate, validate, rate-limit, produce; and the per-driver limit of driver actions.
 
+    Pings are limited per driver (``ping_rate_limit`` per ``ping_rate_window_s``): on the
+    websocket by this process's own count (``dispatch.web.windows``, no Redis call per
+    upload), on the HTTP batch route by the shared Redis window.
     ``actions`` counts a driver's shift changes, delivery events and offer replies together
     (``driver_action_limit`` per ``driver_action_window_s``), on whichever channel they come;
     by default a window on the same Redis as the ping limiter.
@@ -124,6 +128,7 @@ class Ingest:
     actions: SlidingWindowLimiter | None = None
 
     def __post_init__(self) -> None:
+        self.socket_pings = LocalWindows(self.engine.ping_rate_limit, self.engine.ping_rate_window_s)
         if self.actions is None:
             self.actions = SlidingWindowLimiter(self.limiter.redis, self.engine.driver_action_limit,
                                                 self.engine.driver_action_window_s)
@@ -158,11 +163,14 @@ class Ingest:
             if ping.driver_id != driver.driver_id:
                 PINGS_REJECTED.labels(channel, WRONG_DRIVER).inc(len(pings))
                 raise Refusal(403, WRONG_DRIVER, "a driver can only report its own location", field="driver_id")
-        try:
-            allowed = await self.limiter.allow(f"driver:{driver.driver_id}:pings", len(pings))
-        except OUTAGES:
-            PINGS_REJECTED.labels(channel, UNAVAILABLE).inc(len(pings))
-            raise unavailable() from None
+        if channel == "ws":   # the driver's socket is in this process: count here (dispatch.web.windows)
+            allowed = self.socket_pings.allow(driver.driver_id, len(pings), received_at)
+        else:
+            try:
+                allowed = await self.limiter.allow(f"driver:{driver.driver_id}:pings", len(pings))
+            except OUTAGES:
+                PINGS_REJECTED.labels(channel, UNAVAILABLE).inc(len(pings))
+                raise unavailable() from None
         if not allowed:
             PINGS_REJECTED.labels(channel, RATE_LIMITED).inc(len(pings))
             raise Refusal(429, RATE_LIMITED,
@@ -377,7 +385,10 @@ async def _handle_frame(sender: DriverSender, ingest: Ingest, driver: AuthDriver
     except Refusal as exc:
         await sender.reply({"type": "error", "seq": seq, **gateway_error(exc)})
         return
-    await sender.reply({"type": "ack", "seq": seq, "accepted": accepted})
+    if seq is None or seq.__class__ is int:   # the hot path: one ack per upload, no encoder
+        await sender.reply_text(f'{{"type":"ack","seq":{"null" if seq is None else seq},"accepted":{accepted}}}')
+    else:
+        await sender.reply({"type": "ack", "seq": seq, "accepted": accepted})
 
 
 async def _offer_reply(offers: OfferEngine | None, driver: AuthDriver, payload: dict[str, Any]) -> dict[str, Any]:

@@ -116,11 +116,15 @@ class DriverSender:
     async def reply(self, frame: dict[str, Any]) -> bool:
         """Send a reply inline (an ack, an error frame); False if the socket is gone or the
         send stalled (then the socket is closed ``too_slow``)."""
+        return await self.reply_text(encode_frame(frame))
+
+    async def reply_text(self, text: str) -> bool:
+        """``reply`` of a frame already encoded (the ping acks build theirs directly)."""
         if self.closed:
             return False
         try:
             async with asyncio.timeout(self.send_timeout_s):
-                await self.ws.send_text(encode_frame(frame))
+                await self.ws.send_text(text)
         except TimeoutError:
             self._stalled()
             return False

@@ -274,6 +274,23 @@ async def test_a_burst_over_the_rate_limit_is_refused(platform, stream_settings,
     assert len(await _topic_values(stream_settings, 4)) == 4
 
 
+async def test_a_socket_burst_over_the_rate_limit_is_refused_and_the_socket_stays_open(
+        platform, stream_settings, drivers):
+    _, ids, tokens = drivers
+    async with running_engine(platform, stream_settings, ping_rate_limit=5, ping_rate_window_s=30) as addr, \
+            websockets.connect(f"ws://{addr}/v1/drivers/stream",
+                               additional_headers={"Authorization": f"Bearer {tokens[1].token}"}) as ws:
+        assert json.loads(await ws.recv())["type"] == "ready"
+        replies = []
+        for seq in range(4):
+            await ws.send(json.dumps({"type": "pings", "seq": seq, "pings": [ping(ids[1]), ping(ids[1])]}))
+            replies.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        assert [(r["type"], r["seq"]) for r in replies] == [("ack", 0), ("ack", 1), ("error", 2), ("error", 3)]
+        assert replies[2]["reason"] == "rate_limited" and replies[0]["accepted"] == 2
+        assert rejected("ws", "rate_limited") >= 4
+    assert len(await _topic_values(stream_settings, 4)) == 4   # only the allowed pings were produced
+
+
 async def test_openapi_document_describes_the_ingest_endpoints(platform, stream_settings):
     async with running_engine(platform, stream_settings, api_docs=True, operator_token="op-secret") as addr, \
             httpx.AsyncClient(base_url=f"http://{addr}") as http:
