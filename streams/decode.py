@@ -197,7 +197,72 @@ def _decode_upload(obj: list[Any], max_future_s: float) -> list[DriverPing]:
     return pings
 
 
+# The fields every ping has, in DriverPing's order, with their bounds: the fast path's table.
+_REQUIRED_NUMBERS = tuple((f, *BOUNDS[f]) for f in ("lat", "lng", "accuracy_m", "speed_mps", "heading_deg", "ts",
+                                                    "received_at"))
+# Ids already seen in canonical form (drivers repeat every upload): a set lookup instead of a
+# regular expression per id. Cleared when full, so it stays bounded.
+_KNOWN_IDS: set[str] = set()
+_KNOWN_IDS_MAX = 200_000
+
+
 def _decode_object(obj: Any, max_future_s: float) -> DriverPing:
+    """One ping object. Well-formed pings take ``_fast``; anything it is unsure of goes the
+    field-by-field way, which names the first fault."""
+    if obj.__class__ is dict:
+        ping = _fast(obj, max_future_s)
+        if ping is not None:
+            return ping
+    return _checked(obj, max_future_s)
+
+
+def _fast(obj: dict[str, Any], max_future_s: float) -> DriverPing | None:
+    """The ping if every field is present, of its exact type, finite and within bounds, the
+    ids canonical and known, and the fix not from the future; otherwise None (no reason: the
+    checked path finds it). NaN fails every comparison, so it falls through too."""
+    if obj.get("v") != SCHEMA_VERSION or obj["v"].__class__ is not int:
+        return None
+    driver_id, tenant_id = obj.get("driver_id"), obj.get("tenant_id")
+    if (driver_id.__class__ is not str or tenant_id.__class__ is not str
+            or driver_id not in _KNOWN_IDS or tenant_id not in _KNOWN_IDS):
+        return None
+    numbers = []
+    for field, lo, hi in _REQUIRED_NUMBERS:
+        value = obj.get(field)
+        if value.__class__ is not float:
+            if value.__class__ is not int or not -2**53 <= value <= 2**53:
+                return None
+            value = float(value)
+        if not lo <= value <= hi:
+            return None
+        numbers.append(value)
+    battery = obj.get("battery")
+    if battery is not None:
+        if battery.__class__ is not float and battery.__class__ is not int or not 0.0 <= battery <= 100.0:
+            return None
+        battery = float(battery)
+    vehicle_type = obj.get("vehicle_type")
+    if vehicle_type.__class__ is not str or vehicle_type not in _KNOWN_VEHICLES:
+        return None
+    lat, lng, accuracy, speed, heading, ts, received_at = numbers
+    if ts > received_at + max_future_s:
+        return None
+    return DriverPing(SCHEMA_VERSION, driver_id, tenant_id, lat, lng, accuracy, speed, heading, ts,
+                      received_at, vehicle_type, battery)
+
+
+# Vehicle types already accepted by the checked path (a handful in practice), bounded like ids.
+_KNOWN_VEHICLES: set[str] = set()
+_KNOWN_VEHICLES_MAX = 1_000
+
+
+def _remember(known: set[str], value: str, limit: int) -> None:
+    if len(known) >= limit:
+        known.clear()
+    known.add(value)
+
+
+def _checked(obj: Any, max_future_s: float) -> DriverPing:
     if obj.__class__ is not dict:
         raise UndecodablePing("bad_json")
     version = obj.get("v")
@@ -224,8 +289,8 @@ def _decode_object(obj: Any, max_future_s: float) -> DriverPing:
     battery = _number(obj, "battery") if obj.get("battery") is not None else None
     if ts > received_at + max_future_s:
         raise UndecodablePing("future_timestamp:ts")
-    return DriverPing(
-        v=SCHEMA_VERSION, driver_id=driver_id, tenant_id=tenant_id, lat=lat, lng=lng,
-        accuracy_m=accuracy, speed_mps=speed, heading_deg=heading, ts=ts,
-        received_at=received_at, vehicle_type=vehicle_type, battery=battery,
-    )
+    _remember(_KNOWN_VEHICLES, vehicle_type, _KNOWN_VEHICLES_MAX)
+    _remember(_KNOWN_IDS, driver_id, _KNOWN_IDS_MAX)
+    _remember(_KNOWN_IDS, tenant_id, _KNOWN_IDS_MAX)
+    return DriverPing(SCHEMA_VERSION, driver_id, tenant_id, lat, lng, accuracy, speed, heading, ts,
+                      received_at, vehicle_type, battery)

@@ -98,3 +98,28 @@ def test_codec_loads_falls_back_to_the_standard_librarys_answers():
     with pytest.raises(RecursionError):
         codec.loads(b"[" * 100_000 + b"]" * 100_000)
     assert codec.loads(memoryview(b'{"a":[1]}')) == {"a": [1]}
+
+
+@pytest.mark.parametrize("field, value, reason", [
+    ("driver_id", ["not", "hashable"], "wrong_type:driver_id"),
+    ("tenant_id", {"a": 1}, "wrong_type:tenant_id"),
+    ("vehicle_type", ["car"], "wrong_type:vehicle_type"),
+    ("driver_id", "3F1C2A9E-8D7B-4C6A-9E5F-1A2B3C4D5E6F", None),   # accepted, canonicalised
+    ("lat", True, "wrong_type:lat"),
+    ("lat", 2 ** 60, "out_of_range:lat"),
+    ("ts", 2 ** 53 + 1, "out_of_range:ts"),
+    ("battery", True, "wrong_type:battery"),
+    ("battery", 100.5, "out_of_range:battery"),
+    ("v", True, "schema_version"),
+    ("v", 1.0, "schema_version"),
+    ("ts", 1_700_000_100.0, "future_timestamp:ts"),
+])
+def test_the_fast_path_for_known_drivers_refuses_what_the_checked_path_refuses(field, value, reason):
+    driver = str(uuid.uuid4())
+    good = fix(driver, 1_700_000_000)
+    assert decode_message(codec.dumps([good]))[0]      # the driver, tenant and vehicle are known now
+    pings, rejected = decode_message(json.dumps([{**good, field: value}]).encode(), max_future_s=10)
+    if reason is None:
+        assert pings[0].driver_id == value.lower() and rejected == []
+    else:
+        assert pings == [] and [exc.reason for exc, _ in rejected] == [reason]
