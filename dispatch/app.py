@@ -44,6 +44,7 @@ from dispatch.identity.users import UserAuthenticator
 from dispatch.matching.calibration import CalibrationStore
 from dispatch.matching.claims import DriverClaims
 from dispatch.matching.dispatcher import Dispatcher
+from dispatch.matching.fleet_replica import FleetReplica
 from dispatch.matching.notify import RoutedNotifier
 from dispatch.matching.offers import OfferEngine, WebsocketNotifier
 from dispatch.matching.recovery import watch_redis
@@ -139,7 +140,8 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
         app.state.dispatcher = Dispatcher(
             db, redis, app.state.locations, app.state.offers, mode=engine.matching_mode,
             window_s=engine.batch_window_ms / 1000, retry_interval_s=engine.retry_interval_s, cache=cache,
-            calibration=CalibrationStore(redis, time_scale=engine.sim_time_scale))
+            calibration=CalibrationStore(redis, time_scale=engine.sim_time_scale),
+            replica=FleetReplica(redis, streams))   # nearest drivers from memory (fleet_replica)
         # The REST API (dispatch.api): users' tokens, per-caller limits, the cache.
         users = UserAuthenticator.from_settings(db, redis, engine, failures)
         await users.start()

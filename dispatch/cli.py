@@ -193,16 +193,18 @@ def _engine(args: argparse.Namespace) -> int:
 async def _bench(args: argparse.Namespace) -> int:
     if args.bench == "ingest":
         from loadtest.ingest import IngestBench, run_ingest_bench
+        from loadtest.ingest_steps import parse_steps
 
         await run_ingest_bench(IngestBench(
-            drivers=args.drivers, hz=args.hz, upload_every_s=args.upload_every, duration_s=args.duration,
-            gateways=args.gateways, clients=args.clients))
+            steps_pings_per_s=tuple(parse_steps(args.steps)), hz=args.hz, upload_every_s=args.upload_every,
+            duration_s=args.duration, connect_rate_per_s=args.connect_rate, gateways=args.gateways,
+            clients=args.clients))
     elif args.bench == "nearest":
         from loadtest.nearest import NearestBench, run_nearest_bench
 
+        sizes = (args.drivers,) if args.drivers else tuple(int(n) for n in args.sizes.split(",") if n.strip())
         await run_nearest_bench(NearestBench(
-            drivers=args.drivers, queries=args.queries, warmup=args.warmup, k=args.k,
-            radius_m=args.radius))
+            sizes=sizes, queries=args.queries, warmup=args.warmup, k=args.k, radius_m=args.radius))
     elif args.bench == "orders":
         from loadtest.orders import OrdersBench, run_orders_bench
 
@@ -396,14 +398,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks (a table, then one JSON line of figures)")
     bsub = p.add_subparsers(dest="bench", required=True)
     ingest = bsub.add_parser("ingest", help="drivers -> gateway -> Kafka -> agent -> Redis")
-    ingest.add_argument("--drivers", type=int, default=20_000)
-    ingest.add_argument("--hz", type=float, default=1.0, help="GPS fixes per driver per second")
+    ingest.add_argument("--steps", default="10000,20000,40000,60000",
+                        help="offered loads, pings/s, rising (drivers = load / hz); stops at a clear failure. "
+                             "The old single shape: --steps 20000 --hz 1 --upload-every 5")
+    ingest.add_argument("--hz", type=float, default=2.0, help="GPS fixes per driver per second")
     ingest.add_argument("--upload-every", type=float, default=5.0, help="seconds between uploads")
-    ingest.add_argument("--duration", type=float, default=30.0, help="measured window, seconds")
+    ingest.add_argument("--duration", type=float, default=20.0, help="measured window per step, seconds")
+    ingest.add_argument("--connect-rate", type=float, default=2_000.0,
+                        help="new driver connections per second, all clients together")
     ingest.add_argument("--gateways", type=int, default=2, help="gateway processes")
     ingest.add_argument("--clients", type=int, default=2, help="load-generator processes")
-    near = bsub.add_parser("nearest", help="k nearest available drivers: our Redis index vs GEOSEARCH vs PostGIS")
-    near.add_argument("--drivers", type=int, default=50_000)
+    near = bsub.add_parser("nearest", help="k nearest available drivers: our replica and Redis index vs GEOSEARCH vs PostGIS")
+    near.add_argument("--sizes", default="5000,50000", help="fleet sizes to run, comma-separated")
+    near.add_argument("--drivers", type=int, default=None, help="one fleet size (instead of --sizes)")
     near.add_argument("--queries", type=int, default=2_000, help="measured queries per method")
     near.add_argument("--warmup", type=int, default=200, help="unmeasured queries per method first")
     near.add_argument("-k", type=int, default=10, help="drivers per answer")

@@ -1,25 +1,31 @@
-"""`wakala bench nearest`: k nearest available drivers among N in a metro, three ways.
+"""`wakala bench nearest`: k nearest available drivers among N in a metro, four ways.
 
-Set-up (not measured): N available drivers spread uniformly over a Johannesburg bounding box,
-loaded at the same positions into
+Run once per fleet size (``--sizes 5000,50000``). Set-up (not measured): N available drivers
+spread uniformly over a Johannesburg bounding box, loaded at the same positions into
 - our Redis availability index through ``LocationStore`` (a fresh random tenant id and driver
-  ids; every key is deleted afterwards),
+  ids; every key is deleted afterwards), and from there into an in-process
+  ``FleetReplica`` the way the location worker feeds it (``AvailabilityPublisher`` after
+  each landed batch; the replica is started, and resynced, before the load),
 - a plain Redis GEO set (``GEOADD``), for ``GEOSEARCH``,
 - Postgres: the ``bench-nearest`` tenant (created once, reused), N drivers with
   ``current_location`` set and ``is_available``.
 
 Measured, one query at a time from one process, for Q random pickup points after a warm-up:
-- ``nearest_from_redis`` (k, radius R: ``max_pickup_m = R × circuity``);
+- ``replica``: ``nearest`` as the dispatcher calls it, answered by the replica (k, radius R:
+  ``max_pickup_m = R × circuity``); the engine's path;
+- ``redis_h3``: ``nearest_from_redis``, the fallback while the replica is not ready;
 - ``GEOSEARCH key FROMLONLAT lng lat BYRADIUS R m ASC COUNT k``;
 - ``nearest_from_postgis`` (k).
-Reported: p50/p99 latency and queries/s per method, the ratio of our p99 to GEOSEARCH's,
-how many round trips and candidates our search reads per query, and how often the three
-agree on the k nearest (the same positions in each store).
+Reported per size: p50/p99 latency and queries/s per method, the ratio of the replica's
+queries/s to GEOSEARCH's, how many round trips and candidates the Redis search reads per
+query, how often the methods agree on the k nearest (the same positions in each store), how
+long the replica takes to resync N drivers, and how long a landed ping takes to reach it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 import uuid
@@ -28,7 +34,9 @@ from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 
-from dispatch.matching.nearest import DriverFacts, nearest_from_postgis, nearest_from_redis
+from dispatch.core.console import format_table
+from dispatch.matching.fleet_replica import AvailabilityPublisher, FleetReplica
+from dispatch.matching.nearest import DriverFacts, nearest, nearest_from_postgis, nearest_from_redis
 from dispatch.matching.ranking import Job
 from geo import CIRCUITY
 from loadtest.report import emit, percentiles_ms
@@ -71,7 +79,7 @@ WHERE d.id = u.id
 
 @dataclass(frozen=True)
 class NearestBench:
-    drivers: int = 50_000
+    sizes: tuple[int, ...] = (5_000, 50_000)
     queries: int = 2_000
     warmup: int = 200
     k: int = 10
@@ -115,7 +123,8 @@ async def _load_postgres(pg: PostgresSettings, db: TenantDatabase, fleet: Fleet)
     return str(tenant_id), [str(i) for i in ids]
 
 
-async def _load_redis(store: LocationStore, tenant_id: str, ids: list[str], fleet: Fleet) -> None:
+async def _load_redis(store: LocationStore, tenant_id: str, ids: list[str], fleet: Fleet,
+                      publisher: AvailabilityPublisher) -> None:
     # Concurrency below the client's connection-pool limit (100 by default).
     for i in range(0, len(ids), 64):
         await asyncio.gather(*(store.start_shift(tenant_id, d, v)
@@ -128,6 +137,8 @@ async def _load_redis(store: LocationStore, tenant_id: str, ids: list[str], flee
         outcome = await store.write_batch(pings[i:i + 5_000])
         if outcome.accepted != len(pings[i:i + 5_000]):
             raise RuntimeError(f"the location store refused bench pings: {outcome.counts}")
+        # What the location worker's observer does with every landed batch.
+        await publisher.publish(p.driver_id for p in outcome.accepted_pings)
 
 
 async def _load_geo(redis: aioredis.Redis, key: str, ids: list[str], fleet: Fleet) -> None:
@@ -173,38 +184,132 @@ async def _timed(query: Callable[[float, float], Awaitable[list[str]]],
 
 
 async def run_nearest_bench(bench: NearestBench = NearestBench()) -> dict[str, object]:
+    """Every size in turn; one table per size, then one JSON line with all of them."""
+    if not bench.sizes or any(n < 1 for n in bench.sizes):
+        raise ValueError(f"sizes must be positive driver counts, got {bench.sizes}")
+    by_size: dict[str, dict[str, object]] = {}
+    for drivers in bench.sizes:
+        figures, rows = await _run_size(bench, drivers)
+        by_size[str(drivers)] = figures
+        _table(drivers, rows)
+    summary: dict[str, object] = {
+        "bench": "nearest", "sizes": list(bench.sizes), "queries": bench.queries, "k": bench.k,
+        "radius_m": bench.radius_m, "by_drivers": by_size,
+        "queries_per_s_ratio_vs_geosearch": {n: f["queries_per_s_ratio_vs_geosearch"]
+                                             for n, f in by_size.items()},
+        "replica_p99_ms": {n: f["methods"]["replica"]["p99_ms"] for n, f in by_size.items()},
+        "same_top_k_replica_vs_postgis": {n: f["same_top_k_replica_vs_postgis"]
+                                          for n, f in by_size.items()},
+    }
+    emit("wakala bench nearest: summary", [
+        (f"{n} drivers: replica / geosearch queries/s (ratio); replica p99; same top k as PostGIS",
+         f"{f['methods']['replica']['queries_per_s']:,} / {f['methods']['redis_geosearch']['queries_per_s']:,} "
+         f"({f['queries_per_s_ratio_vs_geosearch']}); {f['methods']['replica']['p99_ms']} ms; "
+         f"{f['same_top_k_replica_vs_postgis']}")
+        for n, f in by_size.items()], summary)
+    return summary
+
+
+def _table(drivers: int, rows: list[tuple[str, object]]) -> None:
+    print(f"wakala bench nearest: {drivers} drivers")
+    print(format_table(["measure", "value"], rows), flush=True)
+
+
+async def _wait_for(check: Callable[[], bool], within_s: float) -> float:
+    """Seconds until ``check()`` holds (polled every millisecond); raises after ``within_s``."""
+    clock = time.perf_counter
+    t0 = clock()
+    while not check():
+        if clock() - t0 > within_s:
+            raise RuntimeError(f"not reached within {within_s} s")
+        await asyncio.sleep(0.001)
+    return clock() - t0
+
+
+async def _feed_lag_ms(store: LocationStore, publisher: AvailabilityPublisher, replica: FleetReplica,
+                       tenant_id: str, ids: list[str], fleet: Fleet, samples: int = 50) -> dict[str, float | None]:
+    """Landed ping -> visible in the replica: write one newer ping as the worker does (write,
+    then publish), and time until the replica holds its new ``seen_ms``. The position stays
+    (the clean-up deletes the cells of the loaded positions)."""
+    lags: list[float] = []
+    for i in range(min(samples, len(ids))):
+        d, v = ids[i], fleet.vehicles[i]
+        lat, lng = fleet.lats[i], fleet.lngs[i]
+        now = time.time()
+        outcome = await store.write_batch([DriverPing(
+            v=1, driver_id=d, tenant_id=tenant_id, lat=lat, lng=lng, accuracy_m=5.0, speed_mps=0.0,
+            heading_deg=0.0, ts=now + 1 + i, received_at=now, vehicle_type=v)])
+        landed = time.perf_counter()
+        await publisher.publish([d])
+        seen = outcome.redis_now_ms
+        await _wait_for(lambda d=d, seen=seen: (replica.index.seen_of(d) or 0) >= seen, 5.0)
+        lags.append((time.perf_counter() - landed) * 1000)
+    return percentiles_ms(lags)
+
+
+async def _run_size(bench: NearestBench, drivers: int) -> tuple[dict[str, object], list[tuple[str, object]]]:
     pg = PostgresSettings.from_env()
     # A long TTL: the bench writes each position once and must not watch it expire mid-run.
     streams = replace(StreamSettings.from_env(), location_ttl_s=1_800.0)
-    rng = random.Random(bench.seed)
-    fleet = _fleet(bench.drivers, rng)
+    rng = random.Random(bench.seed + drivers)
+    fleet = _fleet(drivers, rng)
     points = [(rng.uniform(*BBOX_LAT), rng.uniform(*BBOX_LNG))
               for _ in range(bench.warmup + bench.queries)]
     live_tenant = str(uuid.uuid4())
-    live_ids = [str(uuid.uuid4()) for _ in range(bench.drivers)]
+    live_ids = [str(uuid.uuid4()) for _ in range(drivers)]
     geo_key = f"bench:nearest:geo:{live_tenant}"
+    channel = f"bench:nearest:availability:{live_tenant}"   # this run's own feed
     redis = aioredis.from_url(streams.redis_url)
     store = LocationStore(redis, streams)
+    publisher = AvailabilityPublisher(redis, channel)
+    replica = FleetReplica(redis, streams, channel=channel)
+    late = FleetReplica(redis, streams, channel=channel)
     facts = {d: DriverFacts(c) for d, c in zip(live_ids, fleet.cold, strict=True)}
     max_pickup_m = bench.radius_m * CIRCUITY
     k = bench.k
     try:
         async with TenantDatabase(pg) as db:
-            print(f"loading {bench.drivers} drivers into Postgres, the Redis index and a GEO set ...",
+            await replica.start(wait_s=120)
+            print(f"loading {drivers} drivers into Postgres, the Redis index (and the replica) and a GEO set ...",
                   flush=True)
             t0 = time.perf_counter()
             pg_tenant, pg_ids = await _load_postgres(pg, db, fleet)
             t_pg = time.perf_counter() - t0
-            await _load_redis(store, live_tenant, live_ids, fleet)
+            await _load_redis(store, live_tenant, live_ids, fleet, publisher)
             await _load_geo(redis, geo_key, live_ids, fleet)
             t_all = time.perf_counter() - t0
-            print(f"loaded in {t_all:.1f} s (Postgres {t_pg:.1f} s); {bench.queries} queries per "
-                  f"method after {bench.warmup} warm-up ...", flush=True)
+
+            def replica_has_all() -> bool:
+                index = replica.index.tenant(live_tenant)
+                return index is not None and index.candidates == drivers
+
+            await _wait_for(replica_has_all, 30.0)
+            t_resync = time.perf_counter()
+            await late.start(wait_s=300)
+            resync_s = time.perf_counter() - t_resync
+            late_index = late.index.tenant(live_tenant)
+            if late_index is None or late_index.candidates != drivers:
+                raise RuntimeError("a replica started after the load did not resync every driver")
+            await late.stop()
+            print(f"loaded in {t_all:.1f} s (Postgres {t_pg:.1f} s); a replica resyncs in {resync_s:.2f} s; "
+                  f"{bench.queries} queries per method after {bench.warmup} warm-up ...", flush=True)
+
+            # As the engine does at start-up (dispatch.app): the loaded heap is frozen, so the
+            # collector's full passes do not walk it in the middle of the measured queries.
+            gc.collect()
+            gc.freeze()
 
             def job(tenant: str, lat: float, lng: float) -> Job:
                 return Job(tenant, lat, lng, lat, lng, None, False, max_pickup_m)
 
             async def ours(lat: float, lng: float) -> list[str]:
+                found = await nearest(store, db, job(live_tenant, lat, lng), k=k, driver_facts=facts,
+                                      replica=replica)
+                if found.source != "replica":
+                    raise RuntimeError(f"the replica did not answer (source {found.source})")
+                return [r.driver_id for r in found.candidates]
+
+            async def redis_h3(lat: float, lng: float) -> list[str]:
                 found = await nearest_from_redis(store, job(live_tenant, lat, lng), k=k,
                                                  driver_facts=facts)
                 return [r.driver_id for r in found]
@@ -220,56 +325,71 @@ async def run_nearest_bench(bench: NearestBench = NearestBench()) -> dict[str, o
                 return [r.driver_id for r in found]
 
             results = {}
-            for name, query in (("redis_h3", ours), ("redis_geosearch", geosearch),
+            for name, query in (("replica", ours), ("redis_h3", redis_h3), ("redis_geosearch", geosearch),
                                 ("postgis_knn", postgis)):
                 results[name] = await _timed(query, points, bench.warmup)
 
             profile = await _profile_ours(store, live_tenant, points[bench.warmup:][:500], max_pickup_m,
                                           k, facts)
+            lag = await _feed_lag_ms(store, publisher, replica, live_tenant, live_ids, fleet)
     finally:
+        gc.unfreeze()
+        await replica.stop()
+        await late.stop()
         await _forget_redis(redis, store, live_tenant, live_ids, fleet, geo_key)
         await redis.aclose()
 
     # The same position index in every store: compare answers as fleet indexes.
     live_index = {d: i for i, d in enumerate(live_ids)}
     pg_index = {d: i for i, d in enumerate(pg_ids)}
-    as_index = {"redis_h3": live_index, "redis_geosearch": live_index, "postgis_knn": pg_index}
+    as_index = {"replica": live_index, "redis_h3": live_index, "redis_geosearch": live_index,
+                "postgis_knn": pg_index}
     answers = {name: [[as_index[name][d] for d in a] for a in r[2]] for name, r in results.items()}
-    agree_geo = _same_fraction(answers["redis_h3"], answers["redis_geosearch"])
-    agree_pg = _same_fraction(answers["redis_h3"], answers["postgis_knn"])
+    agree = {other: _same_fraction(answers["replica"], answers[other])
+             for other in ("redis_h3", "redis_geosearch", "postgis_knn")}
 
     methods: dict[str, dict[str, float | None]] = {}
     for name, (latencies, wall_s, _) in results.items():
         p = percentiles_ms(latencies)
         methods[name] = {"p50_ms": p["p50_ms"], "p99_ms": p["p99_ms"], "max_ms": p["max_ms"],
                          "queries_per_s": round(len(latencies) / wall_s)}
+    geo_qps = methods["redis_geosearch"]["queries_per_s"] or 0
+    qps_ratio = round((methods["replica"]["queries_per_s"] or 0) / geo_qps, 2) if geo_qps else None
     ours_p99 = methods["redis_h3"]["p99_ms"] or 0.0
     geo_p99 = methods["redis_geosearch"]["p99_ms"] or 0.0
-    ratio = round(ours_p99 / geo_p99, 2) if geo_p99 else None
     figures: dict[str, object] = {
-        "bench": "nearest", "drivers": bench.drivers, "queries": bench.queries, "k": k,
-        "radius_m": bench.radius_m, "methods": methods, "p99_ratio_redis_h3_to_geosearch": ratio,
+        "drivers": drivers, "queries": bench.queries, "k": k, "radius_m": bench.radius_m,
+        "methods": methods,
+        "queries_per_s_ratio_vs_geosearch": qps_ratio,
+        "redis_h3_queries_per_s_ratio_vs_geosearch": round((methods["redis_h3"]["queries_per_s"] or 0) / geo_qps, 2)
+        if geo_qps else None,
+        "p99_ratio_redis_h3_to_geosearch": round(ours_p99 / geo_p99, 2) if geo_p99 else None,
         "redis_h3_round_trips_mean": profile["round_trips_mean"],
         "redis_h3_candidates_read_mean": profile["candidates_mean"],
         "redis_h3_time_in_redis_calls_share": profile["redis_share"],
-        "same_top_k_redis_h3_vs_geosearch": agree_geo,
-        "same_top_k_redis_h3_vs_postgis": agree_pg,
+        "same_top_k_replica_vs_redis_h3": agree["redis_h3"],
+        "same_top_k_replica_vs_geosearch": agree["redis_geosearch"],
+        "same_top_k_replica_vs_postgis": agree["postgis_knn"],
+        "replica_resync_s": round(resync_s, 3),
+        "replica_feed_lag_p50_ms": lag["p50_ms"], "replica_feed_lag_max_ms": lag["max_ms"],
     }
     rows: list[tuple[str, object]] = [
-        ("drivers / queries / k / radius", f"{bench.drivers} / {bench.queries} / {k} / {bench.radius_m:g} m"),
+        ("drivers / queries / k / radius", f"{drivers} / {bench.queries} / {k} / {bench.radius_m:g} m"),
     ]
     for name, m in methods.items():
         rows.append((f"{name} p50 / p99 / max", f"{m['p50_ms']} / {m['p99_ms']} / {m['max_ms']} ms"))
         rows.append((f"{name} queries/s (one connection, sequential)", f"{m['queries_per_s']:,}"))
     rows += [
-        ("p99 ratio redis_h3 / geosearch", ratio),
+        ("queries/s ratio replica / geosearch", qps_ratio),
         ("redis_h3: round trips, candidates read per query (mean)",
          f"{profile['round_trips_mean']} / {profile['candidates_mean']}"),
         ("redis_h3: share of time inside available_in_cells", profile["redis_share"]),
-        ("same top k: redis_h3 vs geosearch / vs postgis", f"{agree_geo} / {agree_pg}"),
+        ("same top k: replica vs redis_h3 / geosearch / postgis",
+         f"{agree['redis_h3']} / {agree['redis_geosearch']} / {agree['postgis_knn']}"),
+        ("replica: resync of every driver (a replica started after the load)", f"{resync_s:.3f} s"),
+        ("replica: landed ping -> in the replica, p50 / max of 50", f"{lag['p50_ms']} / {lag['max_ms']} ms"),
     ]
-    emit("wakala bench nearest", rows, figures)
-    return figures
+    return figures, rows
 
 
 def _same_fraction(a: list[list[int]], b: list[list[int]]) -> float:

@@ -21,6 +21,12 @@ Flow
    ``cancel`` event on the topic, from any engine), when a driver starts a shift
    (``retry_soon``), and every ``retry_interval_s`` as a backstop.
 
+Nearest drivers come from the process's availability replica when one is given
+(``replica``: ``dispatch.matching.fleet_replica``, kept fresh while ``run`` runs), else from
+the Redis index, else PostGIS (``dispatch.matching.nearest``). The replica only proposes:
+every offer is a claim, so a driver it still shows after a claim elsewhere is refused and the
+round offers the next one.
+
 Where the seed is silent: the driver's pay is the order's ``delivery_fee``; the maximum
 pickup distance is the vendor's ``delivery_radius``; an order asks for cold storage or
 particular vehicles with ``orders.metadata`` keys ``needs_cold_storage`` (bool) and
@@ -58,6 +64,7 @@ from dispatch.matching.assignment import assign_batch
 from dispatch.matching.calibration import CalibrationStore
 from dispatch.matching.claims import DriverClaims
 from dispatch.matching.consumer import EventConsumer
+from dispatch.matching.fleet_replica import FleetReplica
 from dispatch.matching.keys import (
     delivery_offer_key,
     round_key,
@@ -126,7 +133,8 @@ class Dispatcher:
     def __init__(self, db: TenantDatabase, redis: Redis, store: LocationStore, offers: OfferEngine, *,
                  mode: Literal["greedy", "batch"] = "greedy", window_s: float = 2.0, k: int = 10,
                  retry_interval_s: float = 10.0, calibration: CalibrationStore | None = None,
-                 facts_ttl_s: float = 60.0, cache: Cache | None = None) -> None:
+                 facts_ttl_s: float = 60.0, cache: Cache | None = None,
+                 replica: FleetReplica | None = None) -> None:
         if mode not in ("greedy", "batch"):
             raise ValueError(f"mode must be greedy or batch, got {mode!r}")
         self.db, self.redis, self.store, self.offers = db, redis, store, offers
@@ -136,6 +144,8 @@ class Dispatcher:
         self.calibration = calibration or CalibrationStore(redis)
         self.facts_ttl_s = facts_ttl_s
         self.cache = cache   # order views to invalidate when a driver's report moves the order
+        # The in-process availability index (``nearest`` asks it first); ``run`` keeps it fresh.
+        self.replica = replica
         self._facts: dict[str, tuple[float, dict[str, DriverFacts]]] = {}
         self._tasks: set[asyncio.Task] = set()
         offers.on_assigned = self.on_assigned
@@ -167,7 +177,7 @@ class Dispatcher:
 
     async def ranked(self, job: Job) -> list[RankedCandidate]:
         found = await nearest(self.store, self.db, job, k=self.k,
-                              driver_facts=await self._driver_facts(job.tenant_id))
+                              driver_facts=await self._driver_facts(job.tenant_id), replica=self.replica)
         return found.candidates
 
     async def offer_candidates(self, job: Job, ranked: Sequence[RankedCandidate]) -> list[OfferCandidate]:
@@ -383,6 +393,8 @@ class Dispatcher:
         the topic gets when it has to be (re)created (a broker restarted empty).
         """
         retries = asyncio.create_task(self._retry_forever(), name="unassigned-retry")
+        if self.replica is not None:
+            await self.replica.start()   # ready after its first resync; Redis answers until then
         try:
             await EventConsumer(self, bootstrap, topic, group, partitions=partitions,
                                 max_attempts=max_attempts).run()
@@ -390,6 +402,8 @@ class Dispatcher:
             retries.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retries
+            if self.replica is not None:
+                await self.replica.stop()
             for task in list(self._tasks):
                 task.cancel()
 

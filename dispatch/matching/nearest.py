@@ -1,8 +1,16 @@
-"""Nearest available drivers for a job: the Redis availability index first, PostGIS as fallback.
+"""Nearest available drivers for a job: the in-process replica, the Redis index, PostGIS.
 
-Both paths only *collect* candidates; ``dispatch.ranking.rank`` decides who qualifies and in
-which order, so the two answer with the same distance (great-circle × circuity), the same
-eligibility rules and the same ``driver_id`` tie-break.
+``nearest`` asks the matcher's availability replica first (``dispatch.matching.fleet_replica``:
+no round trip, ~0.1 ms at 50,000 drivers), the Redis index when the replica is not ready or
+finds nobody, and PostGIS when Redis finds nobody either. The replica and Redis answer the
+same question over the same data (the replica mirrors the index, its rows read from Redis),
+and the claim decides who really gets an offer, so a replica a few milliseconds behind can
+cost an offer attempt, never a double assignment.
+
+The Redis and PostGIS paths only *collect* candidates; ``dispatch.ranking.rank`` decides who
+qualifies and in which order, so the two answer with the same distance (great-circle ×
+circuity), the same eligibility rules and the same ``driver_id`` tie-break (the replica
+applies the same rules on the same floats: ``dispatch.matching.fleet_index``).
 
 Redis (``nearest_from_redis``)
     Rings of H3 cells around the pickup, read with ``LocationStore.available_in_cells`` (one
@@ -27,6 +35,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from dispatch.core.ids import InvalidId, parse_uuid
+from dispatch.matching.fleet_replica import FleetReplica
 from dispatch.matching.ranking import (
     AVAILABLE,
     Candidate,
@@ -94,7 +103,7 @@ class Nearest(NamedTuple):
     """The ranked drivers and where they were found."""
 
     candidates: list[RankedCandidate]
-    source: Literal["redis", "postgis"]
+    source: Literal["replica", "redis", "postgis"]
 
 
 async def load_driver_facts(db: TenantDatabase, tenant_id: object) -> dict[str, DriverFacts]:
@@ -230,8 +239,15 @@ async def nearest(
     exclude: Collection[str] = frozenset(),
     driver_facts: Mapping[str, DriverFacts] | None = None,
     circuity: float = CIRCUITY,
+    replica: FleetReplica | None = None,
 ) -> Nearest:
-    """Redis first; PostGIS only when Redis finds no feasible driver at all."""
+    """The replica first (when given and ready); Redis when it has no feasible driver;
+    PostGIS only when Redis finds none either."""
+    if replica is not None and k > 0:
+        mine = replica.nearest(job, k=k, exclude=exclude, driver_facts=driver_facts,
+                               circuity=circuity)
+        if mine:
+            return Nearest(mine, "replica")
     found = await nearest_from_redis(store, job, k=k, exclude=exclude,
                                      driver_facts=driver_facts, circuity=circuity)
     if found or k == 0:
