@@ -399,6 +399,7 @@ def create_app(settings: StreamSettings, pg: PostgresSettings | None = None, *,
         partitions=settings.locations_partitions,
     )
     app.declare_on_start = (locations, dead_letters)
+    app.fetch_max_wait_ms = settings.fetch_max_wait_ms
     app.broker_watch = BrokerWatch()
     watched_topics = {settings.locations_topic: settings.locations_partitions,
                       settings.dead_letters_topic: settings.locations_partitions}

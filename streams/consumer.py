@@ -49,6 +49,7 @@ log = logging.getLogger("wakala.streams")
 
 # faust hard-codes fetch_max_wait_ms=1500. Kafka answers a fetch as soon as data arrive, but
 # the bundled tansu holds every fetch for the full wait, which put up to 1.5 s on every ping.
+# The default; ``StreamSettings.fetch_max_wait_ms`` (WAKALA_FETCH_MAX_WAIT_MS) sets the app's.
 FETCH_MAX_WAIT_MS = 50
 COMMIT_TIMEOUT_S = 5.0       # a commit that takes longer has failed (aiokafka retries it forever)
 WATCH_INTERVAL_S = 5.0       # how often the watch looks at commit outcomes and the assignment
@@ -106,7 +107,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         if not hasattr(consumer, "_fetch_max_wait_ms"):   # an aiokafka upgrade renamed it
             raise RuntimeError("cannot set fetch_max_wait_ms on this aiokafka version")
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        consumer._fetch_max_wait_ms = getattr(transport.app, "fetch_max_wait_ms", FETCH_MAX_WAIT_MS)
         return consumer
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
@@ -150,6 +151,7 @@ class IngestApp(faust.App):
 
     declare_on_start: Sequence[TopicT] = ()
     broker_watch: BrokerWatch
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)

@@ -18,7 +18,6 @@ produce, so callers keep one error path.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -30,6 +29,8 @@ from streams.settings import StreamSettings
 from streams.topics import ensure_topics
 
 TOPIC_CHECK_TIMEOUT_S = 5.0
+PARTITION_CACHE_MAX = 200_000
+BUSY_UPLOADS_PER_S = 250.0   # above this rate a process bundles for bundle_wait_ms
 
 
 class BrokerUnavailable(WakalaError):
@@ -59,9 +60,13 @@ def _ping_object(ping, tenant_id: str, vehicle_type: str, received_at: float) ->
 
 
 class PingProducer:
-    def __init__(self, settings: StreamSettings, *, linger_ms: int = 5,
-                 request_timeout_ms: int = 15000) -> None:
+    def __init__(self, settings: StreamSettings, *, linger_ms: float | None = None,
+                 bundle_wait_ms: float | None = None, request_timeout_ms: int = 15000) -> None:
+        """``linger_ms`` and ``bundle_wait_ms`` default to the settings' (see StreamSettings)."""
         self.settings = settings
+        linger_ms = settings.producer_linger_ms if linger_ms is None else linger_ms
+        bundle_wait_ms = settings.bundle_wait_ms if bundle_wait_ms is None else bundle_wait_ms
+        self.bundle_wait_s = bundle_wait_ms / 1000
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap,
             linger_ms=linger_ms,
@@ -75,9 +80,12 @@ class PingProducer:
         self._partitions: dict[str, int] = {settings.locations_topic: settings.locations_partitions}
         self._suspect: set[str] = set()   # topics whose last produce failed
         self._partition_counts: dict[str, int] = {}
+        self._partition_of: dict[tuple[bytes, int], int] = {}
         # (topic, partition) -> uploads waiting for the next flush, with their callers' futures
         self._queued: dict[tuple[str, int], list[tuple[bytes, asyncio.Future[None]]]] = {}
         self._flusher: asyncio.Task | None = None
+        self._last_flush = float("-inf")
+        self._upload_rate = 0.0        # uploads per second, a moving average over flushes
         self.bundles_sent = 0
         self.uploads_sent = 0
 
@@ -119,18 +127,6 @@ class PingProducer:
             await self._producer.stop()
             self._started = False
 
-    async def send(self, topic: str, values: Sequence[tuple[bytes, bytes]]) -> None:
-        """Produce (key, value) pairs and wait until the broker has all of them."""
-        if topic in self._suspect:
-            await self._recreate(topic)
-        try:
-            futures = [await self._producer.send(topic, value=v, key=k) for k, v in values]
-            await asyncio.gather(*futures)
-        except KafkaError as exc:
-            if topic in self._partitions:
-                self._suspect.add(topic)
-            raise BrokerUnavailable(f"producing to {topic} failed: {exc}") from exc
-
     async def send_upload(self, topic: str, key: bytes, value: bytes) -> None:
         """Produce one driver's upload (``encode_pings``) keyed ``key``, bundled with the other
         uploads of this loop iteration for the same partition; returns when the broker has it.
@@ -146,14 +142,32 @@ class PingProducer:
                     self._suspect.add(topic)
                 raise BrokerUnavailable(f"no partitions known for {topic}: {exc}") from exc
             self._partition_counts[topic] = count
+        partition = self._partition_of.get((key, count))
+        if partition is None:   # murmur2 in Python costs a few µs; drivers repeat every upload
+            if len(self._partition_of) >= PARTITION_CACHE_MAX:
+                self._partition_of.clear()
+            partition = self._partition_of[key, count] = bundles.partition_of(key, count)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queued.setdefault((topic, bundles.partition_of(key, count)), []).append((value, future))
+        self._queued.setdefault((topic, partition), []).append((value, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="bundle-flush")
         await future
 
     async def _flush(self) -> None:
-        await asyncio.sleep(0)   # the uploads of the sockets served in this loop iteration join
+        # Busy (more than BUSY_UPLOADS_PER_S lately): at most one flush per ``bundle_wait_s``,
+        # so the uploads of a whole interval share a bundle (fewer, larger messages: the broker's
+        # cost follows the message count). Quiet: flush at once, with whatever this loop
+        # iteration adds, so a lone driver's ping pays no wait.
+        loop = asyncio.get_running_loop()
+        delay = 0.0
+        if self._upload_rate >= BUSY_UPLOADS_PER_S:
+            delay = max(0.0, self._last_flush + self.bundle_wait_s - loop.time())
+        await asyncio.sleep(delay)
+        now = loop.time()
+        uploads = sum(len(items) for items in self._queued.values())
+        since = now - self._last_flush
+        self._upload_rate = 0.7 * self._upload_rate + 0.3 * uploads / since if since < 1.0 else 0.0
+        self._last_flush = now
         while self._queued:
             queued, self._queued = self._queued, {}
             for (topic, partition), items in queued.items():

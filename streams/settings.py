@@ -24,7 +24,10 @@ class StreamSettings:
     max_future_s: float = 60.0            # pings stamped further ahead than this are refused
     pg_write_interval_s: float = 10.0     # at most one drivers.current_location write per driver
     batch_size: int = 1000                # agent: events per batch (stream.take)
-    batch_within_s: float = 0.05          # agent: max wait to fill a batch
+    batch_within_s: float = 0.005         # agent: max wait to fill a batch
+    fetch_max_wait_ms: int = 10           # agent: broker fetch wait (tansu holds every fetch this long)
+    producer_linger_ms: float = 1.0       # gateway: aiokafka's linger before a produce request
+    bundle_wait_ms: float = 20.0          # gateway, when busy: at most one bundle flush per interval
     app_id: str = "wakala"                # faust app id (consumer group)
     geofence_pickup_m: float = 75.0       # tracker: a driver this close to the pickup has arrived
     geofence_dropoff_m: float = 75.0      # tracker: ... and to the dropoff
@@ -46,7 +49,10 @@ class StreamSettings:
             max_future_s=_num(env, "WAKALA_MAX_FUTURE_S", 60.0, 0, 3600),
             pg_write_interval_s=_num(env, "WAKALA_PG_LOCATION_INTERVAL_S", 10.0, 0, 3600),
             batch_size=int(_num(env, "WAKALA_AGENT_BATCH", 1000, 1, 100_000)),
-            batch_within_s=_num(env, "WAKALA_AGENT_BATCH_WITHIN_S", 0.05, 0.001, 10),
+            batch_within_s=_num(env, "WAKALA_AGENT_BATCH_WITHIN_S", 0.005, 0.001, 10),
+            fetch_max_wait_ms=int(_num(env, "WAKALA_FETCH_MAX_WAIT_MS", 10, 1, 10_000)),
+            producer_linger_ms=_num(env, "WAKALA_PRODUCER_LINGER_MS", 1.0, 0, 1_000),
+            bundle_wait_ms=_num(env, "WAKALA_BUNDLE_WAIT_MS", 20.0, 0, 1_000),
             app_id=env.get("WAKALA_APP_ID") or cls.app_id,
             geofence_pickup_m=_num(env, "WAKALA_GEOFENCE_PICKUP_M", 75.0, 5, 5000),
             geofence_dropoff_m=_num(env, "WAKALA_GEOFENCE_DROPOFF_M", 75.0, 5, 5000),

@@ -46,19 +46,19 @@ async def test_the_producer_recreates_its_topic_after_the_broker_lost_it(stream_
         await producer.start()
         try:
             topic = settings.locations_topic
-            await producer.send(topic, [(driver.encode(), _upload(driver, tenant))])
+            await producer.send_upload(topic, driver.encode(), _upload(driver, tenant))
             assert await _partitions(settings.kafka_bootstrap, topic) == PARTITIONS
 
             broker.kill()
             with pytest.raises(BrokerUnavailable):
-                await asyncio.wait_for(producer.send(topic, [(driver.encode(), _upload(driver, tenant))]), 30)
+                await asyncio.wait_for(producer.send_upload(topic, driver.encode(), _upload(driver, tenant)), 30)
             await broker.start()                          # back, empty
             assert await _partitions(settings.kafka_bootstrap, topic) is None
 
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    await producer.send(topic, [(driver.encode(), _upload(driver, tenant))])
+                    await producer.send_upload(topic, driver.encode(), _upload(driver, tenant))
                     break
                 except BrokerUnavailable:
                     assert time.monotonic() < deadline, "the producer never recovered"

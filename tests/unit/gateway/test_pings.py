@@ -8,9 +8,12 @@ import sys
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dispatch.core import errors
 from dispatch.core.errors import Refusal
+from dispatch.gateway import pings as pings_module
 from dispatch.gateway.pings import Ping, error_item, validate_batch, validate_ping
 
 NOW = 1_800_000_000.0
@@ -116,3 +119,37 @@ def test_the_validator_imports_no_io_library():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# -- the fast path agrees with the field-by-field checks ----------------------------------------
+
+_NOW = 1_700_000_000.0
+_anything = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+                      st.text(max_size=5), st.lists(st.integers(), max_size=2))
+_fixes = st.fixed_dictionaries(
+    {"driver_id": st.sampled_from(["3f1c2a9e-8d7b-4c6a-9e5f-1a2b3c4d5e6f", "3F1C2A9E-8D7B-4C6A-9E5F-1A2B3C4D5E6F",
+                                   "not-a-uuid-but-36-characters-long!!!", 7]),
+     "lat": st.one_of(st.floats(-91, 91), _anything), "lng": st.one_of(st.floats(-181, 181), _anything),
+     "accuracy": st.one_of(st.floats(0, 20), _anything), "speed": st.one_of(st.integers(0, 120), _anything),
+     "heading": st.floats(-1, 361), "timestamp": st.one_of(st.floats(_NOW - 40, _NOW + 70), _anything)},
+    optional={"battery": _anything, "seq": _anything, "type": st.just("ping"), "extra": st.just(1)})
+
+
+def _outcome(fix):
+    try:
+        return validate_ping(fix, now=_NOW, max_age_s=30, max_future_s=60)
+    except Exception as exc:  # noqa: BLE001 - compared, type and reason
+        return type(exc).__name__, getattr(exc, "reason", None), getattr(exc, "field", None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_fixes)
+def test_the_fast_path_accepts_exactly_what_the_field_checks_accept(fix):
+    fast = _outcome(fix)
+    original = pings_module._fast
+    pings_module._fast = lambda *args: None
+    try:
+        slow = _outcome(fix)
+    finally:
+        pings_module._fast = original
+    assert fast == slow
