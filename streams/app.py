@@ -45,11 +45,15 @@ session (DEFAULT_SESSION_TIMEOUT_S) and the fetch wait (FETCH_MAX_WAIT_MS). A br
 comes back empty is handled by ``streams.consumer``: commits are bounded, missing topics are
 recreated, and a worker that still cannot commit exits with status 1 to be restarted.
 
-Throughput: faust's per-event path (fetcher, conductor, channel queue, stream iterator, acks)
-costs ~50-60 µs a message on this class of machine, which caps one worker at ~16k msg/s with
-the default event loop and ~20k with uvloop even when the agent does nothing; with decoding and
-the Redis script it lands ~12-15k pings/s per worker process. Scale by partitions and worker
-processes (the write path itself, LocationStore.write_batch, does ~90k pings/s).
+Throughput and latency: faust's per-event path (fetcher, conductor, channel queue, stream
+iterator, acks) costs ~50-60 µs an event, which capped a worker near 16k events/s when every
+upload was a message. The gateway's bundles (``streams.bundles``) carry many uploads per
+event, so that cost is now small beside decoding (a fast path for known drivers' well-formed
+pings, ~3 µs a ping) and the Redis script: one worker lands ~60k pings/s from a backlog of
+bundles on this class of machine. The floor of ping -> Redis latency is the broker fetch wait
+(``fetch_max_wait_ms``: the bundled tansu holds every fetch that long) plus the batch wait
+(``batch_within_s``, 5 ms); both were chosen with ``wakala bench tracking`` and
+``wakala bench ingest`` (docs/benchmarks.md).
 
 Counters: ``app.ingest_stats`` (a Counter: accepted, relocated (a subset of accepted: see
 ``location_store``), out_of_order, implausible_jump,

@@ -85,7 +85,6 @@ call per tenant and slot.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +94,7 @@ from redis.asyncio import Redis
 
 from geo import cell_of, disk
 from schema.ids import canonical_uuid
+from streams import codec
 from streams.keys import (
     DRIVER_NOTICES_CHANNEL,
     INGEST_COUNTS_KEY,
@@ -300,7 +300,7 @@ end
 return out
 """
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps = codec.dumps   # the script reads the fields with cjson
 _FLOAT_FIELDS = frozenset({"lat", "lng", "speed", "heading", "accuracy", "ts", "battery"})
 
 
