@@ -49,7 +49,7 @@ async def test_worker_and_producer_recover_when_the_broker_restarts_empty(stream
             async def send(ts: float, east: float) -> None:
                 value = encode_pings([_fix(driver, ts, east)], tenant_id=tenant,
                                      vehicle_type="motorbike", received_at=time.time())
-                await producer.send(settings.locations_topic, [(driver.encode(), value)])
+                await producer.send_upload(settings.locations_topic, driver.encode(), value)
 
             async def stored_ts() -> float | None:
                 got = await store.get(driver)
