@@ -332,6 +332,10 @@ async def _run_size(bench: NearestBench, drivers: int) -> tuple[dict[str, object
             profile = await _profile_ours(store, live_tenant, points[bench.warmup:][:500], max_pickup_m,
                                           k, facts)
             lag = await _feed_lag_ms(store, publisher, replica, live_tenant, live_ids, fleet)
+            # Off shift again: an engine started later would otherwise rebuild every bench
+            # driver into Redis from Postgres (dispatch.matching.recovery).
+            async with db.tenant_transaction(pg_tenant) as tx:
+                await tx.execute(NOT_AVAILABLE_SQL)
     finally:
         gc.unfreeze()
         await replica.stop()
