@@ -30,7 +30,8 @@ from streams.topics import ensure_topics
 
 TOPIC_CHECK_TIMEOUT_S = 5.0
 PARTITION_CACHE_MAX = 200_000
-BUSY_UPLOADS_PER_S = 250.0   # above this rate a process bundles for bundle_wait_ms
+BUSY_UPLOADS_PER_S = 250.0
+RATE_MIN_INTERVAL_S = 0.001   # above this rate a process bundles for bundle_wait_ms
 
 
 class BrokerUnavailable(WakalaError):
@@ -158,21 +159,33 @@ class PingProducer:
         # so the uploads of a whole interval share a bundle (fewer, larger messages: the broker's
         # cost follows the message count). Quiet: flush at once, with whatever this loop
         # iteration adds, so a lone driver's ping pays no wait.
+        # (uvloop's clock advances once per loop iteration: two flushes may see the same time.)
         loop = asyncio.get_running_loop()
-        delay = 0.0
-        if self._upload_rate >= BUSY_UPLOADS_PER_S:
-            delay = max(0.0, self._last_flush + self.bundle_wait_s - loop.time())
-        await asyncio.sleep(delay)
-        now = loop.time()
-        uploads = sum(len(items) for items in self._queued.values())
-        since = now - self._last_flush
-        self._upload_rate = 0.7 * self._upload_rate + 0.3 * uploads / since if since < 1.0 else 0.0
-        self._last_flush = now
-        while self._queued:
-            queued, self._queued = self._queued, {}
-            for (topic, partition), items in queued.items():
-                for start, end in bundles.split([len(value) for value, _ in items]):
-                    await self._send_bundle(topic, partition, items[start:end])
+        unsent: list[tuple[str, int, list[tuple[bytes, asyncio.Future[None]]]]] = []
+        try:
+            delay = 0.0
+            if self._upload_rate >= BUSY_UPLOADS_PER_S:
+                delay = max(0.0, self._last_flush + self.bundle_wait_s - loop.time())
+            await asyncio.sleep(delay)
+            now = loop.time()
+            uploads = sum(len(items) for items in self._queued.values())
+            since = now - self._last_flush
+            rate = uploads / max(since, RATE_MIN_INTERVAL_S) if since < 1.0 else 0.0
+            self._upload_rate = 0.7 * self._upload_rate + 0.3 * rate
+            self._last_flush = now
+            while self._queued:
+                queued, self._queued = self._queued, {}
+                unsent = [(topic, partition, items[start:end]) for (topic, partition), items in queued.items()
+                          for start, end in bundles.split([len(value) for value, _ in items])]
+                unsent.reverse()
+                while unsent:
+                    topic, partition, chunk = unsent.pop()
+                    await self._send_bundle(topic, partition, chunk)
+        finally:   # whatever stopped the flush, no caller waits for an upload nobody will send
+            for topic, _, chunk in unsent:
+                self._failed(topic, [future for _, future in chunk], RuntimeError("the flush stopped"))
+            if self._queued and (self._flusher is None or self._flusher is asyncio.current_task()):
+                self._flusher = loop.create_task(self._flush(), name="bundle-flush")
 
     async def _send_bundle(self, topic: str, partition: int,
                            items: list[tuple[bytes, asyncio.Future[None]]]) -> None:
@@ -180,8 +193,10 @@ class PingProducer:
         try:
             sent = await self._producer.send(topic, value=bundles.frame([value for value, _ in items]),
                                              partition=partition)
-        except Exception as exc:  # noqa: BLE001 - every waiting caller gets the failure
+        except BaseException as exc:  # every waiting caller gets the failure, a cancellation too
             self._failed(topic, waiting, exc)
+            if not isinstance(exc, Exception):
+                raise
             return
         self.bundles_sent += 1
         self.uploads_sent += len(items)
