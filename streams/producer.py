@@ -31,7 +31,7 @@ from streams.topics import ensure_topics
 TOPIC_CHECK_TIMEOUT_S = 5.0
 PARTITION_CACHE_MAX = 200_000
 BUSY_UPLOADS_PER_S = 250.0
-RATE_MIN_INTERVAL_S = 0.001   # above this rate a process bundles for bundle_wait_ms
+RATE_WINDOW_S = 0.2   # above this rate a process bundles for bundle_wait_ms
 
 
 class BrokerUnavailable(WakalaError):
@@ -86,7 +86,9 @@ class PingProducer:
         self._queued: dict[tuple[str, int], list[tuple[bytes, asyncio.Future[None]]]] = {}
         self._flusher: asyncio.Task | None = None
         self._last_flush = float("-inf")
-        self._upload_rate = 0.0        # uploads per second, a moving average over flushes
+        self._upload_rate = 0.0        # uploads per second over the last RATE_WINDOW_S or more
+        self._window_start = 0.0
+        self._window_uploads = 0
         self.bundles_sent = 0
         self.uploads_sent = 0
 
@@ -159,7 +161,6 @@ class PingProducer:
         # so the uploads of a whole interval share a bundle (fewer, larger messages: the broker's
         # cost follows the message count). Quiet: flush at once, with whatever this loop
         # iteration adds, so a lone driver's ping pays no wait.
-        # (uvloop's clock advances once per loop iteration: two flushes may see the same time.)
         loop = asyncio.get_running_loop()
         unsent: list[tuple[str, int, list[tuple[bytes, asyncio.Future[None]]]]] = []
         try:
@@ -168,10 +169,13 @@ class PingProducer:
                 delay = max(0.0, self._last_flush + self.bundle_wait_s - loop.time())
             await asyncio.sleep(delay)
             now = loop.time()
-            uploads = sum(len(items) for items in self._queued.values())
-            since = now - self._last_flush
-            rate = uploads / max(since, RATE_MIN_INTERVAL_S) if since < 1.0 else 0.0
-            self._upload_rate = 0.7 * self._upload_rate + 0.3 * rate
+            # The rate over windows of at least RATE_WINDOW_S (a burst of two uploads in the
+            # same millisecond is not a busy process).
+            self._window_uploads += sum(len(items) for items in self._queued.values())
+            span = now - self._window_start
+            if span >= RATE_WINDOW_S:
+                self._upload_rate = self._window_uploads / span
+                self._window_start, self._window_uploads = now, 0
             self._last_flush = now
             while self._queued:
                 queued, self._queued = self._queued, {}

@@ -90,3 +90,18 @@ async def test_stopping_fails_the_waiting_uploads(cancel_after_s):
     await producer.stop()
     results = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
     assert all(isinstance(r, BrokerUnavailable) for r in results)
+
+
+async def test_a_trickle_of_uploads_never_counts_as_busy():
+    # 200 uploads/s, some in pairs in the same instant: below BUSY_UPLOADS_PER_S, so none waits.
+    producer = _producer(FakeKafka())
+    producer.bundle_wait_s = 0.05
+    loop = asyncio.get_running_loop()
+    slowest = 0.0
+    for i in range(50):
+        started = loop.time()
+        await asyncio.wait_for(asyncio.gather(producer.send_upload(TOPIC, b"a", b"[]"),
+                                              producer.send_upload(TOPIC, b"b", b"[]")), 5)
+        slowest = max(slowest, loop.time() - started)
+        await asyncio.sleep(0.01)
+    assert slowest < 0.04 and producer._upload_rate < 250
