@@ -98,7 +98,7 @@ async def test_a_trickle_of_uploads_never_counts_as_busy():
     producer.bundle_wait_s = 0.05
     loop = asyncio.get_running_loop()
     slowest = 0.0
-    for i in range(50):
+    for _ in range(50):
         started = loop.time()
         await asyncio.wait_for(asyncio.gather(producer.send_upload(TOPIC, b"a", b"[]"),
                                               producer.send_upload(TOPIC, b"b", b"[]")), 5)
