@@ -132,12 +132,17 @@ def decode_pings(raw: bytes | bytearray | memoryview | None, *, max_future_s: fl
     pings of an array must belong to one driver and tenant (the message key); one bad ping
     dead-letters the whole message, as the gateway would have refused the whole upload.
     """
-    obj = _load(raw, MAX_MESSAGE_BYTES)
-    if obj.__class__ is not list:
-        if len(raw) > MAX_PING_BYTES:
-            raise UndecodablePing("too_large")
-        return [_decode_object(obj, max_future_s)]
-    return _decode_upload(obj, max_future_s)
+    return _decode_plain(_load(raw, MAX_MESSAGE_BYTES), len(raw), max_future_s)
+
+
+def _decode_plain(obj: Any, size: int, max_future_s: float) -> list[DriverPing]:
+    """A parsed message that is not a bundle: an upload array, or one ping object of at most
+    MAX_PING_BYTES (``size`` is the raw message's)."""
+    if obj.__class__ is list:
+        return _decode_upload(obj, max_future_s)
+    if size > MAX_PING_BYTES:
+        raise UndecodablePing("too_large")
+    return [_decode_object(obj, max_future_s)]
 
 
 # An upload of a bundle that did not decode: its reason and the upload's decoded JSON (for the
@@ -160,11 +165,7 @@ def decode_message(raw: bytes | bytearray | memoryview | None, *,
         if obj.__class__ is not dict or "uploads" not in obj:
             if len(raw) > MAX_MESSAGE_BYTES:
                 raise UndecodablePing("too_large")
-            if obj.__class__ is list:
-                return _decode_upload(obj, max_future_s), []
-            if len(raw) > MAX_PING_BYTES:
-                raise UndecodablePing("too_large")
-            return [_decode_object(obj, max_future_s)], []
+            return _decode_plain(obj, len(raw), max_future_s), []
         uploads = obj["uploads"]
         version = obj.get("v")
         if version.__class__ is not int or version != BUNDLE_VERSION or uploads.__class__ is not list:
@@ -229,13 +230,9 @@ def _fast(obj: dict[str, Any], max_future_s: float) -> DriverPing | None:
     numbers = []
     for field, lo, hi in _REQUIRED_NUMBERS:
         value = obj.get(field)
-        if value.__class__ is not float:
-            if value.__class__ is not int or not -2**53 <= value <= 2**53:
-                return None
-            value = float(value)
-        if not lo <= value <= hi:
-            return None
-        numbers.append(value)
+        if value.__class__ is not float and value.__class__ is not int or not lo <= value <= hi:
+            return None   # (an int is compared exactly, so converting a bounded one cannot overflow)
+        numbers.append(float(value))
     battery = obj.get("battery")
     if battery is not None:
         if battery.__class__ is not float and battery.__class__ is not int or not 0.0 <= battery <= 100.0:

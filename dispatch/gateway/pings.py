@@ -102,18 +102,15 @@ def _fast(obj: dict[str, Any], now: float, max_age_s: float, max_future_s: float
     numbers = []
     for field, lo, hi in _BOUNDED:
         value = obj[field]
-        if value.__class__ is not float and (value.__class__ is not int or not -2**53 <= value <= 2**53):
-            return None
-        if not lo <= value <= hi:
-            return None
+        if value.__class__ is not float and value.__class__ is not int or not lo <= value <= hi:
+            return None   # (an int is compared exactly, so converting a bounded one cannot overflow)
         numbers.append(float(value))
     lat, lng, accuracy, speed, heading = numbers
     if abs(lat) < NULL_ISLAND_EPS and abs(lng) < NULL_ISLAND_EPS:
         return None
     timestamp = obj["timestamp"]
-    if timestamp.__class__ is not float and (timestamp.__class__ is not int or not -2**53 <= timestamp <= 2**53):
-        return None
-    if not now - max_age_s <= timestamp <= now + max_future_s:
+    if (timestamp.__class__ is not float and timestamp.__class__ is not int
+            or not now - max_age_s <= timestamp <= now + max_future_s):
         return None
     battery = obj.get("battery")
     if battery is not None:
