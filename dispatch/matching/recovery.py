@@ -176,15 +176,20 @@ async def rebuild(db: TenantDatabase, redis: Redis, claims: DriverClaims, *, ful
 
 
 async def watch_redis(db: TenantDatabase, redis: Redis, claims: DriverClaims, *, app_id: str = "wakala",
-                      interval_s: float = 5.0,
+                      interval_s: float = 1.0,
                       reconcile_s: float | None = 60.0, on_rebuilt: Callable[[Rebuilt], None] | None = None,
-                      max_backoff_s: float = 60.0) -> None:
+                      max_backoff_s: float = 15.0) -> None:
     """Rebuild whenever the sentinel is missing (Redis lost its data), reconcile every
     ``reconcile_s`` (None: never); run until cancelled.
 
     ``on_rebuilt`` is called after each rebuild (the engine retries the tenants' waiting
     deliveries). Failures back off up to ``max_backoff_s``: this loop never spins. A tenant
     that failed keeps the sentinel unset, so the next tick tries again.
+
+    The check is one ``EXPIRE`` a second: cheap, and it bounds how long drivers stay out of
+    matching after Redis comes back empty. The backoff starts at ``interval_s`` (not twice it)
+    and stops at ``max_backoff_s``, because the common failure is a Redis that is restarting:
+    a check that lands in a three-second outage must not push the rebuild ten seconds past it.
     """
     failures = 0
     sentinel = redis_epoch_key(app_id)
@@ -218,14 +223,14 @@ async def watch_redis(db: TenantDatabase, redis: Redis, claims: DriverClaims, *,
                 done = Rebuilt()
             if done.failed_tenants:
                 failures += 1
-                delay = min(max_backoff_s, interval_s * 2 ** failures)
+                delay = min(max_backoff_s, interval_s * 2 ** (failures - 1))
             else:
                 failures = 0
         except asyncio.CancelledError:
             raise
         except Exception as exc:   # noqa: BLE001 - Redis or Postgres away: try again later
             failures += 1
-            delay = min(max_backoff_s, interval_s * 2 ** failures)
+            delay = min(max_backoff_s, interval_s * 2 ** (failures - 1))
             log.warning("checking Redis for lost matching state failed (%s: %s); again in %.1f s",
                         exc.__class__.__name__, exc, delay)
         await asyncio.sleep(delay)
