@@ -4,14 +4,28 @@ The engine connects as the application role (owns nothing, no BYPASSRLS). Each
 ``tenant_transaction`` routes to the tenant's shard and sets ``search_path`` and
 ``app.current_tenant_id`` with ``set_config(..., true)``: both die with the transaction, so a
 connection handed to the next user (by our pool or by PgBouncer in transaction mode) carries
-nothing over. With ``WAKALA_PGBOUNCER=1`` prepared-statement caching is off and the pool does
-no session reset, exactly as PgBouncer would behave.
+nothing over. With ``WAKALA_PGBOUNCER=1`` prepared-statement caching is off, exactly as
+PgBouncer in transaction mode needs.
+
+Round trips are the cost of a short transaction (placing an order is a dozen statements of
+well under a millisecond each), so a transaction spends none it does not need:
+
+* ``BEGIN`` and the two ``set_config`` calls go in one simple-query message (asyncpg's
+  ``Connection.transaction()`` would send ``BEGIN`` alone first). The values are inlined as
+  quoted literals: the schema name is the control plane's ``tenant_<hex>`` and the tenant a
+  parsed UUID, and both are quoted anyway (``_literal``).
+* Pools do not run asyncpg's session reset (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN
+  *; RESET ALL``) on every release: nothing here leaves session state behind. Every setting
+  is transaction-local, advisory locks are ``_xact_`` locks, LISTEN runs on its own
+  connections (the outbox relay's), no cursor outlives its transaction. ``_release`` only
+  rolls back a connection still inside a transaction, which a cancelled caller can leave.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections import OrderedDict
@@ -41,6 +55,9 @@ SELECT host, port, database_name FROM shard_map ORDER BY shard_id
 SET_TENANT_SQL = """
 SELECT set_config('search_path', $1, true), set_config('app.current_tenant_id', $2, true)
 """
+# One message: the transaction begins and is scoped to the tenant (see the module docstring).
+BEGIN_TENANT_SQL = ("BEGIN{mode}; SELECT set_config('search_path', {path}, true), "
+                    "set_config('app.current_tenant_id', {tenant}, true)")
 PLACEMENT_TTL_S = 30.0
 UNKNOWN_TTL_S = 5.0             # "no such tenant" remembered this long (a tenant created since waits as long)
 UNKNOWN_MAX = 10_000            # guessed tenant ids remembered at most (least recently asked out first)
@@ -48,6 +65,27 @@ CONTROL_ACQUIRE_TIMEOUT_S = 5.0
 # A control-plane query that fails with these means the server is gone or going: unavailable.
 _CONTROL_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                  asyncpg.OperatorInterventionError)
+
+
+def _literal(text: str) -> str:
+    """A PostgreSQL string literal (standard_conforming_strings: quotes doubled, no escapes)."""
+    if "\0" in text:
+        raise ValueError("a NUL cannot be in a PostgreSQL literal")
+    return "'" + text.replace("'", "''") + "'"
+
+
+def begin_tenant_sql(schema_name: str, tenant_id: uuid.UUID, *, readonly: bool = False) -> str:
+    """The one message that begins a transaction scoped to a tenant's schema and rows."""
+    path = '"' + schema_name.replace('"', '""') + '", public'
+    return BEGIN_TENANT_SQL.format(mode=" READ ONLY" if readonly else "", path=_literal(path),
+                                   tenant=_literal(str(tenant_id)))
+
+
+async def _release(conn: asyncpg.Connection) -> None:
+    """The pools' reset: only a connection left inside a transaction needs anything (a
+    ROLLBACK); there is no session state to clear (see the module docstring)."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 @dataclass(frozen=True)
@@ -59,15 +97,19 @@ class Placement:
     shard: DSN
     fetched_at: float
 
+    @functools.cached_property
+    def begin_write(self) -> str:
+        return begin_tenant_sql(self.schema_name, self.tenant_id)
+
+    @functools.cached_property
+    def begin_read(self) -> str:
+        return begin_tenant_sql(self.schema_name, self.tenant_id, readonly=True)
+
 
 @dataclass
 class ShardPools:
     write: asyncpg.Pool
     read: asyncpg.Pool
-
-
-async def _no_reset(conn: asyncpg.Connection) -> None:
-    """PgBouncer in transaction mode does not reset sessions; neither do we in that mode."""
 
 
 class TenantDatabase:
@@ -105,9 +147,10 @@ class TenantDatabase:
             "max_size": size,
             "timeout": self.settings.connect_timeout_s,
             "command_timeout": 60,
+            "reset": _release,
         }
         if self.settings.pgbouncer:
-            kwargs.update(statement_cache_size=0, reset=_no_reset)
+            kwargs.update(statement_cache_size=0)
         try:
             return await asyncpg.create_pool(self._app_dsn(dsn).url(), **kwargs)
         except (TimeoutError, OSError) as exc:
@@ -256,8 +299,15 @@ class TenantDatabase:
         pool = pools.read if readonly else pools.write
         if pool is None:
             raise ShardError(f"shard {placement.shard_id} has no pool")
-        async with pool.acquire() as conn, conn.transaction(readonly=readonly):
-            await conn.execute(
-                SET_TENANT_SQL, f'"{placement.schema_name}", public', str(placement.tenant_id)
-            )
-            yield conn
+        begin = placement.begin_read if readonly else placement.begin_write
+        async with pool.acquire() as conn:
+            await conn.execute(begin)
+            try:
+                yield conn
+            except BaseException:
+                try:
+                    await conn.execute("ROLLBACK")
+                except BaseException:
+                    conn.terminate()   # a connection in an unknown state never goes back to the pool
+                raise
+            await conn.execute("COMMIT")
