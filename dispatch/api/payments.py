@@ -11,6 +11,8 @@ nothing about which tenants exist. Without any secret (the tenant has none and
 
 The payment is recorded in that tenant's schema; a replay of the same ``idempotency_key``
 (body) changes nothing, and an ``Idempotency-Key`` header is kept in the same transaction.
+The secret is read in that transaction too, as its first statement: a callback costs one
+transaction, and a refused signature rolls it back before anything else is read.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dispatch.api.idempotency import answer, request_of
 from dispatch.commerce import payment_secrets
 from dispatch.commerce import payment_signatures as signatures
 from dispatch.commerce.orders import payments as order_payments
+from dispatch.commerce.orders.records import forget_cached
 from dispatch.core.errors import (
     INVALID_VALUE,
     NOT_CONFIGURED,
@@ -57,16 +60,15 @@ def sign(secret: str, raw: bytes, timestamp: int | None = None) -> str:
 sign_v1 = signatures.sign_v1
 
 
-async def _tenant_and_secret(request: Request, payload: Any) -> tuple[str, str | None]:
-    """The tenant the body names and its own secret (None: none yet). A body without a valid
-    tenant, or a tenant that does not exist, cannot be verified: 401 like a bad signature."""
+def _tenant_of(payload: Any) -> str:
+    """The tenant the body names; a body without a valid one cannot be verified: 401 like a
+    bad signature."""
     tenant = payload.get("tenant_id") if isinstance(payload, dict) else None
     try:
-        tenant = canonical_uuid(tenant, "tenant_id") if isinstance(tenant, str) else None
-        if tenant is None:
+        if not isinstance(tenant, str):
             raise InvalidId("tenant_id", tenant)
-        return tenant, await payment_secrets.get_webhook_secret(request.app.state.db, tenant)
-    except (InvalidId, InvalidTenantId, UnknownTenant, TenantNotActive):
+        return canonical_uuid(tenant, "tenant_id")
+    except InvalidId:
         raise signatures.refused("the callback signature does not match") from None
 
 
@@ -99,9 +101,26 @@ async def payment_callback(request: Request) -> Any:
     state = request.app.state
     raw = await raw_body(request)
     payload = await body(request, raw)
-    tenant, own = await _tenant_and_secret(request, payload)
-    _check_signature(request, raw, tenant, own)
-    key = await request_of(request, GATEWAY_CALLER, raw)
+    tenant = _tenant_of(payload)
+    # One transaction: the tenant's secret is read, the signature checked (a refusal rolls back
+    # with nothing written), then the payment recorded.
+    try:
+        async with state.db.tenant_transaction(tenant) as tx:
+            _check_signature(request, raw, tenant, await payment_secrets.read_webhook_secret(tx))
+            key = await request_of(request, GATEWAY_CALLER, raw)
+            fields = _callback_fields(payload)
+            order_id = fields.pop("order_id")
+            result, products = await call(order_payments.record_payment_in(
+                tx, tenant, order_id, idempotency=key, **fields))
+    except (InvalidTenantId, UnknownTenant, TenantNotActive):
+        # an unknown tenant is refused exactly like a wrong signature
+        raise signatures.refused("the callback signature does not match") from None
+    await forget_cached(state.cache, tenant, order_id, products)
+    return answer(result)
+
+
+def _callback_fields(payload: dict) -> dict[str, Any]:
+    """The callback's fields, checked (422 naming the field), as ``record_payment_in`` takes them."""
     allowed = {"tenant_id", "order_id", "idempotency_key", "amount", "status", "gateway", "gateway_reference"}
     if unknown := sorted(set(payload) - allowed):
         raise Refusal(422, UNKNOWN_FIELD, f"{unknown[0]} is not a field of a callback", unknown[0])
@@ -120,10 +139,8 @@ async def payment_callback(request: Request) -> Any:
     order_id = payload.get("order_id")
     if not isinstance(order_id, str):
         raise Refusal(422, WRONG_TYPE, "order_id must be a UUID", "order_id")
-    return answer(await call(order_payments.record_payment(
-        state.db, tenant, path_id(order_id, "order_id"), idempotency_key=event_key, amount=amount,
-        status=payload["status"], gateway=gateway, gateway_reference=reference, cache=state.cache,
-        idempotency=key)))
+    return {"order_id": path_id(order_id, "order_id"), "idempotency_key": event_key, "amount": amount,
+            "status": payload["status"], "gateway": gateway, "gateway_reference": reference}
 
 
 def _amount(value: object) -> Decimal:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import secrets
 
+import asyncpg
+
 from dispatch.core.errors import INVALID_VALUE, Refusal
 from schema.db import TenantDatabase
 from schema.tenants import parse_tenant_id
 
-__all__ = ["check_secret", "get_webhook_secret", "new_secret", "set_webhook_secret"]
+__all__ = ["check_secret", "get_webhook_secret", "new_secret", "read_webhook_secret", "set_webhook_secret"]
 
 MIN_SECRET, MAX_SECRET = 32, 256
 GET_SQL = "SELECT webhook_secret FROM payment_settings"
@@ -43,7 +45,12 @@ def check_secret(value: object, field: str = "secret") -> str:
 async def get_webhook_secret(db: TenantDatabase, tenant_id: object) -> str | None:
     """The tenant's own secret, or None (the platform secret signs for it meanwhile)."""
     async with db.tenant_transaction(str(parse_tenant_id(tenant_id)), readonly=True) as tx:
-        return await tx.fetchval(GET_SQL)
+        return await read_webhook_secret(tx)
+
+
+async def read_webhook_secret(tx: asyncpg.Connection) -> str | None:
+    """``get_webhook_secret`` in the caller's tenant transaction."""
+    return await tx.fetchval(GET_SQL)
 
 
 async def set_webhook_secret(db: TenantDatabase, tenant_id: object, secret: str) -> str:

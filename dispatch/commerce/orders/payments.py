@@ -52,7 +52,7 @@ from dispatch.core.errors import AMOUNT_MISMATCH, IDEMPOTENCY_CONFLICT, INVALID_
 from schema.db import TenantDatabase
 from schema.tenants import parse_tenant_id
 
-__all__ = ["PAYMENT_STATUSES", "PaymentOutcome", "payment_outcome", "record_payment"]
+__all__ = ["PAYMENT_STATUSES", "PaymentOutcome", "payment_outcome", "record_payment", "record_payment_in"]
 
 SUCCEEDED, FAILED = "succeeded", "failed"
 PAYMENT_STATUSES = (SUCCEEDED, FAILED)
@@ -145,6 +145,24 @@ async def record_payment(
     Raises OrderNotFound, Refusal (422 input; 422 ``amount_mismatch``; 409
     ``idempotency_conflict``), with nothing written.
     """
+    tenant = str(parse_tenant_id(tenant_id))
+    async with db.tenant_transaction(tenant) as tx:
+        result, products = await record_payment_in(
+            tx, tenant, order_id, idempotency_key=idempotency_key, amount=amount, status=status,
+            gateway=gateway, gateway_reference=gateway_reference, idempotency=idempotency)
+    await forget_cached(cache, tenant, parse_order_id(order_id), products)
+    return result
+
+
+async def record_payment_in(
+    tx: asyncpg.Connection, tenant: str, order_id: uuid.UUID | str, *, idempotency_key: str,
+    amount: Decimal, status: str, gateway: str, gateway_reference: str | None,
+    idempotency: idem.IdempotentRequest | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """``record_payment`` in the caller's tenant transaction ``tx`` (the callback route reads
+    the tenant's secret and checks the signature in the same transaction, so a callback
+    costs one transaction, not two). Returns the answer and the products whose stock
+    changed, for the caller to ``forget_cached`` once it has committed."""
     if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= MAX_KEY:
         raise _refuse(INVALID_VALUE, f"idempotency_key must be 1-{MAX_KEY} characters", "idempotency_key")
     if status not in PAYMENT_STATUSES:
@@ -157,56 +175,52 @@ async def record_payment(
                       "gateway_reference")
     paid = _amount(amount)
     oid = parse_order_id(order_id)
-    tenant = str(parse_tenant_id(tenant_id))
     at = datetime.now(UTC)
     products: list[str] = []
-    async with db.tenant_transaction(tenant) as tx:
-        if idempotency is not None and (first := await idem.begin(tx, tenant, idempotency)) is not None:
-            return idem.ReplayedBody(first)
-        order = await lock_order(tx, oid)
-        # after the order lock: a concurrent delivery of the same callback has committed
-        existing = await tx.fetchrow(PAYMENT_BY_KEY_SQL, idempotency_key)
-        if existing is not None:
-            return await _answer(tx, idempotency, _replay(existing, oid, paid, status))
-        if status == SUCCEEDED and paid != order.total_amount:
-            raise _refuse(AMOUNT_MISMATCH, f"the order's total is {order.total_amount}, "
-                          f"the payment {paid}", "amount")
-        outcome = payment_outcome(order.status, order.payment_status, status)
-        order_status = (order.status.value if outcome.action is None
-                        else next_status(order.status, outcome.action,
-                                        payment_method=order.payment_method).value)
-        meta = {"order_status": order_status,
-                "payment_status": outcome.payment_status or order.payment_status,
-                "refund_amount": str(paid) if outcome.refund else None}
-        row = await tx.fetchrow(INSERT_PAYMENT_SQL, oid, idempotency_key, gateway, gateway_reference,
-                                order.payment_method or "unknown", paid, status, json.dumps(meta))
-        if row is None:   # the key was taken for another order meanwhile
-            return await _answer(tx, idempotency, _replay(await tx.fetchrow(PAYMENT_BY_KEY_SQL, idempotency_key),
-                                                          oid, paid, status))
-        details = {"payment_id": str(row["id"]), "payment_status": status, "amount": str(paid)}
-        if outcome.action is OrderAction.PAY:
-            await change_status(tx, tenant, order, outcome.action, actor=f"gateway:{gateway}",
-                                reason=None, at=at, payment_status=outcome.payment_status,
-                                extra=details)
-            await reservations.hold(tx, oid)
-        elif outcome.action is OrderAction.FAIL_PAYMENT:
-            await change_status(tx, tenant, order, outcome.action, actor=f"gateway:{gateway}",
-                                reason="payment failed", at=at,
-                                payment_status=outcome.payment_status, extra=details)
-            products = await give_back(tx, order, at)
-        else:
-            if outcome.refund:
-                await tx.execute(REFUND_PAYMENT_SQL, oid, row["id"], paid, order.payment_method,
-                                 "payment for an order no longer wanted" if order.status in _LATE
-                                 else "duplicate payment")
-            if outcome.payment_status is not None:
-                await tx.execute(SET_PAYMENT_STATUS_SQL, oid, outcome.payment_status)
-            await write_event(tx, tenant, order, "record_payment", from_status=order.status.value,
-                              to_status=order.status.value, at=at, actor=f"gateway:{gateway}",
-                              reason=None, extra={**details, "refund": outcome.refund})
-        result = await _answer(tx, idempotency, _result(row, replayed=False))
-    await forget_cached(cache, tenant, oid, products)
-    return result
+    if idempotency is not None and (first := await idem.begin(tx, tenant, idempotency)) is not None:
+        return idem.ReplayedBody(first), []
+    order = await lock_order(tx, oid)
+    # after the order lock: a concurrent delivery of the same callback has committed
+    existing = await tx.fetchrow(PAYMENT_BY_KEY_SQL, idempotency_key)
+    if existing is not None:
+        return await _answer(tx, idempotency, _replay(existing, oid, paid, status)), []
+    if status == SUCCEEDED and paid != order.total_amount:
+        raise _refuse(AMOUNT_MISMATCH, f"the order's total is {order.total_amount}, "
+                      f"the payment {paid}", "amount")
+    outcome = payment_outcome(order.status, order.payment_status, status)
+    order_status = (order.status.value if outcome.action is None
+                    else next_status(order.status, outcome.action,
+                                    payment_method=order.payment_method).value)
+    meta = {"order_status": order_status,
+            "payment_status": outcome.payment_status or order.payment_status,
+            "refund_amount": str(paid) if outcome.refund else None}
+    row = await tx.fetchrow(INSERT_PAYMENT_SQL, oid, idempotency_key, gateway, gateway_reference,
+                            order.payment_method or "unknown", paid, status, json.dumps(meta))
+    if row is None:   # the key was taken for another order meanwhile
+        return await _answer(tx, idempotency, _replay(await tx.fetchrow(PAYMENT_BY_KEY_SQL, idempotency_key),
+                                                      oid, paid, status)), []
+    details = {"payment_id": str(row["id"]), "payment_status": status, "amount": str(paid)}
+    if outcome.action is OrderAction.PAY:
+        await change_status(tx, tenant, order, outcome.action, actor=f"gateway:{gateway}",
+                            reason=None, at=at, payment_status=outcome.payment_status,
+                            extra=details)
+        await reservations.hold(tx, oid)
+    elif outcome.action is OrderAction.FAIL_PAYMENT:
+        await change_status(tx, tenant, order, outcome.action, actor=f"gateway:{gateway}",
+                            reason="payment failed", at=at,
+                            payment_status=outcome.payment_status, extra=details)
+        products = await give_back(tx, order, at)
+    else:
+        if outcome.refund:
+            await tx.execute(REFUND_PAYMENT_SQL, oid, row["id"], paid, order.payment_method,
+                             "payment for an order no longer wanted" if order.status in _LATE
+                             else "duplicate payment")
+        if outcome.payment_status is not None:
+            await tx.execute(SET_PAYMENT_STATUS_SQL, oid, outcome.payment_status)
+        await write_event(tx, tenant, order, "record_payment", from_status=order.status.value,
+                          to_status=order.status.value, at=at, actor=f"gateway:{gateway}",
+                          reason=None, extra={**details, "refund": outcome.refund})
+    return await _answer(tx, idempotency, _result(row, replayed=False)), products
 
 
 async def _answer(tx: asyncpg.Connection, idempotency: idem.IdempotentRequest | None,

@@ -46,13 +46,11 @@ from dispatch.commerce import promotion_store, reservations
 from dispatch.commerce.orders.input import NewOrder, recheck
 from dispatch.commerce.orders.lifecycle import CASH, OrderStatus
 from dispatch.commerce.orders.records import (
-    INSERT_ORDER_HISTORY_SQL,
     LockedOrder,
-    as_user_id,
     clock,
     forget_cached,
     order_view,
-    write_event,
+    record_placed,
 )
 from dispatch.commerce.pricing import ZERO, PricingSettings, delivery_fee, money, order_totals
 from dispatch.commerce.promotions import PricedLine, apply_promotions
@@ -303,15 +301,12 @@ async def place_order(
             [r["variant_id"] for r in rows], [line.quantity for line in order.lines], prices,
             totals_before, line_discounts, list(totals.line_tax), [_name(r) for r in rows])
         await promotion_store.record(tx, order_id, applied)
-        await tx.execute(INSERT_ORDER_HISTORY_SQL, order_id, None, OrderStatus.PENDING.value, None,
-                         as_user_id(actor), actor, json.dumps({"event": "place"}))
         placed_order = LockedOrder(order_id, placed["order_number"], OrderStatus.PENDING,
                                    order.customer_id, order.vendor_id, order.payment_method,
                                    "pending", totals.total, metadata)
-        await write_event(tx, tenant, placed_order, "place", from_status=None,
-                          to_status=OrderStatus.PENDING.value, at=when, actor=actor, reason=None,
-                          extra={"total_amount": str(totals.total),
-                                 "payment_method": order.payment_method})
+        await record_placed(tx, tenant, placed_order, at=when, actor=actor,
+                            extra={"total_amount": str(totals.total),
+                                   "payment_method": order.payment_method})
         view = await order_view(tx, order_id)
         # last, so the hot stock rows stay locked for as short a time as possible
         await reservations.reserve(tx, order_id, needs, when + timedelta(seconds=reservation_ttl_s))

@@ -52,6 +52,7 @@ __all__ = [
     "on_delivery_changed_order",
     "order_view",
     "owe_refund",
+    "record_placed",
     "refund_return",
     "view_from_row",
     "write_event",
@@ -63,10 +64,6 @@ LOCK_ORDER_SQL = """
 SELECT id, order_number, status, customer_id, vendor_id, payment_method, payment_status,
        total_amount, metadata
 FROM orders WHERE id = $1 FOR UPDATE
-"""
-UPDATE_STATUS_SQL = """
-UPDATE orders SET status = $2, payment_status = coalesce($3, payment_status), updated_at = now()
-WHERE id = $1
 """
 SET_PAYMENT_STATUS_SQL = "UPDATE orders SET payment_status = $2, updated_at = now() WHERE id = $1"
 # changed_by references users: an actor that is a user's id goes there; any other actor
@@ -88,6 +85,31 @@ WITH event AS (
 )
 SELECT pg_notify('wakala_order_outbox', $4::text) FROM event
 """
+# A status change, its history row, its event and the relays' wake-up in one round trip (the
+# statements above, as data-modifying CTEs: they run once each, whether or not the final
+# SELECT reads them). Without the UPDATE (``PLACED_SQL``) it records an order's first status.
+_HISTORY_AND_EVENT = """
+actor_user AS (SELECT id FROM users WHERE id = $5::uuid),
+history AS (
+    INSERT INTO order_status_history (order_id, from_status, to_status, reason, changed_by, metadata)
+    SELECT $1::uuid, $2::text, $3::text, $4::text, (SELECT id FROM actor_user),
+           CASE WHEN $6::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM actor_user)
+                THEN $7::jsonb || jsonb_build_object('actor', $6::text)
+                ELSE $7::jsonb
+           END
+),
+event AS (
+    INSERT INTO order_events_outbox (order_id, event_type, payload) VALUES ($1, $8, $9::jsonb)
+    RETURNING id
+)
+SELECT pg_notify('wakala_order_outbox', $10::text) FROM event
+"""
+PLACED_SQL = "WITH" + _HISTORY_AND_EVENT
+CHANGE_STATUS_SQL = """
+WITH moved AS (
+    UPDATE orders SET status = $3, payment_status = coalesce($11, payment_status), updated_at = now()
+    WHERE id = $1
+),""" + _HISTORY_AND_EVENT  # noqa: S608 - constant text, no input
 # What was paid and not yet refunded is owed back, against the latest successful payment.
 REFUND_BALANCE_SQL = """
 WITH paid AS (
@@ -196,17 +218,33 @@ async def lock_order(tx: asyncpg.Connection, order_id: uuid.UUID, *, customer_id
     )
 
 
-async def write_event(tx: asyncpg.Connection, tenant_id: object, order: LockedOrder, event: str, *,
-                      from_status: str | None, to_status: str, at: datetime, actor: str | None,
-                      reason: str | None, extra: dict[str, Any] | None = None) -> None:
-    """One ``order_events_outbox`` row (published to ``order-events`` after commit)."""
-    payload = {
+def _event_payload(order: LockedOrder, event: str, from_status: str | None, to_status: str,
+                   at: datetime, actor: str | None, reason: str | None,
+                   extra: dict[str, Any] | None) -> str:
+    return json.dumps({
         "order_id": str(order.id), "order_number": order.number, "event": event,
         "from_status": from_status, "to_status": to_status, "customer_id": order.customer_id,
         "vendor_id": order.vendor_id, "at": at.isoformat(), "actor": actor, "reason": reason,
         **(extra or {}),
-    }
-    await tx.execute(INSERT_EVENT_SQL, order.id, event, json.dumps(payload), str(tenant_id))
+    })
+
+
+async def write_event(tx: asyncpg.Connection, tenant_id: object, order: LockedOrder, event: str, *,
+                      from_status: str | None, to_status: str, at: datetime, actor: str | None,
+                      reason: str | None, extra: dict[str, Any] | None = None) -> None:
+    """One ``order_events_outbox`` row (published to ``order-events`` after commit)."""
+    await tx.execute(INSERT_EVENT_SQL, order.id, event,
+                     _event_payload(order, event, from_status, to_status, at, actor, reason, extra),
+                     str(tenant_id))
+
+
+async def record_placed(tx: asyncpg.Connection, tenant_id: object, order: LockedOrder, *, at: datetime,
+                        actor: str | None, extra: dict[str, Any] | None = None) -> None:
+    """A new order's first history row and its ``place`` event, in one round trip."""
+    status = order.status.value
+    await tx.execute(PLACED_SQL, order.id, None, status, None, as_user_id(actor), actor,
+                     json.dumps({"event": "place"}), "place",
+                     _event_payload(order, "place", None, status, at, actor, None, extra), str(tenant_id))
 
 
 async def change_status(tx: asyncpg.Connection, tenant_id: object, order: LockedOrder,
@@ -216,11 +254,12 @@ async def change_status(tx: asyncpg.Connection, tenant_id: object, order: Locked
     """Move a locked order by ``action``: status, history, event. IllegalOrderTransition (with
     nothing written) when the table does not allow it."""
     target = next_status(order.status, action, payment_method=order.payment_method)
-    await tx.execute(UPDATE_STATUS_SQL, order.id, target.value, payment_status)
-    await tx.execute(INSERT_ORDER_HISTORY_SQL, order.id, order.status.value, target.value, reason,
-                     as_user_id(actor), actor, json.dumps({"event": action.value, **(extra or {})}))
-    await write_event(tx, tenant_id, order, action.value, from_status=order.status.value,
-                      to_status=target.value, at=at, actor=actor, reason=reason, extra=extra)
+    await tx.execute(CHANGE_STATUS_SQL, order.id, order.status.value, target.value, reason,
+                     as_user_id(actor), actor, json.dumps({"event": action.value, **(extra or {})}),
+                     action.value,
+                     _event_payload(order, action.value, order.status.value, target.value, at, actor,
+                                    reason, extra),
+                     str(tenant_id), payment_status)
     return target
 
 
