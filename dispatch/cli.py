@@ -210,7 +210,8 @@ async def _bench(args: argparse.Namespace) -> int:
 
         figures = await run_orders_bench(OrdersBench(
             clients=args.clients, seconds=args.seconds, customers=args.customers, products=args.products,
-            workers=args.workers, race_clients=args.race_clients, race_stock=args.race_stock))
+            workers=args.workers, race_clients=args.race_clients, race_stock=args.race_stock,
+            pgbench_seconds=args.pgbench_seconds))
         return 0 if figures["race_succeeded"] == args.race_stock else 1
     elif args.bench == "tracking":
         from loadtest.tracking import TrackingBench, run_tracking_bench
@@ -423,6 +424,16 @@ def build_parser() -> argparse.ArgumentParser:
     orders.add_argument("--workers", type=int, default=2, help="engine api processes")
     orders.add_argument("--race-clients", type=int, default=500)
     orders.add_argument("--race-stock", type=int, default=20)
+    orders.add_argument("--pgbench-seconds", type=float, default=None,
+                        help="pgbench yardstick run after the bench (default min(15, --seconds); 0 = none)")
+
+    def _orders_on_uvloop(args: argparse.Namespace) -> int:
+        # The load generator shares the cores with what it measures: its loop is uvloop.
+        import uvloop
+
+        return uvloop.run(_bench(args))
+
+    orders.set_defaults(handler=_orders_on_uvloop, sync=True)
     track = bsub.add_parser("tracking", help="watchers on the tracking websocket while drivers ping: latency, frames/s")
     track.add_argument("--watchers", type=int, default=5_000)
     track.add_argument("--deliveries", type=int, default=100, help="active deliveries (one pinging driver each)")
