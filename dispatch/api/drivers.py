@@ -75,7 +75,7 @@ async def post_shift(request: Request) -> JSONResponse:
             if action == "start":
                 status = await start_shift(state.db, state.offers.claims, driver.tenant_id, driver.driver_id)
                 dispatcher = getattr(state, "dispatcher", None)
-                if dispatcher is not None:
+                if dispatcher is not None and status == "available":
                     dispatcher.retry_soon(driver.tenant_id)   # a driver is free: waiting deliveries get a chance
             else:
                 status = await end_shift(state.db, state.locations, driver.tenant_id, driver.driver_id)

@@ -101,12 +101,20 @@ class UnknownShiftDriver(Refusal):
 async def record_shift(db: TenantDatabase, tenant_id: object, driver_id: object,
                        on_shift: bool) -> tuple[str, list[str]]:
     """Record a shift start (``on_shift``) or end in Postgres; return the driver's vehicle type
-    and its active delivery ids (assigned, at_pickup, picked_up), read in the same
-    transaction: what its availability must follow, whatever Redis remembers."""
+    and, for a start, its active delivery ids (assigned, at_pickup, picked_up), read in the
+    same transaction: what its availability must follow, whatever Redis remembers. An end
+    returns no ids: the driver goes offline whatever it carries, so nothing is read.
+
+    The start's read is a statement of its own, after the ``UPDATE``, not folded into it (a
+    CTE would save a round trip). The ``UPDATE`` waits for the driver's row lock, which
+    ``offer`` and ``accept`` hold while they assign a delivery (``dispatch.deliveries.store``);
+    under READ COMMITTED only a statement that starts after that wait sees the delivery the
+    lock holder committed. One statement reads with the snapshot taken before the wait, and
+    would miss it: the driver would come back ``available`` with its new claim dropped."""
     driver = parse_uuid(str(driver_id), "driver_id")
     async with db.tenant_transaction(tenant_id) as tx:
         vehicle = await tx.fetchval(SHIFT_SQL, driver, on_shift)
         if vehicle is None:
             raise UnknownShiftDriver(driver)
-        active = [r[0] for r in await tx.fetch(ACTIVE_DELIVERIES_SQL, driver)]
+        active = [r[0] for r in await tx.fetch(ACTIVE_DELIVERIES_SQL, driver)] if on_shift else []
     return vehicle, active
