@@ -43,16 +43,26 @@ __all__ = ["StockNeed", "hold", "out_of_stock", "release", "reserve", "restock",
 LOCK_SQL = """
 SELECT id, quantity, reserved_quantity FROM inventory WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
 """
-RESERVE_SQL = """
-WITH held AS (
+# ``reserve`` in one round trip: the stock rows locked in id order (the CTE's ORDER BY ... FOR
+# UPDATE locks them as they come out of the sort, so in that order whatever plan joins it), then
+# each line held only where its row, re-read after the lock, still has the units. The final
+# SELECT answers every locked row's availability (for the refusal's message) and how many lines
+# were held; fewer than asked means the caller refuses and its transaction rolls back.
+LOCK_AND_RESERVE_SQL = """
+WITH locked AS MATERIALIZED (
+    SELECT id, quantity - reserved_quantity AS available
+    FROM inventory WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+), held AS (
     UPDATE inventory i SET reserved_quantity = i.reserved_quantity + n.q, updated_at = now()
-    FROM unnest($1::uuid[], $2::int[]) AS n(id, q)
-    WHERE i.id = n.id AND i.quantity - i.reserved_quantity >= n.q
+    FROM unnest($1::uuid[], $2::int[]) AS n(id, q), locked l
+    WHERE i.id = n.id AND l.id = n.id AND i.quantity - i.reserved_quantity >= n.q
     RETURNING i.id, n.q
+), reserved AS (
+    INSERT INTO inventory_reservations (inventory_id, order_id, quantity, expires_at)
+    SELECT id, $3, q, $4 FROM held
+    RETURNING inventory_id
 )
-INSERT INTO inventory_reservations (inventory_id, order_id, quantity, expires_at)
-SELECT id, $3, q, $4 FROM held
-RETURNING inventory_id
+SELECT l.id, l.available, (SELECT count(*) FROM reserved) AS held FROM locked l
 """
 LOCK_HELD_SQL = """
 SELECT id FROM inventory
@@ -123,16 +133,20 @@ def out_of_stock(line: int, available: int, wanted: int) -> Refusal:
 async def reserve(tx: asyncpg.Connection, order_id: uuid.UUID, needs: Sequence[StockNeed],
                   expires_at: datetime) -> None:
     """Hold every line's stock until ``expires_at``, or refuse (409 ``out_of_stock``, naming
-    the first line short of stock) with nothing held. Each stock row appears once in ``needs``."""
-    rows = await tx.fetch(LOCK_SQL, [n.inventory_id for n in needs])
-    available = {r["id"]: r["quantity"] - r["reserved_quantity"] for r in rows}
+    the first line short of stock). Each stock row appears once in ``needs``. One statement
+    locks and holds (``LOCK_AND_RESERVE_SQL``): the hottest rows stay locked one round trip
+    less. A refusal may leave the other lines held in ``tx``, so the caller must roll back on
+    it (raising out of ``tenant_transaction`` does); nothing is committed half held."""
+    rows = await tx.fetch(LOCK_AND_RESERVE_SQL, [n.inventory_id for n in needs],
+                          [n.quantity for n in needs], order_id, expires_at)
+    if rows and rows[0]["held"] == len(needs):
+        return
+    # Refused: what the lines held here is rolled back with the caller's transaction.
+    available = {r["id"]: r["available"] for r in rows}
     for need in sorted(needs, key=lambda n: n.line):
         if available.get(need.inventory_id, 0) < need.quantity:
             raise out_of_stock(need.line, available.get(need.inventory_id, 0), need.quantity)
-    held = await tx.fetch(RESERVE_SQL, [n.inventory_id for n in needs], [n.quantity for n in needs],
-                          order_id, expires_at)
-    if len(held) != len(needs):   # cannot happen under the locks above; never commit half an order
-        raise RuntimeError(f"reserved {len(held)} of {len(needs)} lines of order {order_id}")
+    raise RuntimeError(f"reserved {rows[0]['held'] if rows else 0} of {len(needs)} lines of order {order_id}")
 
 
 async def _settle(tx: asyncpg.Connection, order_id: uuid.UUID, status: str, at: datetime,

@@ -38,13 +38,13 @@ import asyncpg
 from dispatch.commerce import idempotency as idem
 from dispatch.commerce import reservations
 from dispatch.commerce.orders.input import parse_order_id
-from dispatch.commerce.orders.lifecycle import OrderAction, OrderStatus, next_status
+from dispatch.commerce.orders.lifecycle import OrderAction, OrderNotFound, OrderStatus, next_status
 from dispatch.commerce.orders.records import (
     SET_PAYMENT_STATUS_SQL,
     change_status,
     forget_cached,
     give_back,
-    lock_order,
+    locked_order,
     write_event,
 )
 from dispatch.core.cache import Cache
@@ -59,6 +59,21 @@ PAYMENT_STATUSES = (SUCCEEDED, FAILED)
 MAX_KEY = 255
 MAX_AMOUNT = Decimal("99999999.99")   # DECIMAL(10,2)
 
+# The order locked and the payment already recorded under this key, in one round trip. The
+# payment is read with the statement's snapshot, taken before the order lock was granted, so
+# a concurrent delivery of the same callback that held the lock can be missed here; its row
+# then makes the INSERT below conflict, and the replay is answered from a fresh read.
+LOCK_WITH_PAYMENT_SQL = """
+SELECT o.id, o.order_number, o.status, o.customer_id, o.vendor_id, o.payment_method,
+       o.payment_status, o.total_amount, o.metadata,
+       p.id AS p_id, p.order_id AS p_order_id, p.idempotency_key AS p_idempotency_key,
+       p.status AS p_status, p.amount AS p_amount, p.currency AS p_currency, p.gateway AS p_gateway,
+       p.gateway_reference AS p_gateway_reference, p.metadata AS p_metadata,
+       p.created_at AS p_created_at
+FROM orders o LEFT JOIN payments p ON p.idempotency_key = $2
+WHERE o.id = $1
+FOR UPDATE OF o
+"""
 PAYMENT_BY_KEY_SQL = """
 SELECT id, order_id, idempotency_key, status, amount, currency, gateway, gateway_reference,
        metadata, created_at
@@ -179,9 +194,12 @@ async def record_payment_in(
     products: list[str] = []
     if idempotency is not None and (first := await idem.begin(tx, tenant, idempotency)) is not None:
         return idem.ReplayedBody(first), []
-    order = await lock_order(tx, oid)
-    # after the order lock: a concurrent delivery of the same callback has committed
-    existing = await tx.fetchrow(PAYMENT_BY_KEY_SQL, idempotency_key)
+    locked = await tx.fetchrow(LOCK_WITH_PAYMENT_SQL, oid, idempotency_key)
+    if locked is None:
+        raise OrderNotFound(oid)
+    order = locked_order(locked)
+    existing = ({k[2:]: v for k, v in locked.items() if k.startswith("p_")}
+                if locked["p_id"] is not None else None)
     if existing is not None:
         return await _answer(tx, idempotency, _replay(existing, oid, paid, status)), []
     if status == SUCCEEDED and paid != order.total_amount:

@@ -49,6 +49,7 @@ __all__ = [
     "forget_cached",
     "give_back",
     "lock_order",
+    "locked_order",
     "on_delivery_changed_order",
     "order_view",
     "owe_refund",
@@ -208,6 +209,11 @@ async def lock_order(tx: asyncpg.Connection, order_id: uuid.UUID, *, customer_id
     if (row is None or (customer_id is not None and str(row["customer_id"]) != customer_id)
             or (vendor_id is not None and str(row["vendor_id"]) != vendor_id)):
         raise OrderNotFound(order_id)
+    return locked_order(row)
+
+
+def locked_order(row: asyncpg.Record) -> LockedOrder:
+    """A ``LockedOrder`` from a row with ``LOCK_ORDER_SQL``'s columns."""
     meta = row["metadata"]
     return LockedOrder(
         id=row["id"], number=row["order_number"], status=OrderStatus(row["status"]),

@@ -356,6 +356,22 @@ async def test_the_locked_stock_check_alone_holds_with_lines_in_any_order(shop, 
         assert await tx.fetchval("SELECT sum(quantity) FROM inventory_reservations") == 80
 
 
+async def test_a_line_short_at_the_lock_holds_none_of_the_order(shop, monkeypatch):
+    # the pre-check blinded again: the locked statement holds the lines that fit and refuses the
+    # order, and the refusal must take those held lines back with it
+    monkeypatch.setattr(placing, "LINES_SQL", placing.LINES_SQL.replace(
+        "i.quantity - i.reserved_quantity AS available", "1000000 AS available"))
+    async with shop.db.tenant_transaction(shop.tenant_id) as tx:
+        await tx.execute("UPDATE inventory SET quantity = 40 WHERE id = $1::uuid", uuid.UUID(shop.inventory["maize"]))
+        await tx.execute("UPDATE inventory SET quantity = 5 WHERE id = $1::uuid", uuid.UUID(shop.inventory["bread"]))
+    results = await asyncio.gather(*(place(shop, ("maize", 2), ("bread", 1), customer=n % 3) for n in range(30)),
+                                   return_exceptions=True)
+    assert [r for r in results if isinstance(r, Exception) and not isinstance(r, Refusal)] == []
+    refused = [r for r in results if isinstance(r, Refusal)]
+    assert len(refused) == 25 and {(r.reason, r.field) for r in refused} == {("out_of_stock", "lines[1].quantity")}
+    assert await stock(shop, "bread") == (5, 5) and await stock(shop, "maize") == (40, 10)
+
+
 # -- payments ------------------------------------------------------------------------------------
 
 
