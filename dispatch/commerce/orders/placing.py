@@ -79,33 +79,6 @@ __all__ = ["COLD_CHAIN_TAG", "place_order"]
 # holding one gets ``metadata.needs_cold_storage``, which the matcher filters on.
 COLD_CHAIN_TAG = "cold_chain"
 
-# The vendor, the distance to the delivery point and the customer, in one round trip.
-VENDOR_SQL = """
-SELECT v.status, v.minimum_order_value, coalesce(v.delivery_radius, 5000) AS radius_m,
-       coalesce(v.payment_methods, '["cash"]'::jsonb) AS payment_methods,
-       ST_Distance(v.location, ST_SetSRID(ST_MakePoint($3, $2), 4326)::geography) AS distance_m,
-       (SELECT coalesce(c.status, 'active') FROM customers c WHERE c.id = $4) AS customer_status
-FROM vendors v WHERE v.id = $1
-"""
-# Each line's product, variant and stock row (unlocked: a pre-check; the authority is the
-# locked check in reservations.reserve). Orders draw on the product's (variant's) stock row
-# without a location first, else the oldest.
-LINES_SQL = """
-SELECT l.idx, p.id AS product_id, p.vendor_id, p.status, p.name, p.price, p.category_id, p.tags,
-       l.variant_id AS wanted_variant, v.id AS variant_id, v.status AS variant_status,
-       v.name AS variant_name, v.price AS variant_price, s.id AS inventory_id, s.available
-FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS l(product_id, variant_id, idx)
-LEFT JOIN products p ON p.id = l.product_id
-LEFT JOIN product_variants v ON v.id = l.variant_id AND v.product_id = l.product_id
-LEFT JOIN LATERAL (
-    SELECT i.id, i.quantity - i.reserved_quantity AS available
-    FROM inventory i
-    WHERE i.product_id = l.product_id AND i.variant_id IS NOT DISTINCT FROM l.variant_id
-    ORDER BY i.location_id IS NOT NULL, i.id
-    LIMIT 1
-) s ON true
-ORDER BY l.idx
-"""
 # The order number comes from the tenant's sequence: never handed out twice, even when this
 # transaction rolls back. Six digits at least (WK-000123), more when it grows.
 INSERT_ORDER_SQL = """
@@ -129,8 +102,44 @@ FROM unnest($2::uuid[], $3::uuid[], $4::int[], $5::numeric[], $6::numeric[], $7:
                           tax, name, line)
 """
 
-# The pending cap: one customer's posts at one vendor queue on this lock, then count.
-PENDING_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended($1, 11))"
+# The vendor and its distance to the delivery point, the customer, every line and (with a key,
+# $7; NULL takes no lock) the pending cap's lock, in one round trip: each row is one line with
+# the vendor's columns beside it (vendor_found is NULL when there is no such vendor). Each
+# line's product, variant and stock row are read unlocked: a pre-check, whose refusal costs no
+# lock; the authority is the locked check in reservations.reserve. Orders draw on the
+# product's (variant's) stock row without a location first, else the oldest. The cap's lock
+# is taken by this statement and the count it guards is a later one, which sees every order
+# committed by whoever held the lock before.
+CHECK_SQL = """
+WITH vendor AS (
+    SELECT true AS vendor_found, v.status AS vendor_status, v.minimum_order_value,
+           coalesce(v.delivery_radius, 5000) AS radius_m,
+           coalesce(v.payment_methods, '["cash"]'::jsonb) AS payment_methods,
+           ST_Distance(v.location, ST_SetSRID(ST_MakePoint($3, $2), 4326)::geography) AS distance_m,
+           (SELECT coalesce(c.status, 'active') FROM customers c WHERE c.id = $4) AS customer_status
+    FROM vendors v WHERE v.id = $1
+), cap AS (
+    SELECT pg_advisory_xact_lock(hashtextextended($7, 11))
+)
+SELECT l.idx, p.id AS product_id, p.vendor_id, p.status, p.name, p.price, p.category_id, p.tags,
+       l.variant_id AS wanted_variant, v.id AS variant_id, v.status AS variant_status,
+       v.name AS variant_name, v.price AS variant_price, s.id AS inventory_id, s.available,
+       vendor.*
+FROM unnest($5::uuid[], $6::uuid[]) WITH ORDINALITY AS l(product_id, variant_id, idx)
+LEFT JOIN products p ON p.id = l.product_id
+LEFT JOIN product_variants v ON v.id = l.variant_id AND v.product_id = l.product_id
+LEFT JOIN LATERAL (
+    SELECT i.id, i.quantity - i.reserved_quantity AS available
+    FROM inventory i
+    WHERE i.product_id = l.product_id AND i.variant_id IS NOT DISTINCT FROM l.variant_id
+    ORDER BY i.location_id IS NOT NULL, i.id
+    LIMIT 1
+) s ON true
+LEFT JOIN vendor ON true
+CROSS JOIN cap
+ORDER BY l.idx
+"""
+# The pending cap: one customer's posts at one vendor queue on the lock above, then count.
 PENDING_SQL = """
 SELECT count(*) FROM orders o
 WHERE o.customer_id = $1 AND o.vendor_id = $2 AND o.status = 'pending'
@@ -149,10 +158,10 @@ def _default_pricing() -> PricingSettings:
     return _pricing
 
 
-def _check_vendor(vendor: asyncpg.Record | None, order: NewOrder) -> None:
-    if vendor is None:
+def _check_vendor(vendor: asyncpg.Record, order: NewOrder) -> None:
+    if vendor["vendor_found"] is None:
         raise Refusal(422, UNKNOWN_VENDOR, f"no vendor {order.vendor_id}", "vendor_id")
-    if vendor["status"] not in (None, "active"):
+    if vendor["vendor_status"] not in (None, "active"):
         raise Refusal(422, VENDOR_UNAVAILABLE, "this vendor is not taking orders", "vendor_id")
     if vendor["distance_m"] is None:
         raise Refusal(422, VENDOR_UNAVAILABLE, "this vendor has no location set", "vendor_id")
@@ -202,10 +211,10 @@ def _check_lines(rows: Sequence[asyncpg.Record], order: NewOrder) -> list[reserv
     return needs
 
 
-async def _check_pending(tx: asyncpg.Connection, tenant: str, customer: uuid.UUID, vendor: uuid.UUID,
+async def _check_pending(tx: asyncpg.Connection, customer: uuid.UUID, vendor: uuid.UUID,
                          cap: int, when: datetime) -> None:
-    """409 ``too_many_pending`` if the customer already holds ``cap`` unpaid orders' stock here."""
-    await tx.execute(PENDING_LOCK_SQL, f"{tenant}:{customer}:{vendor}")
+    """409 ``too_many_pending`` if the customer already holds ``cap`` unpaid orders' stock here
+    (under the lock ``CHECK_SQL`` took)."""
     if await tx.fetchval(PENDING_SQL, customer, vendor, when) >= cap:
         raise Refusal(409, TOO_MANY_PENDING,
                       f"you have {cap} unpaid orders holding this vendor's stock; pay or cancel one "
@@ -255,14 +264,15 @@ async def place_order(
     async with db.tenant_transaction(tenant) as tx:
         if idempotency is not None and (first := await idem.begin(tx, tenant, idempotency)) is not None:
             return idem.ReplayedBody(first)
-        vendor = await tx.fetchrow(VENDOR_SQL, vendor_uuid, order.delivery_lat,
-                                   order.delivery_lng, customer_uuid)
+        rows = await tx.fetch(CHECK_SQL, vendor_uuid, order.delivery_lat, order.delivery_lng, customer_uuid,
+                              [line.product_id for line in order.lines],
+                              [line.variant_id for line in order.lines],
+                              None if max_pending is None else f"{tenant}:{customer_uuid}:{vendor_uuid}")
+        vendor = rows[0]
         _check_vendor(vendor, order)
-        rows = await tx.fetch(LINES_SQL, [line.product_id for line in order.lines],
-                              [line.variant_id for line in order.lines])
         needs = _check_lines(rows, order)
         if max_pending is not None:
-            await _check_pending(tx, tenant, customer_uuid, vendor_uuid, max_pending, when)
+            await _check_pending(tx, customer_uuid, vendor_uuid, max_pending, when)
         prices = [_unit_price(r) for r in rows]
         totals_before = [money(p * line.quantity) for p, line in zip(prices, order.lines, strict=True)]
         subtotal = sum(totals_before, ZERO)

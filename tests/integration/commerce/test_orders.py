@@ -335,7 +335,7 @@ async def test_1000_concurrent_orders_for_10_units_sell_exactly_10(shop):
 
 async def test_the_locked_stock_check_alone_holds_with_lines_in_any_order(shop, monkeypatch):
     # blind the unlocked pre-check: every order reaches the row locks and the conditional UPDATE
-    monkeypatch.setattr(placing, "LINES_SQL", placing.LINES_SQL.replace(
+    monkeypatch.setattr(placing, "CHECK_SQL", placing.CHECK_SQL.replace(
         "i.quantity - i.reserved_quantity AS available", "1000000 AS available"))
     async with shop.db.tenant_transaction(shop.tenant_id) as tx:
         await tx.execute("UPDATE inventory SET quantity = 40 WHERE id = ANY($1::uuid[])",
@@ -359,7 +359,7 @@ async def test_the_locked_stock_check_alone_holds_with_lines_in_any_order(shop, 
 async def test_a_line_short_at_the_lock_holds_none_of_the_order(shop, monkeypatch):
     # the pre-check blinded again: the locked statement holds the lines that fit and refuses the
     # order, and the refusal must take those held lines back with it
-    monkeypatch.setattr(placing, "LINES_SQL", placing.LINES_SQL.replace(
+    monkeypatch.setattr(placing, "CHECK_SQL", placing.CHECK_SQL.replace(
         "i.quantity - i.reserved_quantity AS available", "1000000 AS available"))
     async with shop.db.tenant_transaction(shop.tenant_id) as tx:
         await tx.execute("UPDATE inventory SET quantity = 40 WHERE id = $1::uuid", uuid.UUID(shop.inventory["maize"]))
