@@ -37,7 +37,7 @@ import asyncpg
 
 from dispatch.core.errors import OUT_OF_STOCK, Refusal
 
-__all__ = ["StockNeed", "hold", "out_of_stock", "release", "reserve", "restock", "sell",
+__all__ = ["HOLD_UPDATE", "StockNeed", "out_of_stock", "release", "reserve", "restock", "sell",
            "write_off"]
 
 LOCK_SQL = """
@@ -94,9 +94,10 @@ WITH settled AS (
 SELECT DISTINCT product_id FROM stock
 """
 # A paid or accepted order keeps its stock: the sweeper never sees its reservations expire.
-HOLD_SQL = """
-UPDATE inventory_reservations SET expires_at = 'infinity' WHERE order_id = $1 AND status = 'active'
-"""
+# Paid or accepted: the order's stock is kept until it is fulfilled or cancelled (the sweeper
+# skips it). A CTE beside the status change that decides it (``orders.records.change_status``
+# with ``hold_stock``; ``$1`` the order), so it costs no round trip of its own.
+HOLD_UPDATE = "UPDATE inventory_reservations SET expires_at = 'infinity' WHERE order_id = $1 AND status = 'active'"
 RESTOCK_SQL = """
 WITH back AS (
     SELECT * FROM unnest($2::uuid[], $3::int[]) AS b(inventory_id, q)
@@ -172,11 +173,6 @@ async def write_off(tx: asyncpg.Connection, order_id: uuid.UUID, at: datetime,
                     actor_user: uuid.UUID | None = None) -> list[str]:
     """The goods left with a driver and the delivery did not complete: out of the stock."""
     return await _settle(tx, order_id, "written_off", at, True, "delivery_failed", actor_user)
-
-
-async def hold(tx: asyncpg.Connection, order_id: uuid.UUID) -> None:
-    """Keep the order's stock until it is fulfilled or cancelled (the sweeper skips it)."""
-    await tx.execute(HOLD_SQL, order_id)
 
 
 async def restock(tx: asyncpg.Connection, return_id: uuid.UUID,

@@ -1,7 +1,7 @@
 """The reservation sweeper: pending orders whose stock reservation ran out are cancelled.
 
 Placing an order reserves its stock until an expiry (15 minutes by default); paying or
-accepting it holds the stock until fulfilment (``reservations.hold`` moves the expiry to
+accepting it holds the stock until fulfilment (``reservations.HOLD_UPDATE`` moves the expiry to
 infinity). An order still ``pending`` when its reservation runs out is cancelled (the
 ``expire`` action) and its stock and promotion uses are given back, so an abandoned checkout
 never keeps goods off the shelf.

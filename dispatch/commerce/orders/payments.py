@@ -36,7 +36,6 @@ from typing import Any
 import asyncpg
 
 from dispatch.commerce import idempotency as idem
-from dispatch.commerce import reservations
 from dispatch.commerce.orders.input import parse_order_id
 from dispatch.commerce.orders.lifecycle import OrderAction, OrderNotFound, OrderStatus, next_status
 from dispatch.commerce.orders.records import (
@@ -221,8 +220,7 @@ async def record_payment_in(
     if outcome.action is OrderAction.PAY:
         await change_status(tx, tenant, order, outcome.action, actor=f"gateway:{gateway}",
                             reason=None, at=at, payment_status=outcome.payment_status,
-                            extra=details)
-        await reservations.hold(tx, oid)
+                            extra=details, hold_stock=True)
     elif outcome.action is OrderAction.FAIL_PAYMENT:
         await change_status(tx, tenant, order, outcome.action, actor=f"gateway:{gateway}",
                             reason="payment failed", at=at,

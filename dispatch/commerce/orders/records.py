@@ -106,6 +106,13 @@ event AS (
 SELECT pg_notify('wakala_order_outbox', $10::text) FROM event
 """
 PLACED_SQL = "WITH" + _HISTORY_AND_EVENT
+# Paid: the status change and its stock kept (``reservations.HOLD_UPDATE``) in the same round trip.
+CHANGE_STATUS_AND_HOLD_SQL = f"""
+WITH held AS ({reservations.HOLD_UPDATE}),
+moved AS (
+    UPDATE orders SET status = $3, payment_status = coalesce($11, payment_status), updated_at = now()
+    WHERE id = $1
+),""" + _HISTORY_AND_EVENT  # noqa: S608 - constant text, no input
 CHANGE_STATUS_SQL = """
 WITH moved AS (
     UPDATE orders SET status = $3, payment_status = coalesce($11, payment_status), updated_at = now()
@@ -256,11 +263,13 @@ async def record_placed(tx: asyncpg.Connection, tenant_id: object, order: Locked
 async def change_status(tx: asyncpg.Connection, tenant_id: object, order: LockedOrder,
                         action: OrderAction, *, actor: str | None, reason: str | None, at: datetime,
                         payment_status: str | None = None,
-                        extra: dict[str, Any] | None = None) -> OrderStatus:
-    """Move a locked order by ``action``: status, history, event. IllegalOrderTransition (with
-    nothing written) when the table does not allow it."""
+                        extra: dict[str, Any] | None = None, hold_stock: bool = False) -> OrderStatus:
+    """Move a locked order by ``action``: status, history, event (and, with ``hold_stock``,
+    ``reservations.HOLD_UPDATE``), in one round trip. IllegalOrderTransition (with nothing written)
+    when the table does not allow it."""
     target = next_status(order.status, action, payment_method=order.payment_method)
-    await tx.execute(CHANGE_STATUS_SQL, order.id, order.status.value, target.value, reason,
+    await tx.execute(CHANGE_STATUS_AND_HOLD_SQL if hold_stock else CHANGE_STATUS_SQL,
+                     order.id, order.status.value, target.value, reason,
                      as_user_id(actor), actor, json.dumps({"event": action.value, **(extra or {})}),
                      action.value,
                      _event_payload(order, action.value, order.status.value, target.value, at, actor,

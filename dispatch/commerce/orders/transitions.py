@@ -16,7 +16,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from dispatch.commerce import reservations
 from dispatch.commerce.orders.input import canonical_id, optional_id, parse_order_id, parse_reason
 from dispatch.commerce.orders.lifecycle import OrderAction
 from dispatch.commerce.orders.records import (
@@ -50,8 +49,8 @@ async def vendor_decision(db: TenantDatabase, tenant_id: object, vendor_id: obje
     async with db.tenant_transaction(tenant) as tx:
         order = await lock_order(tx, oid, vendor_id=vendor)
         if accept:
-            await change_status(tx, tenant, order, OrderAction.ACCEPT, actor=actor, reason=why, at=at)
-            await reservations.hold(tx, oid)
+            await change_status(tx, tenant, order, OrderAction.ACCEPT, actor=actor, reason=why, at=at,
+                                hold_stock=True)
         else:
             await change_status(tx, tenant, order, OrderAction.REJECT, actor=actor, reason=why, at=at)
             products = await give_back(tx, order, at)
