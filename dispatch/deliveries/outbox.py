@@ -19,9 +19,29 @@ A broker failure in 2 rolls back and leaves the rows for the next pass; nothing 
 
 ``run`` is the relay of a running engine: it LISTENs on every shard for the notification
 that a committing transaction sends (channel ``wakala_outbox`` for deliveries,
-``wakala_order_outbox`` for orders; payload: the tenant), and publishes that tenant at once;
-every ``sweep_s`` it also drains every active tenant, which covers notifications lost while
-a connection was down. The seed has no outbox: see docs/schema.md.
+``wakala_order_outbox`` for orders; payload: the tenant), and publishes that tenant
+``linger_s`` later (``LINGER_S``, 10 ms: the latency it adds to every event); every
+``sweep_s`` it also drains every active tenant, which covers notifications lost while a
+connection was down. The seed has no outbox: see docs/schema.md.
+
+What a pass costs is paid per pass, not per event: a pass of one tenant is four statements
+(begin, select, mark, commit), one produce request and one metadata request, whether it
+carries one event or a hundred. So a relay makes few passes:
+
+* The linger gathers the transactions that commit within it (and during the pass before)
+  into one pass; a tenant notified many times meanwhile is published once. At 500 events/s
+  a pass carries about ten events instead of one or two.
+* Every engine process runs a relay of each outbox, and every notification reaches them all;
+  if each ran a pass, all but one would find the rows locked or gone and run an empty
+  transaction per event. So one relay per outbox and shard leads: it holds a session
+  advisory lock (``LEADER_LOCK_SQL``) on its LISTEN connection, and only notifications that
+  reach a leading connection start a pass. The others pass them over, costing nothing per
+  event. The lock lives exactly as long as the connection that hears the notifications: a
+  leader whose session ends (process gone, connection terminated) loses the lead with it,
+  and another relay that passed notifications over tries for the lead at most every
+  ``TAKEOVER_S`` (one round trip) and publishes those tenants when it wins. Every relay
+  still sweeps, so a leader that is alive but stuck delays events by ``sweep_s`` at most,
+  never loses them; the price of one leader is that one process does the relaying.
 
 Faults, and why they are handled where they are:
 
@@ -29,7 +49,8 @@ Faults, and why they are handled where they are:
   starve the tenants after it: ``publish_all`` logs and counts the failure per tenant
   (``failures``) and goes on; the next pass tries that tenant again.
 * A LISTEN connection that dies (its session terminated, the shard restarted) is
-  reconnected at the next sweep; until then the sweep alone relays that shard.
+  reconnected at the next sweep; until then the sweep alone relays that shard, unless
+  another relay takes its lead (above).
 * The LISTEN connections log in as the application role, not the owner: listening needs no
   privilege, and the engine's processes run as the role that RLS applies to.
 * A broker restarted empty has lost the topic. The bundled broker (tansu, memory storage)
@@ -37,13 +58,14 @@ Faults, and why they are handled where they are:
   again, but lists no such topic, so consumers cannot read it until someone creates it, and
   such records were seen lost (those of one partition in three). So, with ``bootstrap``
   given, a batch is marked published only if the broker lists the topic after acknowledging
-  it (one metadata request per batch); otherwise it rolls back, the topic is recreated
-  (``ensure_topic``, with the partition count it was given) and the batch is sent again
-  (consumers deduplicate on the event id). ``run`` also checks the topic at every sweep. The
-  first sends after a recreation may fail once (the producer's metadata is stale), which rolls
-  back and is retried too. While the broker keeps failing, the
-  passes back off exponentially (``BACKOFF_MIN_S`` to ``BACKOFF_MAX_S``), so a broker that
-  stays down costs a few calls a minute, never a tight loop.
+  it (one metadata request per batch, so per tenant and pass: one check for several tenants
+  would have to follow the last of their acknowledgements); otherwise it rolls back, the
+  topic is recreated (``ensure_topic``, with the partition count it was given) and the batch
+  is sent again (consumers deduplicate on the event id). ``run`` also checks the topic at
+  every sweep. The first sends after a recreation may fail once (the producer's metadata is
+  stale), which rolls back and is retried too. While the broker keeps failing, the passes
+  back off exponentially (``BACKOFF_MIN_S`` to ``BACKOFF_MAX_S``), so a broker that stays
+  down costs a few calls a minute, never a tight loop.
 """
 
 from __future__ import annotations
@@ -70,6 +92,12 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
+LINGER_S = 0.01     # a notified pass waits this long first: the latency it adds to every event
+TAKEOVER_S = 1.0    # a relay that does not lead a shard tries for its lead at most this often
+# The lead of one outbox on one shard database: a session lock of the LISTEN connection, so a
+# relay leads exactly while its connection can hear that shard's notifications. The two-key
+# form keeps it apart from the engine's one-key transaction locks.
+LEADER_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtext('wakala.outbox_relay'), hashtext($1))"
 
 
 def app_listen_dsn(settings: PostgresSettings, host: str, port: int, database: str) -> DSN:
@@ -229,51 +257,95 @@ class OutboxRelay:
         log.warning("%s: broker errors; next pass in %.1f s", self.outbox.table, self._backoff_s)
         await asyncio.sleep(self._backoff_s)
 
-    async def _listen(self, settings: PostgresSettings, listeners: dict, notified) -> None:
-        """(Re)open a LISTEN connection, as the application role, on every shard without one."""
+    async def _listen(self, settings: PostgresSettings, listeners: dict, leading: set, notified) -> None:
+        """(Re)open a LISTEN connection, as the application role, on every shard without one, and
+        try for the lead of every shard this relay does not lead yet."""
         for key in await self.db.shard_addresses():   # listed as the app role too
             host, port, database = key
             conn = listeners.get(key)
             if conn is not None and not conn.is_closed():
                 continue
+            leading.discard(conn)
             try:
                 conn = await connect(app_listen_dsn(settings, host, port, database))
+                # the lead first, LISTEN last: the sweep that follows covers the moment between
+                await self._take_lead([conn], leading)
                 await conn.add_listener(self.outbox.channel, notified)
             except Exception as exc:   # noqa: BLE001 - that shard is relayed by the sweep meanwhile
+                leading.discard(conn)
                 log.warning("cannot LISTEN on shard %s (%s: %s); the sweep covers it",
                             database, exc.__class__.__name__, exc)
                 continue
             listeners[key] = conn
+        await self._take_lead(listeners.values(), leading)
 
-    async def run(self, settings: PostgresSettings, *, sweep_s: float = 5.0) -> None:
-        """Publish until cancelled: at each notification, and every ``sweep_s`` for all tenants."""
-        woken: set[str] = set()
+    async def _take_lead(self, conns: Iterable, leading: set) -> bool:
+        """Try the leader lock on each live connection of ``conns`` that does not hold it; True
+        if this relay now leads a shard it did not lead before."""
+        gained = False
+        for conn in conns:
+            if conn in leading or conn.is_closed():
+                continue
+            try:
+                if await conn.fetchval(LEADER_LOCK_SQL, self.outbox.table):
+                    leading.add(conn)
+                    gained = True
+            except Exception as exc:   # noqa: BLE001 - the connection is going: reopened at the sweep
+                log.warning("cannot take the %s relay lead (%s: %s)", self.outbox.table,
+                            exc.__class__.__name__, exc)
+        return gained
+
+    async def run(self, settings: PostgresSettings, *, sweep_s: float = 5.0, linger_s: float = LINGER_S) -> None:
+        """Publish until cancelled: ``linger_s`` after a notification on a shard this relay leads
+        (every tenant notified meanwhile in one pass), and every ``sweep_s`` for all tenants."""
+        woken: set[str] = set()     # tenants notified on shards this relay leads
+        passed: set[str] = set()    # tenants notified on shards another relay leads
         wake = asyncio.Event()
-
-        def notified(_conn, _pid, _channel, payload: str) -> None:
-            woken.add(payload)
-            wake.set()
-
         listeners: dict = {}
+        leading: set = set()        # the LISTEN connections that hold their shard's leader lock
+        loop = asyncio.get_running_loop()
+        next_take = 0.0
+
+        def notified(conn, _pid, _channel, payload: str) -> None:
+            if conn in leading:
+                woken.add(payload)
+                wake.set()
+            else:
+                if not passed:   # the loop now waits for its next try for the lead at most
+                    wake.set()
+                passed.add(payload)
+
         try:
             next_sweep = 0.0
-            loop = asyncio.get_running_loop()
             while True:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + sweep_s
                     try:
-                        await self._listen(settings, listeners, notified)
+                        passed.clear()   # the sweep publishes every tenant
+                        await self._listen(settings, listeners, leading, notified)
                         await self.check_topic()
                         tenants = await self.db.active_tenant_ids()   # as the app role
                         await self.publish_all(tenants)
                         await self._after_pass()
                     except Exception:   # Postgres briefly away: the next sweep tries again
                         log.exception("outbox sweep failed")
-                try:
-                    await asyncio.wait_for(wake.wait(), max(0.0, next_sweep - loop.time()))
-                except TimeoutError:
-                    continue
+                # Notifications passed over are a reason to try for the lead once TAKEOVER_S is up.
+                until = min(next_sweep, next_take) if passed else next_sweep
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), max(0.0, until - loop.time()))
                 wake.clear()
+                if passed and loop.time() >= next_take:
+                    # Another relay leads where these were notified; if it is gone (its session
+                    # ended, and its lock with it), take over and publish what it may have missed.
+                    next_take = loop.time() + TAKEOVER_S
+                    with contextlib.suppress(Exception):
+                        if await self._take_lead(listeners.values(), leading):
+                            woken |= passed
+                    passed.clear()
+                if not woken:
+                    continue
+                if linger_s > 0:
+                    await asyncio.sleep(linger_s)   # the transactions committing meanwhile join this pass
                 batch = list(woken)
                 woken.clear()
                 try:
@@ -284,4 +356,4 @@ class OutboxRelay:
         finally:
             for conn in listeners.values():
                 with contextlib.suppress(Exception):
-                    await conn.close()
+                    await conn.close()   # the leader lock goes with the session
