@@ -211,7 +211,7 @@ async def _bench(args: argparse.Namespace) -> int:
         figures = await run_orders_bench(OrdersBench(
             clients=args.clients, seconds=args.seconds, customers=args.customers, products=args.products,
             workers=args.workers, race_clients=args.race_clients, race_stock=args.race_stock,
-            pgbench_seconds=args.pgbench_seconds))
+            pgbench_seconds=args.pgbench_seconds, warmup_seconds=args.warmup_seconds))
         return 0 if figures["race_succeeded"] == args.race_stock else 1
     elif args.bench == "tracking":
         from loadtest.tracking import TrackingBench, run_tracking_bench
@@ -424,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     orders.add_argument("--workers", type=int, default=2, help="engine api processes")
     orders.add_argument("--race-clients", type=int, default=500)
     orders.add_argument("--race-stock", type=int, default=20)
+    orders.add_argument("--warmup-seconds", type=float, default=5.0, help="the same load, unmeasured, first")
     orders.add_argument("--pgbench-seconds", type=float, default=None,
                         help="pgbench yardstick run after the bench (default min(15, --seconds); 0 = none)")
 
