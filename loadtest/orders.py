@@ -43,20 +43,30 @@ import secrets
 import shutil
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
+from redis.asyncio import Redis
 
 from dispatch.identity.users import create_user, create_vendor, issue_user_token
-from loadtest.ingest import _children, _cpu_by_pid, _machine_cpu_seconds, _pids_of
+from dispatch.matching.keys import dispatcher_offsets_key
+from loadtest.ingest import (
+    _children,
+    _cpu_by_pid,
+    _delete_topics,
+    _machine_cpu_seconds,
+    _pids_of,
+    fresh_streams,
+)
 from loadtest.ingest_load import _cpu_delta
 from loadtest.orders_load import VENDOR_AT, BenchTenant, race, throughput
-from loadtest.processes import free_port, spawn_wakala, stop, wait_healthy
+from loadtest.processes import free_port, spawn_wakala, stop, streams_env, wait_healthy
 from loadtest.report import emit, percentiles_ms
 from schema.connect import drop_database, ensure_database
 from schema.db import TenantDatabase
 from schema.settings import PostgresSettings
 from schema.tenants import Tenant, create_tenant
+from streams.settings import StreamSettings
 
 PRODUCTS_SQL = """
 WITH p AS (
@@ -212,14 +222,35 @@ async def run_pgbench(settings: PostgresSettings, clients: int, seconds: int) ->
     return tps, f"{tps:.1f}" if tps is not None else "failed: no tps line in pgbench's output"
 
 
+def _bench_streams() -> StreamSettings:
+    fresh = fresh_streams()   # its app id names the event topics too, so _delete_topics finds them
+    return replace(fresh, delivery_events_topic=f"{fresh.app_id}-delivery-events",
+                   order_events_topic=f"{fresh.app_id}-order-events")
+
+
+async def _forget_streams(streams: StreamSettings) -> None:
+    """Delete this run's topics (theirs carry its app id) and its dispatcher's stored positions."""
+    await _delete_topics(streams)
+    redis = Redis.from_url(streams.redis_url)
+    try:
+        await redis.delete(dispatcher_offsets_key(f"{streams.app_id}-dispatcher", streams.delivery_events_topic))
+    except Exception as exc:  # noqa: BLE001 - cleanup is best effort; say so
+        print(f"note: could not delete the bench's Redis keys ({exc})", flush=True)
+    finally:
+        await redis.aclose()
+
+
 async def run_orders_bench(bench: OrdersBench) -> dict:
     settings = PostgresSettings.from_env()
     tenants = await _tenants_on_two_shards(settings)
     async with TenantDatabase(settings) as db:
         populated = [await _populate(db, t, bench) for t in tenants]
         port, secret = free_port(), secrets.token_hex(16)
+        # Topics and a consumer group of this run only, deleted after it: the bundled broker
+        # keeps every topic in memory and slows down as they grow.
+        streams = _bench_streams()
         env = dict(os.environ, WAKALA_HTTP_PORT=str(port), WAKALA_PAYMENT_WEBHOOK_SECRET=secret,
-                   WAKALA_API_RATE_LIMIT="1000000")
+                   WAKALA_API_RATE_LIMIT="1000000", **streams_env(streams))
         engine = spawn_wakala(["engine", "api", "--workers", str(bench.workers)], env, ".wakala/bench-orders.log")
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
@@ -233,6 +264,7 @@ async def run_orders_bench(bench: OrdersBench) -> dict:
             race_ = await _race(port, db, populated[0], bench)
         finally:
             stop(engine)
+            await _forget_streams(streams)
     pgbench_s = bench.pgbench_run_s()
     pgbench_tps, pgbench_note = await run_pgbench(settings, bench.clients, pgbench_s)
     orders_per_s = round(run["paid"] / run["elapsed_s"], 1)
