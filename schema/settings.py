@@ -91,6 +91,14 @@ class PostgresSettings:
 
     ``control`` is used with owner rights (migrations, provisioning). The engine's tenant
     traffic connects as ``app_role``, which owns nothing and cannot bypass row-level security.
+
+    Pool sizes are per shard and per engine process, so a server sees processes x shards x
+    (write + read) connections from the engine alone. The defaults (6 and 4) keep two
+    processes on two shards at 40, which a stock ``max_connections = 100`` holds with the
+    relays' LISTEN connections, the CLI and the tests beside them: at 10 and 10 the orders
+    bench's engine reached 84 and was refused connections. More would not be faster on a
+    small server either: the orders bench measured no gain from 6 to 10 write connections
+    on two cores (docs/benchmarks.md).
     """
 
     control: DSN
@@ -126,7 +134,7 @@ class PostgresSettings:
             shard_databases=shards,
             app_role=_identifier("WAKALA_APP_ROLE", env.get("WAKALA_APP_ROLE") or "wakala_app"),
             app_password=env.get("WAKALA_APP_PASSWORD") or None,
-            write_pool_size=env_int(env, "WAKALA_PG_WRITE_POOL_SIZE", 10, 1, 1000),
-            read_pool_size=env_int(env, "WAKALA_PG_READ_POOL_SIZE", 10, 1, 1000),
+            write_pool_size=env_int(env, "WAKALA_PG_WRITE_POOL_SIZE", 6, 1, 1000),
+            read_pool_size=env_int(env, "WAKALA_PG_READ_POOL_SIZE", 4, 1, 1000),
             pgbouncer=(env.get("WAKALA_PGBOUNCER", "").lower() in ("1", "true", "yes")),
         )
