@@ -83,9 +83,31 @@ def begin_tenant_sql(schema_name: str, tenant_id: uuid.UUID, *, readonly: bool =
 
 async def _release(conn: asyncpg.Connection) -> None:
     """The pools' reset: only a connection left inside a transaction needs anything (a
-    ROLLBACK); there is no session state to clear (see the module docstring)."""
-    if conn.is_in_transaction():
+    ROLLBACK); there is no session state to clear (see the module docstring). A connection
+    that cannot roll back is terminated here, quietly: the pool replaces it, and an error
+    raised from a release would hide the caller's own."""
+    if conn.is_closed() or not conn.is_in_transaction():
+        return
+    try:
         await conn.execute("ROLLBACK")
+    except Exception:   # noqa: BLE001 - see the docstring
+        conn.terminate()
+
+
+async def _roll_back(conn: asyncpg.Connection) -> None:
+    """Roll back after the caller's exception, which stays the one raised: a rollback that
+    fails (the server ended the session, so the pool has already taken the connection back)
+    terminates the connection instead of replacing what the caller sees with its own error.
+    Only a cancellation arriving during the rollback is raised in its place."""
+    try:
+        await conn.execute("ROLLBACK")
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            conn.terminate()
+        raise
+    except Exception:   # noqa: BLE001 - the caller's exception is the one that matters
+        with contextlib.suppress(Exception):
+            conn.terminate()   # a connection in an unknown state never goes back to the pool
 
 
 @dataclass(frozen=True)
@@ -305,9 +327,6 @@ class TenantDatabase:
             try:
                 yield conn
             except BaseException:
-                try:
-                    await conn.execute("ROLLBACK")
-                except BaseException:
-                    conn.terminate()   # a connection in an unknown state never goes back to the pool
+                await _roll_back(conn)
                 raise
             await conn.execute("COMMIT")

@@ -6,6 +6,7 @@ from dataclasses import replace
 import asyncpg
 import pytest
 
+from schema.connect import connection
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 
@@ -72,3 +73,20 @@ async def test_a_caller_cancelled_mid_statement_leaves_no_open_transaction(one_c
         assert await tx.fetchval("SELECT count(*) FROM users") == 0
         _, _, wrote_before = await tx.fetchrow(SETTINGS_SQL)
         assert not wrote_before   # a new transaction, not the cancelled one (which had written)
+
+
+async def test_a_session_the_server_ends_leaves_the_callers_error_and_the_pool_recovers(one_connection, platform):
+    db, tenant = one_connection
+
+    class CallerError(Exception):
+        pass
+
+    with pytest.raises(CallerError):   # not the failed rollback's "released back to the pool"
+        async with db.tenant_transaction(tenant.id) as tx:
+            await tx.fetchval(INSERT_USER, "+27710000006", "Naledi")
+            async with connection(platform.control) as admin:   # the owner may end the app's sessions
+                await admin.execute("SELECT pg_terminate_backend($1)", tx.get_server_pid())
+            await asyncio.sleep(0.5)   # the client has seen the session end
+            raise CallerError("the caller's own failure")
+    async with db.tenant_transaction(tenant.id) as tx:   # a fresh connection; nothing was written
+        assert await tx.fetchval("SELECT count(*) FROM users") == 0
