@@ -94,6 +94,19 @@ async def _release(conn: asyncpg.Connection) -> None:
         conn.terminate()
 
 
+async def _ended_or_dropped(conn: asyncpg.Connection, sql: str) -> None:
+    """Run ``BEGIN ...`` or ``COMMIT``; if that fails or is cancelled the connection's state is
+    unknown (a statement may still be in flight), so it is terminated before the error goes
+    on, and the pool opens a fresh one. The pools' release runs no query that would notice
+    (``_release``), so this is where a half-used connection is kept out of the pool."""
+    try:
+        await conn.execute(sql)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.terminate()
+        raise
+
+
 async def _roll_back(conn: asyncpg.Connection) -> None:
     """Roll back after the caller's exception, which stays the one raised: a rollback that
     fails (the server ended the session, so the pool has already taken the connection back)
@@ -323,10 +336,10 @@ class TenantDatabase:
             raise ShardError(f"shard {placement.shard_id} has no pool")
         begin = placement.begin_read if readonly else placement.begin_write
         async with pool.acquire() as conn:
-            await conn.execute(begin)
+            await _ended_or_dropped(conn, begin)
             try:
                 yield conn
             except BaseException:
                 await _roll_back(conn)
                 raise
-            await conn.execute("COMMIT")
+            await _ended_or_dropped(conn, "COMMIT")
