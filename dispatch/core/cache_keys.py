@@ -11,7 +11,7 @@ import hashlib
 import json
 
 __all__ = ["gen_key", "inventory_key", "inventory_tag", "order_key", "product_key",
-           "product_list_key", "product_tag", "search_key", "tag_key", "views_round_key"]
+           "product_list_key", "product_tag", "search_key", "tag_key"]
 
 
 def product_key(tenant: str, product_id: str) -> str:
@@ -34,12 +34,6 @@ def search_key(tenant: str, query: str, *extra: object) -> str:
     normalised = " ".join(query.lower().split())
     digest = hashlib.sha256(json.dumps([normalised, *map(str, extra)]).encode()).hexdigest()[:32]
     return f"search:{tenant}:{digest}"
-
-
-def views_round_key(tenant: str) -> str:
-    """Set (NX, expiring after one refresh interval) by the engine process that refreshes the
-    tenant's sales views this round: the others, and a restarted engine, skip the tenant."""
-    return f"views:refreshed:{tenant}"
 
 
 def product_tag(product_id: object) -> str:

@@ -4,13 +4,8 @@ The materialized views of migration 0012 (``mv_popular_products``,
 ``mv_daily_sales_summary``) are refreshed CONCURRENTLY by ``refresh_sales_views()``, which
 runs as the schema's owner: the application role may neither read the views directly nor
 refresh them (it reads them through ``v_popular_products`` and ``v_daily_sales_summary``).
-One process refreshes a tenant per round, across engine processes and restarts: the first to
-come to a tenant claims its round in Redis (``SET NX`` of ``views_round_key``, expiring after
-``interval_s``) and the others skip it; without that every process refreshed every tenant,
-and an engine's start refreshed them all at once, a burst of aggregation over every tenant's
-orders competing with the traffic. Redis away, the round is not claimed and the refresh runs
-anyway; a transaction-scoped advisory lock per tenant still keeps two refreshes of one tenant
-from running at once.
+One process refreshes a tenant at a time, across engine processes (a transaction-scoped
+advisory lock per tenant); the others skip that tenant for the round.
 
 After a refresh, the most ordered products are put in the cache as the very entries
 ``get_product`` reads, so the busiest product pages are answered from the cache.
@@ -27,7 +22,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dispatch.commerce.catalogue.parse import bounded_int
 from dispatch.commerce.catalogue.reads import cache_tenant, cached_inventory, cached_product
 from dispatch.core.cache import Cache
-from dispatch.core.cache_keys import views_round_key
 from schema.db import TenantDatabase
 from schema.tenants import parse_tenant_id
 
@@ -88,8 +82,6 @@ async def run_view_refresher(db: TenantDatabase, cache: Cache,
             tenants = []
         for tenant_id in tenants:
             try:
-                if not await _claim_round(cache, tenant_id, interval_s):
-                    continue
                 if await refresh_views(db, tenant_id):
                     await warm_popular(db, cache, tenant_id)
             except asyncio.CancelledError:
@@ -97,20 +89,6 @@ async def run_view_refresher(db: TenantDatabase, cache: Cache,
             except Exception:
                 log.exception("view refresher: tenant %s failed; next round in %.0f s", tenant_id, interval_s)
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
-
-
-async def _claim_round(cache: Cache, tenant_id: object, interval_s: float) -> bool:
-    """True if this process refreshes the tenant this round (see the module docstring)."""
-    key = views_round_key(str(parse_tenant_id(tenant_id)))
-    try:
-        # a little under the interval, so the claim has gone when this process's next round comes
-        return bool(await cache.redis.set(key, "1", nx=True, px=max(1, int(interval_s * 1000 * 0.9))))
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:   # noqa: BLE001 - Redis away: refresh anyway (the lock still serialises)
-        log.warning("view refresher: cannot claim tenant %s in Redis (%s); refreshing anyway",
-                    tenant_id, exc.__class__.__name__)
-        return True
 
 
 def active_tenant_ids(db: TenantDatabase) -> Callable[[], Awaitable[list[uuid.UUID]]]:

@@ -16,7 +16,6 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from dispatch.commerce.catalogue import views as views_module
 from dispatch.commerce.catalogue.reads import (
     SEARCH_SQL,
     get_inventory,
@@ -38,7 +37,7 @@ from dispatch.commerce.catalogue.writes import (
     update_product,
 )
 from dispatch.core.cache import Cache
-from dispatch.core.cache_keys import inventory_key, product_key, views_round_key
+from dispatch.core.cache_keys import inventory_key, product_key
 from dispatch.core.errors import NotFound, Refusal
 from schema.connect import connection
 from schema.db import SET_TENANT_SQL, TenantDatabase
@@ -609,41 +608,6 @@ async def test_the_refresher_survives_a_failing_tenant_and_refreshes_the_others(
     assert any("could not list tenants" in m for m in messages)
     assert any("not-a-tenant" in m for m in messages)
     assert json.dumps(messages).count(str(shop.tenant.id)) == 0   # the good tenant never failed
-
-
-async def test_two_engine_processes_refresh_each_tenant_once_a_round(env, monkeypatch):
-    db, cache = env.db, env.cache
-    tenants = [env.one.tenant.id, env.two.tenant.id]
-    refreshed: list[object] = []
-    real = views_module.refresh_views
-
-    async def counting(db, tenant_id):
-        refreshed.append(tenant_id)
-        return await real(db, tenant_id)
-
-    monkeypatch.setattr(views_module, "refresh_views", counting)
-
-    async def provider() -> list[object]:
-        return tenants
-
-    keys = [views_round_key(str(t)) for t in tenants]
-    await cache.redis.delete(*keys)
-    # two processes' refreshers, a long interval: the first round of both, then nothing
-    runs = [asyncio.create_task(run_view_refresher(db, cache, provider, interval_s=30)) for _ in range(2)]
-    try:
-        for _ in range(100):
-            if len(refreshed) >= 2:
-                break
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)
-    finally:
-        for task in runs:
-            task.cancel()
-        await asyncio.gather(*runs, return_exceptions=True)
-        ttl = [await cache.redis.pttl(k) for k in keys]
-        await cache.redis.delete(*keys)
-    assert sorted(map(str, refreshed)) == sorted(map(str, tenants))   # each once, by one of them
-    assert all(0 < t <= 27_000 for t in ttl)   # the claims expire before the next round
 
 
 async def test_the_refresher_provider_names_the_active_tenants(env):
