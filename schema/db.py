@@ -19,6 +19,9 @@ well under a millisecond each), so a transaction spends none it does not need:
   is transaction-local, advisory locks are ``_xact_`` locks, LISTEN runs on its own
   connections (the outbox relay's), no cursor outlives its transaction. ``_release`` only
   rolls back a connection still inside a transaction, which a cancelled caller can leave.
+  The reset's query used to be a health check too: a connection whose ``BEGIN``, ``COMMIT``
+  or ``ROLLBACK`` failed or was cancelled may still have a statement in flight, so
+  ``tenant_transaction`` terminates it instead of handing it back (the pool opens another).
 """
 
 from __future__ import annotations
