@@ -69,8 +69,8 @@ FROM orders WHERE id = $1 FOR UPDATE
 SET_PAYMENT_STATUS_SQL = "UPDATE orders SET payment_status = $2, updated_at = now() WHERE id = $1"
 # changed_by references users: an actor that is a user's id goes there; any other actor
 # (a driver id, "system:matcher", ...) is kept as text in metadata instead.
-INSERT_ORDER_HISTORY_SQL = """
-WITH actor_user AS (SELECT id FROM users WHERE id = $5::uuid)
+_ACTOR_USER = "actor_user AS (SELECT id FROM users WHERE id = $5::uuid)"
+_HISTORY_ROW = """
 INSERT INTO order_status_history (order_id, from_status, to_status, reason, changed_by, metadata)
 SELECT $1::uuid, $2::text, $3::text, $4::text, (SELECT id FROM actor_user),
        CASE WHEN $6::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM actor_user)
@@ -78,6 +78,7 @@ SELECT $1::uuid, $2::text, $3::text, $4::text, (SELECT id FROM actor_user),
             ELSE $7::jsonb
        END
 """
+INSERT_ORDER_HISTORY_SQL = f"WITH {_ACTOR_USER}{_HISTORY_ROW}"
 # The event and the wake-up of the relays in one round trip; NOTIFY is delivered on commit.
 INSERT_EVENT_SQL = """
 WITH event AS (
@@ -88,36 +89,25 @@ SELECT pg_notify('wakala_order_outbox', $4::text) FROM event
 """
 # A status change, its history row, its event and the relays' wake-up in one round trip (the
 # statements above, as data-modifying CTEs: they run once each, whether or not the final
-# SELECT reads them). Without the UPDATE (``PLACED_SQL``) it records an order's first status.
-_HISTORY_AND_EVENT = """
-actor_user AS (SELECT id FROM users WHERE id = $5::uuid),
-history AS (
-    INSERT INTO order_status_history (order_id, from_status, to_status, reason, changed_by, metadata)
-    SELECT $1::uuid, $2::text, $3::text, $4::text, (SELECT id FROM actor_user),
-           CASE WHEN $6::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM actor_user)
-                THEN $7::jsonb || jsonb_build_object('actor', $6::text)
-                ELSE $7::jsonb
-           END
-),
+# SELECT reads them). Without the UPDATE (``PLACED_SQL``) it records an order's first status;
+# with the stock hold too (``reservations.HOLD_UPDATE``) it records a payment or an acceptance.
+_HISTORY_AND_EVENT = f"""
+{_ACTOR_USER},
+history AS ({_HISTORY_ROW}),
 event AS (
     INSERT INTO order_events_outbox (order_id, event_type, payload) VALUES ($1, $8, $9::jsonb)
     RETURNING id
 )
 SELECT pg_notify('wakala_order_outbox', $10::text) FROM event
-"""
-PLACED_SQL = "WITH" + _HISTORY_AND_EVENT
-# Paid: the status change and its stock kept (``reservations.HOLD_UPDATE``) in the same round trip.
-CHANGE_STATUS_AND_HOLD_SQL = f"""
-WITH held AS ({reservations.HOLD_UPDATE}),
+"""  # noqa: S608 - constant text, no input
+_MOVED = """
 moved AS (
     UPDATE orders SET status = $3, payment_status = coalesce($11, payment_status), updated_at = now()
     WHERE id = $1
-),""" + _HISTORY_AND_EVENT  # noqa: S608 - constant text, no input
-CHANGE_STATUS_SQL = """
-WITH moved AS (
-    UPDATE orders SET status = $3, payment_status = coalesce($11, payment_status), updated_at = now()
-    WHERE id = $1
-),""" + _HISTORY_AND_EVENT  # noqa: S608 - constant text, no input
+),"""
+PLACED_SQL = "WITH" + _HISTORY_AND_EVENT
+CHANGE_STATUS_SQL = "WITH" + _MOVED + _HISTORY_AND_EVENT
+CHANGE_STATUS_AND_HOLD_SQL = f"WITH held AS ({reservations.HOLD_UPDATE})," + _MOVED + _HISTORY_AND_EVENT
 # What was paid and not yet refunded is owed back, against the latest successful payment.
 REFUND_BALANCE_SQL = """
 WITH paid AS (
