@@ -110,11 +110,22 @@ def order_body(t: BenchTenant, rng: random.Random, lines: int | None = None, pro
             "delivery_address": {"street": "bench"}}
 
 
-def _count(errors: Counter[str], call: str, answer: Answer | None, exc: BaseException | None = None) -> None:
-    if exc is not None:
+async def _call(conn: ApiConnection, call: str, target: str, raw: bytes, headers: dict[str, str],
+                expected: int, times_ms: list[float], errors: Counter[str]) -> Answer | None:
+    """One timed POST: its latency in ``times_ms`` whatever happens; the answer if its status
+    is ``expected``, else None with the failure counted in ``errors`` under ``call``."""
+    started = time.perf_counter()
+    try:
+        answer = await conn.post(target, raw, headers)
+    except TRANSPORT_ERRORS as exc:
         errors[f"{call} transport {type(exc).__name__}"] += 1
-    else:
+        return None
+    finally:
+        times_ms.append((time.perf_counter() - started) * 1000)
+    if answer.status != expected:
         errors[f"{call} {answer.status} {answer.reason()}"] += 1
+        return None
+    return answer
 
 
 async def throughput(port: int, tenants: list[BenchTenant], clients: int, seconds: float, secret: str) -> dict:
@@ -132,31 +143,15 @@ async def throughput(port: int, tenants: list[BenchTenant], clients: int, second
                 t = rng.choice(tenants)
                 raw = orjson.dumps(order_body(t, rng))
                 headers = {"Authorization": f"Bearer {rng.choice(t.tokens)}"}
-                started = time.perf_counter()
-                try:
-                    answer = await conn.post("/v1/orders", raw, headers)
-                except TRANSPORT_ERRORS as exc:
-                    place_ms.append((time.perf_counter() - started) * 1000)
-                    _count(errors, "place", None, exc)
+                placed = await _call(conn, "place", "/v1/orders", raw, headers, 201, place_ms, errors)
+                if placed is None:
                     continue
-                place_ms.append((time.perf_counter() - started) * 1000)
-                if answer.status != 201:
-                    _count(errors, "place", answer)
-                    continue
-                order = answer.json
+                order = placed.json
                 raw = orjson.dumps({
                     "tenant_id": str(t.tenant.id), "order_id": order["id"], "idempotency_key": f"bench-{uuid.uuid4().hex}",
                     "amount": order["total_amount"], "status": "succeeded", "gateway": "bench"})
-                started = time.perf_counter()
-                try:
-                    answer = await conn.post("/v1/payments/callback", raw, {"X-Wakala-Signature": sign(secret, raw)})
-                except TRANSPORT_ERRORS as exc:
-                    pay_ms.append((time.perf_counter() - started) * 1000)
-                    _count(errors, "pay", None, exc)
-                    continue
-                pay_ms.append((time.perf_counter() - started) * 1000)
-                if answer.status != 200:
-                    _count(errors, "pay", answer)
+                await _call(conn, "pay", "/v1/payments/callback", raw, {"X-Wakala-Signature": sign(secret, raw)},
+                            200, pay_ms, errors)
         finally:
             conn.close()
 
