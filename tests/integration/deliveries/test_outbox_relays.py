@@ -5,6 +5,7 @@ and take over when the leader goes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -47,19 +48,29 @@ async def _unpublished_orders(db, tenant_id) -> int:
         return await tx.fetchval("SELECT count(*) FROM order_events_outbox WHERE published_at IS NULL")
 
 
-async def _started(relays) -> bool:
-    return all(r.passes >= 1 for r in relays)   # the first sweep of each is done
+@contextlib.asynccontextmanager
+async def _two_relays(db, platform, stream_settings, **run):
+    """Two relays of the order outbox, as two engine processes run them, past their first
+    sweep; (relays, their tasks), all stopped on the way out."""
+    producer = AIOKafkaProducer(bootstrap_servers=stream_settings.kafka_bootstrap, linger_ms=2)
+    await producer.start()
+    relays = [CountingRelay(db, producer, stream_settings.order_events_topic, table="order_events_outbox")
+              for _ in range(2)]
+    tasks = [asyncio.create_task(r.run(platform, sweep_s=60, **run)) for r in relays]
+    try:
+        await eventually(lambda: all(r.passes >= 1 for r in relays), within=20, every=0.05)
+        yield relays, tasks
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await producer.stop()
 
 
 async def test_one_relay_leads_and_gathers_many_transactions_in_a_pass(world, platform, stream_settings):  # noqa: F811
     db, w = world
     topic = stream_settings.order_events_topic
-    producer = AIOKafkaProducer(bootstrap_servers=stream_settings.kafka_bootstrap, linger_ms=2)
-    await producer.start()
-    relays = [CountingRelay(db, producer, topic, table="order_events_outbox") for _ in range(2)]
-    tasks = [asyncio.create_task(r.run(platform, sweep_s=60, linger_s=0.2)) for r in relays]
-    try:
-        await eventually(lambda: _started(relays), within=20, every=0.05)
+    async with _two_relays(db, platform, stream_settings, linger_s=0.2) as (relays, _):
         started = time.monotonic()
         await _write_events(db, w.tenant.id, w.order_id, 20)
         writing = time.monotonic() - started
@@ -73,24 +84,13 @@ async def test_one_relay_leads_and_gathers_many_transactions_in_a_pass(world, pl
         assert follower.passes == 1 and follower.published == 0   # its first sweep, nothing per event
         # 20 commits, a pass per linger (0.2 s) at most while they were written
         assert leader.passes - 1 <= min(19, writing / 0.2 + 1), writing
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await producer.stop()
     events = await _events(stream_settings.kafka_bootstrap, topic, 20)
     assert sorted(e["payload"]["n"] for _, e in events) == list(range(20))
 
 
 async def test_the_other_relay_takes_over_when_the_leader_stops(world, platform, stream_settings):  # noqa: F811
     db, w = world
-    topic = stream_settings.order_events_topic
-    producer = AIOKafkaProducer(bootstrap_servers=stream_settings.kafka_bootstrap, linger_ms=2)
-    await producer.start()
-    relays = [CountingRelay(db, producer, topic, table="order_events_outbox") for _ in range(2)]
-    tasks = [asyncio.create_task(r.run(platform, sweep_s=60)) for r in relays]
-    try:
-        await eventually(lambda: _started(relays), within=20, every=0.05)
+    async with _two_relays(db, platform, stream_settings) as (relays, tasks):
         await _write_events(db, w.tenant.id, w.order_id, 1)
 
         async def drained() -> bool:
@@ -105,8 +105,3 @@ async def test_the_other_relay_takes_over_when_the_leader_stops(world, platform,
         await _write_events(db, w.tenant.id, w.order_id, 3)
         await eventually(drained, within=10, every=0.05)   # long before the next sweep (60 s)
         assert other.published == before + 3
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await producer.stop()

@@ -35,6 +35,16 @@ async def _live(m, driver: str, metres: float, bearing: float = 0.0) -> None:
     await put_live(m.store, m.tenant_id, [(driver, *destination(*VENDOR, bearing, metres), "motorbike")])
 
 
+async def carrying_one(m) -> tuple[str, str]:
+    """Driver 1 on shift near the vendor, offered a first delivery and assigned it."""
+    driver, _ = await _driver(m.db, m.tenant_id, 1)
+    await _live(m, driver, 100)
+    first = await m.delivery(VENDOR)
+    assert await m.dispatcher.dispatch(m.tenant_id, first) == RoundOutcome(first, "offered", driver)
+    assert (await m.offers.reply(driver, first, True)).status == "assigned"
+    return driver, first
+
+
 async def test_driver_state_and_claims_are_rebuilt_after_redis_restarts_empty(platform, stream_settings):
     async with private_redis() as server:
         settings = replace(stream_settings, redis_url=f"redis://127.0.0.1:{server.port}/0")
@@ -89,11 +99,7 @@ async def test_a_shift_restarted_after_redis_lost_the_claims_keeps_a_busy_driver
     async with private_redis() as server:
         settings = replace(stream_settings, redis_url=f"redis://127.0.0.1:{server.port}/0")
         async with matcher(platform, settings) as m:
-            driver, _ = await _driver(m.db, m.tenant_id, 1)
-            await _live(m, driver, 100)
-            first = await m.delivery(VENDOR)
-            assert await m.dispatcher.dispatch(m.tenant_id, first) == RoundOutcome(first, "offered", driver)
-            assert (await m.offers.reply(driver, first, True)).status == "assigned"
+            driver, first = await carrying_one(m)
 
             await server.restart()
             with contextlib.suppress(Exception):

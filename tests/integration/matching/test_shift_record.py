@@ -10,9 +10,8 @@ import pytest
 
 from dispatch.identity.drivers import UnknownShiftDriver, record_shift
 from dispatch.matching import recovery
-from dispatch.matching.terms import RoundOutcome
 from tests.integration.matching.test_dispatcher import matcher
-from tests.integration.matching.test_redis_recovery import _live
+from tests.integration.matching.test_redis_recovery import _live, carrying_one
 from tests.integration.test_dispatch_e2e import VENDOR, _driver
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,11 +24,7 @@ async def _on_shift(m, driver: str) -> bool:
 
 async def test_an_end_is_recorded_without_reading_deliveries_and_a_start_reads_them(platform, stream_settings):
     async with matcher(platform, stream_settings) as m:
-        driver, _ = await _driver(m.db, m.tenant_id, 1)
-        await _live(m, driver, 100)
-        first = await m.delivery(VENDOR)
-        assert await m.dispatcher.dispatch(m.tenant_id, first) == RoundOutcome(first, "offered", driver)
-        assert (await m.offers.reply(driver, first, True)).status == "assigned"
+        driver, first = await carrying_one(m)
 
         assert await record_shift(m.db, m.tenant_id, driver, False) == ("motorbike", [])
         assert await _on_shift(m, driver) is False
