@@ -57,8 +57,11 @@ async def _two_relays(db, platform, stream_settings, **run):
     relays = [CountingRelay(db, producer, stream_settings.order_events_topic, table="order_events_outbox")
               for _ in range(2)]
     tasks = [asyncio.create_task(r.run(platform, sweep_s=60, **run)) for r in relays]
+    async def swept() -> bool:   # the first sweep of each is done
+        return all(r.passes >= 1 for r in relays)
+
     try:
-        await eventually(lambda: all(r.passes >= 1 for r in relays), within=20, every=0.05)
+        await eventually(swept, within=20, every=0.05)
         yield relays, tasks
     finally:
         for t in tasks:
