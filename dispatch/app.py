@@ -154,7 +154,9 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
 
         active_tenants = active_tenant_ids(db)
 
-        tasks = [asyncio.create_task(app.state.offers.run_sweeper(), name="offer-sweeper")]
+        tasks = [asyncio.create_task(app.state.offers.run_sweeper(), name="offer-sweeper"),
+                 # A tenant moving between shards: paused, then routed to its new shard at once.
+                 asyncio.create_task(db.watch_placements(), name="placement-watcher")]
         if engine.dispatcher:
             for topic in (streams.delivery_events_topic, streams.order_events_topic):
                 await producer.ensure_topic(topic, streams.locations_partitions)

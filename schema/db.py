@@ -37,12 +37,21 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from schema.errors import DatabaseUnavailable, ShardError, TenantNotActive, UnknownTenant
+from schema.errors import (
+    DatabaseUnavailable,
+    ShardError,
+    TenantMoved,
+    TenantNotActive,
+    TenantPaused,
+    UnknownTenant,
+)
+from schema.moves.fence import NOTIFY_CHANNEL
 from schema.settings import DSN, PostgresSettings
 from schema.tenants import parse_tenant_id
 
 PLACEMENT_SQL = """
-SELECT m.shard_id, m.schema_name, t.status, s.host, s.port, s.database_name
+SELECT m.shard_id, m.schema_name, t.status, s.host, s.port, s.database_name,
+       m.writes_paused_at IS NOT NULL AS paused
 FROM tenant_shard_mapping m
 JOIN tenants t ON t.id = m.tenant_id
 JOIN shard_map s ON s.shard_id = m.shard_id
@@ -65,6 +74,12 @@ PLACEMENT_TTL_S = 30.0
 UNKNOWN_TTL_S = 5.0             # "no such tenant" remembered this long (a tenant created since waits as long)
 UNKNOWN_MAX = 10_000            # guessed tenant ids remembered at most (least recently asked out first)
 CONTROL_ACQUIRE_TIMEOUT_S = 5.0
+PAUSE_WAIT_S = 4.0              # a transaction of a tenant whose move is switching waits this long, then 503
+PAUSE_POLL_S = 0.1              # how often a waiting transaction asks again (a notification wakes it sooner)
+# What a statement of the application role meets in a schema fenced off by a move: no USAGE,
+# so its tables and functions are not found (or, qualified, not permitted).
+_FENCED = (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError,
+           asyncpg.InvalidSchemaNameError)
 # A control-plane query that fails with these means the server is gone or going: unavailable.
 _CONTROL_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                  asyncpg.OperatorInterventionError)
@@ -134,6 +149,7 @@ class Placement:
     status: str
     shard: DSN
     fetched_at: float
+    paused: bool = False
 
     @functools.cached_property
     def begin_write(self) -> str:
@@ -174,6 +190,9 @@ class TenantDatabase:
         self.unknown_ttl_s = unknown_ttl_s
         self.unknown_max = unknown_max
         self.control_acquire_timeout_s = control_acquire_timeout_s
+        self.pause_wait_s = PAUSE_WAIT_S
+        self._placement_changed = asyncio.Event()
+        self.watching = False
         self._pool_lock = asyncio.Lock()
 
     def _app_dsn(self, dsn: DSN) -> DSN:
@@ -284,10 +303,69 @@ class TenantDatabase:
             tid, row["shard_id"], row["schema_name"], row["status"],
             DSN(row["host"], row["port"], self.settings.control.user, row["database_name"],
                 self.settings.control.password),
-            time.monotonic(),
+            time.monotonic(), row["paused"],
         )
         self._placements[tid] = placement
         return placement
+
+    async def _wait_unpaused(self, placement: Placement) -> Placement:
+        """Hold a transaction while the tenant's move switches shards (``writes_paused_at``):
+        ask again every ``PAUSE_POLL_S`` or when a placement notification arrives, and give
+        up after ``pause_wait_s`` with TenantPaused (503, retry)."""
+        deadline = time.monotonic() + self.pause_wait_s
+        while placement.paused:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TenantPaused(f"tenant {placement.tenant_id} is switching shards; retry in a second")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._placement_changed.wait(), min(PAUSE_POLL_S, remaining))
+            self.forget_placement(placement.tenant_id)
+            placement = await self.placement(placement.tenant_id)
+        return placement
+
+    async def _moved_away(self, placement: Placement) -> bool:
+        """After a statement failed as a fenced schema fails: is the tenant really moving or
+        moved (then the caller hears TenantMoved), or is it a plain error of the statement?"""
+        self.forget_placement(placement.tenant_id)
+        try:
+            now = await self.placement(placement.tenant_id)
+        except DatabaseUnavailable:
+            return False
+        return now.paused or now.shard_id != placement.shard_id
+
+    def _on_placement_notice(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            self.forget_placement(uuid.UUID(payload))
+        except ValueError:
+            self._placements.clear()   # not ours to parse: forgetting everything is always safe
+        self._placement_changed.set()
+        self._placement_changed = asyncio.Event()
+
+    async def watch_placements(self, *, retry_s: float = 1.0) -> None:
+        """LISTEN for placement changes (a move pausing or switching a tenant) on the control
+        database, as the application role, and forget the cached placement at once: engine
+        processes route to a tenant's new shard within a round trip of the switch, not a
+        cache TTL later. Runs until cancelled; a lost connection is reopened after
+        ``retry_s``, and every placement is forgotten then (notices may have been missed)."""
+        while True:
+            try:
+                conn = await asyncpg.connect(self._app_dsn(self.settings.control).url(),
+                                             timeout=self.settings.connect_timeout_s)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await asyncio.sleep(retry_s)
+                continue
+            try:
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _c, closed=closed: closed.set())
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_placement_notice)
+                self._placements.clear()
+                self.watching = True
+                await closed.wait()
+            finally:
+                self.watching = False
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 2)
+            await asyncio.sleep(retry_s)
 
     def forget_placement(self, tenant_id: uuid.UUID) -> None:
         """Drop a cached placement, or a cached "unknown" (after a tenant moved, changed
@@ -331,6 +409,8 @@ class TenantDatabase:
         shard. Read-only transactions use the read pool (replicas, when shard_map grows them).
         """
         placement = await self.placement(tenant_id)
+        if placement.paused:
+            placement = await self._wait_unpaused(placement)
         if placement.status != "active":
             raise TenantNotActive(f"tenant {placement.tenant_id} is {placement.status}, not active")
         pools = await self._shard_pools(placement)
@@ -342,7 +422,10 @@ class TenantDatabase:
             await _ended_or_dropped(conn, begin)
             try:
                 yield conn
-            except BaseException:
+            except BaseException as exc:
                 await _roll_back(conn)
+                if isinstance(exc, _FENCED) and await self._moved_away(placement):
+                    raise TenantMoved(f"tenant {placement.tenant_id} is moving or has moved off shard "
+                                      f"{placement.shard_id}; retry") from exc
                 raise
             await _ended_or_dropped(conn, "COMMIT")

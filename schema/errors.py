@@ -50,3 +50,17 @@ class InvalidTenantName(WakalaError):
 
 class TenantExists(WakalaError):
     """A tenant with this slug already exists."""
+
+
+class MoveError(WakalaError):
+    """A tenant move, drain or rebalance was refused or could not finish (the message says
+    what state the tenant is in and what to run)."""
+
+
+class TenantPaused(DatabaseUnavailable):
+    """The tenant's writes are paused while it switches shards; retry in a second."""
+
+
+class TenantMoved(DatabaseUnavailable):
+    """The tenant's schema on the shard this process routed to has been fenced off: the
+    tenant moved (or is moving). The placement is forgotten; a retry routes afresh."""

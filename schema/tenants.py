@@ -142,7 +142,7 @@ async def create_tenant(
                     try:
                         await migrate_tenant_schema(shard_conn, settings, schema_name, str(tenant_id))
                     except BaseException:
-                        await _drop_schema(shard_conn, schema_name)
+                        await drop_tenant_schema(shard_conn, schema_name)
                         raise
             except BaseException:
                 await conn.execute(DELETE_TENANT_SQL, tenant_id)
@@ -153,7 +153,8 @@ async def create_tenant(
     return Tenant(tenant_id, name, slug, "active", shard_id, shard["shard_name"], schema_name)
 
 
-async def _drop_schema(conn, schema_name: str) -> None:
+async def drop_tenant_schema(conn, schema_name: str) -> None:
+    """Drop a tenant schema and its migration records on a shard (owner connection)."""
     ident = await conn.fetchval("SELECT quote_ident($1)", schema_name)
     await conn.execute(f"DROP SCHEMA IF EXISTS {ident} CASCADE")
     await conn.execute("DELETE FROM public.schema_migrations WHERE scope = $1", schema_name)

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from dispatch.cli import moves
 from dispatch.core.console import format_table
 from schema.errors import WakalaError
 from schema.settings import PostgresSettings
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["apply", "status"], default="apply")
     p.set_defaults(handler=_migrate)
 
-    p = sub.add_parser("tenant", help="create and list tenants")
+    p = sub.add_parser("tenant", help="create, list and move tenants")
     tsub = p.add_subparsers(dest="action", required=True)
     create = tsub.add_parser("create", help="provision a tenant on its shard")
     create.add_argument("name")
@@ -342,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     psecret.add_argument("--secret", default=None,
                          help="32-256 printable ASCII characters (default: generated and shown once)")
     p.set_defaults(handler=_tenant)
+    moves.add_tenant_move(tsub)
 
-    p = sub.add_parser("shard", help="list shards or add one")
+    p = sub.add_parser("shard", help="list, add, drain and rebalance shards")
     ssub = p.add_subparsers(dest="action", required=True)
     add = ssub.add_parser("add", help="register a new shard database")
     add.add_argument("name")
@@ -353,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--weight", type=float, default=1.0)
     ssub.add_parser("list", help="list shards with their tenant counts")
     p.set_defaults(handler=_shard)
+    moves.add_shard_commands(ssub)
 
     p = sub.add_parser("driver", help="create drivers, issue and revoke their tokens")
     dsub = p.add_subparsers(dest="action", required=True)

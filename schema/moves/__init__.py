@@ -1,0 +1,1 @@
+"""Tenant moves between shards: plan, replication, fence, runner, cleanup, drain and rebalance."""
