@@ -18,22 +18,30 @@ from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 
-from schema.checksums import qualified
+from schema.checksums import qualified, quote_ident
 
 __all__ = ["copy_schema", "copy_table", "qualified"]
 QUEUE_CHUNKS = 32
+# The columns COPY can write: not dropped, not generated (the target computes those itself).
+COLUMNS_SQL = """
+SELECT attname FROM pg_attribute
+WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped AND attgenerated = ''
+ORDER BY attnum
+"""
 
 
 async def copy_table(src: asyncpg.Connection, dst: asyncpg.Connection, schema_name: str, table: str) -> int:
     """Stream one table (a partitioned one through its root) from ``src`` to ``dst``; rows copied."""
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_CHUNKS)
+    columns = [r["attname"] for r in await src.fetch(COLUMNS_SQL, qualified(schema_name, table))]
+    listed = ", ".join(quote_ident(c) for c in columns)
 
     async def sink(chunk: bytes) -> None:
         await queue.put(chunk)
 
     async def produce() -> None:
         try:
-            await src.copy_from_query(f"SELECT * FROM {qualified(schema_name, table)}", output=sink,  # noqa: S608 - catalogue names, quoted
+            await src.copy_from_query(f"SELECT {listed} FROM {qualified(schema_name, table)}", output=sink,  # noqa: S608 - catalogue names, quoted
                                       format="binary")
         finally:
             await queue.put(None)
@@ -44,7 +52,8 @@ async def copy_table(src: asyncpg.Connection, dst: asyncpg.Connection, schema_na
 
     producer = asyncio.create_task(produce())
     try:
-        status = await dst.copy_to_table(table, source=chunks(), schema_name=schema_name, format="binary")
+        status = await dst.copy_to_table(table, source=chunks(), schema_name=schema_name, columns=columns,
+                                         format="binary")
     except BaseException:
         producer.cancel()
         await asyncio.gather(producer, return_exceptions=True)
