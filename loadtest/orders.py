@@ -152,7 +152,7 @@ async def _tenants_on_two_shards(settings: PostgresSettings) -> list[Tenant]:
     return list(by_shard.values())
 
 
-async def _populate(db: TenantDatabase, tenant: Tenant, bench: OrdersBench) -> BenchTenant:
+async def populate_bench_tenant(db: TenantDatabase, tenant: Tenant, bench: OrdersBench) -> BenchTenant:
     vendor = await create_vendor(db, tenant.id, {
         "business_name": f"Bench Spaza {tenant.slug}", "address": {"suburb": "Orlando"},
         "lat": VENDOR_AT[0], "lng": VENDOR_AT[1], "delivery_radius_m": 20_000, "payment_methods": ["card"]})
@@ -244,7 +244,7 @@ async def run_orders_bench(bench: OrdersBench) -> dict:
     settings = PostgresSettings.from_env()
     tenants = await _tenants_on_two_shards(settings)
     async with TenantDatabase(settings) as db:
-        populated = [await _populate(db, t, bench) for t in tenants]
+        populated = [await populate_bench_tenant(db, t, bench) for t in tenants]
         port, secret = free_port(), secrets.token_hex(16)
         # Topics and a consumer group of this run only, deleted after it: the bundled broker
         # keeps every topic in memory and slows down as they grow.

@@ -77,9 +77,11 @@ CONTROL_ACQUIRE_TIMEOUT_S = 5.0
 PAUSE_WAIT_S = 4.0              # a transaction of a tenant whose move is switching waits this long, then 503
 PAUSE_POLL_S = 0.1              # how often a waiting transaction asks again (a notification wakes it sooner)
 # What a statement of the application role meets in a schema fenced off by a move: no USAGE,
-# so its tables and functions are not found (or, qualified, not permitted).
+# so its tables, functions and types are not found (or, qualified, not permitted); or the
+# move's locks, when a writer in flight deadlocks with them and PostgreSQL picks the writer.
 _FENCED = (asyncpg.InsufficientPrivilegeError, asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError,
-           asyncpg.InvalidSchemaNameError)
+           asyncpg.UndefinedObjectError, asyncpg.InvalidSchemaNameError, asyncpg.DeadlockDetectedError,
+           asyncpg.LockNotAvailableError)
 # A control-plane query that fails with these means the server is gone or going: unavailable.
 _CONTROL_DOWN = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                  asyncpg.OperatorInterventionError)

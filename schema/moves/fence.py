@@ -36,6 +36,13 @@ UNPAUSE_SQL = "UPDATE tenant_shard_mapping SET writes_paused_at = NULL WHERE ten
 NOTIFY_SQL = f"SELECT pg_notify('{NOTIFY_CHANNEL}', $1::text)"
 HAS_USAGE_SQL = "SELECT has_schema_privilege($1, $2, 'USAGE')"
 LOCK_ATTEMPTS = 5
+# Writes in flight on the schema's tables (a writer holds ROW EXCLUSIVE until it ends).
+WRITERS_SQL = """
+SELECT count(DISTINCT l.pid) FROM pg_locks l
+JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = $1 AND l.mode = 'RowExclusiveLock' AND l.granted AND l.pid <> pg_backend_pid()
+"""
+DRAIN_WAIT_S = 1.0
 
 
 async def notify(control: asyncpg.Connection, tenant_id: uuid.UUID) -> None:
@@ -62,9 +69,15 @@ async def fence(src: asyncpg.Connection, schema_name: str, tables: list[str], ap
                 *, lock_timeout_s: float = 2.0) -> None:
     """Wait for the writes in flight, then take the application role's access away (committed).
 
-    The locks are taken in one statement with a lock timeout; a deadlock with a writer that
-    holds one table and wants another, or a writer that will not finish, makes the attempt
-    fail and retry (``LOCK_ATTEMPTS``), never wait without bound."""
+    Engines that heard the pause start no new transaction, so the move first waits (up to
+    ``DRAIN_WAIT_S``) for the writers already in flight to end: taking the locks while a
+    writer holds one table and wants another would deadlock with it, and PostgreSQL might
+    abort the writer rather than the move. The locks are then taken in one statement with a
+    lock timeout; a deadlock or a writer that will not finish makes the attempt fail and
+    retry (``LOCK_ATTEMPTS``), never wait without bound."""
+    deadline = asyncio.get_running_loop().time() + DRAIN_WAIT_S
+    while await src.fetchval(WRITERS_SQL, schema_name) and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110 - polling the server
+        await asyncio.sleep(0.005)
     locks = ", ".join(qualified(schema_name, t) for t in tables)
     for attempt in range(1, LOCK_ATTEMPTS + 1):
         try:

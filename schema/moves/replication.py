@@ -114,11 +114,12 @@ async def errors(dst: asyncpg.Connection, name: str) -> int:
     return (await dst.fetchval(SUBSCRIPTION_ERRORS_SQL, name)) or 0
 
 
-async def current_lsn(src: asyncpg.Connection) -> str:
-    return str(await src.fetchval(CURRENT_LSN_SQL))
+async def current_lsn(src: asyncpg.Connection) -> int:
+    """The source's WAL position now (asyncpg hands a pg_lsn over as an integer)."""
+    return await src.fetchval(CURRENT_LSN_SQL)
 
 
-async def wait_flushed(src: asyncpg.Connection, name: str, lsn: str, *, timeout_s: float,
+async def wait_flushed(src: asyncpg.Connection, name: str, lsn: int, *, timeout_s: float,
                        poll_s: float = 0.01) -> float:
     """Wait until the subscriber confirms it applied everything up to ``lsn``; seconds waited."""
     start = time.monotonic()

@@ -202,7 +202,6 @@ class Move:
             await self.control.execute(COMPLETED_SQL, self.id, self.options.grace_s)
             self.result.status = "completed"
             self._say("step", step="completed")
-            _crash_point("completed")
         return self.result
 
     async def _prepare(self) -> None:

@@ -237,4 +237,4 @@ async def test_the_fence_stops_a_writer_that_queued_behind_it(platform) -> None:
                 await writer.close()
         finally:
             await holder.close()
-        assert await owner.fetchval(f'SELECT count(*) FROM "{tenant.schema_name}".categories') == 0
+        assert await owner.fetchval(f'SELECT count(*) FROM "{tenant.schema_name}".categories') == 0  # noqa: S608

@@ -9,7 +9,15 @@ import pytest
 
 from schema.errors import MoveError
 from schema.moves.balance import drain_plan, fair_shares, rebalance_plan
-from schema.moves.plan import STEPS, MovePlan, ShardInfo, TableSize, refuse_move, replication_name, step_index
+from schema.moves.plan import (
+    STEPS,
+    MovePlan,
+    ShardInfo,
+    TableSize,
+    refuse_move,
+    replication_name,
+    step_index,
+)
 
 
 def shard(sid: int, status: str = "active", weight: float = 1.0) -> ShardInfo:
