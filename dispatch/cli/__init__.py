@@ -438,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         return uvloop.run(_bench(args))
 
     orders.set_defaults(handler=_orders_on_uvloop, sync=True)
+    moves.add_bench(bsub)
     track = bsub.add_parser("tracking", help="watchers on the tracking websocket while drivers ping: latency, frames/s")
     track.add_argument("--watchers", type=int, default=5_000)
     track.add_argument("--deliveries", type=int, default=100, help="active deliveries (one pinging driver each)")

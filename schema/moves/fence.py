@@ -42,7 +42,7 @@ SELECT count(DISTINCT l.pid) FROM pg_locks l
 JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = $1 AND l.mode = 'RowExclusiveLock' AND l.granted AND l.pid <> pg_backend_pid()
 """
-DRAIN_WAIT_S = 1.0
+DRAIN_WAIT_S = 0.5
 
 
 async def notify(control: asyncpg.Connection, tenant_id: uuid.UUID) -> None:

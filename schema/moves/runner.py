@@ -114,6 +114,7 @@ Progress = Callable[[str, dict], None]
 class MoveOptions:
     dry_run: bool = False
     offline: bool = False             # allow the paused COPY method when wal_level is not logical
+    method: str | None = None         # force 'copy' (with offline) even where logical would work
     catchup_timeout_s: float = 600.0
     switch_timeout_s: float = 30.0
     grace_s: float = field(default_factory=lambda: env_number(os.environ, "WAKALA_MOVE_GRACE_S", GRACE_S,
@@ -135,6 +136,7 @@ class MoveResult:
     catchup_seconds: float | None = None
     pause_ms: float | None = None
     resumed_from: str | None = None
+    pause_phases_ms: dict[str, float] = field(default_factory=dict)   # where the write pause went
 
 
 def _crash_point(point: str) -> None:
@@ -275,16 +277,28 @@ class Move:
 
     async def _switch(self, logical: bool) -> None:
         await self._same_migrations()
+        phases, mark = self.result.pause_phases_ms, time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            phases[name] = round((now - mark) * 1000, 1)
+            mark = now
+
         await fence.pause(self.control, self.plan.tenant_id)
+        lap("pause")
         self._say("pause")
         await fence.fence(self.src, self.schema, self.tables, self.settings.app_role)
+        lap("fence")
         _crash_point("fenced")
         try:
             if logical:
                 lsn = await replication.current_lsn(self.src)
                 await replication.wait_flushed(self.src, self.name, lsn, timeout_s=self.options.switch_timeout_s)
+                lap("last_change")
                 await self._copy_sequences()
             sums = await self._verify(logical)
+            lap("verify")
         except BaseException as exc:
             if not isinstance(exc, MoveError):
                 raise   # a crash or a lost connection: the tenant stays paused and fenced for the rerun
@@ -301,6 +315,7 @@ class Move:
             summary = {t: [s.rows, s.checksum] for t, s in sums.items()}
             await self.control.execute(SWITCHED_SQL, self.id, pause_ms, json.dumps(summary))
             await fence.notify(self.control, self.plan.tenant_id)
+        lap("switch")
         self.result.pause_ms = float(pause_ms)
         self.result.status = "switched"
         self._say("switched", pause_ms=float(pause_ms))
@@ -335,8 +350,8 @@ async def _connections(settings: PostgresSettings, source: ShardInfo, target: Sh
 
 
 async def plan_move(control: asyncpg.Connection, settings: PostgresSettings, tenant: object,
-                    target_shard: int, *, offline: bool,
-                    dry_run: bool = False) -> tuple[MovePlan, asyncpg.Record | None]:
+                    target_shard: int, *, offline: bool, dry_run: bool = False,
+                    method: str | None = None) -> tuple[MovePlan, asyncpg.Record | None]:
     tenant_id = parse_tenant_id(tenant)
     row = await control.fetchrow(TENANT_SQL, tenant_id)
     if row is None:
@@ -356,7 +371,12 @@ async def plan_move(control: asyncpg.Connection, settings: PostgresSettings, ten
     async with connection(shard_address(settings, source)) as src:
         sizes = tuple(TableSize(r["relname"], r["rows"], r["bytes"]) for r in await src.fetch(SIZES_SQL, row["schema_name"]))
         level = await replication.wal_level(src)
-    method = open_move["method"] if open_move is not None else ("logical" if level == "logical" else "copy")
+    if method not in (None, "logical", "copy"):
+        raise MoveError(f"method must be logical or copy, got {method!r}")
+    if method == "logical" and level != "logical":
+        raise MoveError(f"shard {source.shard_id} runs with wal_level = {level}: no logical replication")
+    method = open_move["method"] if open_move is not None else (
+        method or ("logical" if level == "logical" else "copy"))
     if method == "copy" and not offline and not dry_run:
         raise MoveError(f"shard {source.shard_id} runs with wal_level = {level}, so the tenant cannot be copied "
                         "while it takes writes: set wal_level = logical (ALTER SYSTEM, then restart PostgreSQL) "
@@ -372,7 +392,7 @@ async def move_tenant(settings: PostgresSettings, tenant: object, target_shard: 
     options = options or MoveOptions()
     async with connection(settings.control) as control:
         plan, record = await plan_move(control, settings, tenant, target_shard, offline=options.offline,
-                                       dry_run=options.dry_run)
+                                       dry_run=options.dry_run, method=options.method)
         if options.dry_run:
             return plan
         if record is None:
