@@ -48,6 +48,7 @@ from dispatch.matching.fleet_replica import FleetReplica
 from dispatch.matching.notify import RoutedNotifier
 from dispatch.matching.offers import OfferEngine, WebsocketNotifier
 from dispatch.matching.recovery import watch_redis
+from dispatch.ops.maintenance import run_maintenance
 from dispatch.tracking.hub import TrackingHub
 from dispatch.tracking.pages.tracking import router as tracking_page_router
 from dispatch.tracking.pages.vendor import router as vendor_page_router
@@ -59,6 +60,7 @@ from dispatch.web.outages import install_failure_handlers
 from dispatch.web.protocols import HTTP_PROTOCOL, WS_PROTOCOL
 from dispatch.web.ratelimit import SlidingWindowLimiter
 from schema.db import TenantDatabase
+from schema.retention.policies import RetentionSettings
 from schema.settings import PostgresSettings
 from streams.location_store import LocationStore
 from streams.producer import PingProducer
@@ -99,6 +101,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
     engine = engine or EngineSettings.from_env()
     streams = streams or StreamSettings.from_env()
     pg = pg or PostgresSettings.from_env()
+    retention_settings = RetentionSettings.from_env()   # a bad WAKALA_RETENTION_* fails at start
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -171,6 +174,10 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
                                              engine.reservation_sweep_s, cache=cache), name="reservation-sweeper"),
                 asyncio.create_task(_forever(run_view_refresher, db, cache, active_tenants,
                                              engine.view_refresh_s), name="view-refresher"),
+                # Analytics partitions ahead, retention, due backups, moved tenants' old schemas.
+                asyncio.create_task(_forever(run_maintenance, pg, interval_s=retention_settings.round_s,
+                                             retention=retention_settings.enabled, backups=None,
+                                             retention_settings=retention_settings), name="maintenance"),
                 asyncio.create_task(_forever(app.state.dispatcher.run, streams.kafka_bootstrap,
                                              streams.delivery_events_topic, f"{streams.app_id}-dispatcher",
                                              partitions=streams.locations_partitions), name="dispatcher"),
