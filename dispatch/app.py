@@ -59,6 +59,7 @@ from dispatch.web.operators import docs_urls, install_operator_routes, start_met
 from dispatch.web.outages import install_failure_handlers
 from dispatch.web.protocols import HTTP_PROTOCOL, WS_PROTOCOL
 from dispatch.web.ratelimit import SlidingWindowLimiter
+from schema.backups.settings import BackupSettings
 from schema.db import TenantDatabase
 from schema.retention.policies import RetentionSettings
 from schema.settings import PostgresSettings
@@ -102,6 +103,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
     streams = streams or StreamSettings.from_env()
     pg = pg or PostgresSettings.from_env()
     retention_settings = RetentionSettings.from_env()   # a bad WAKALA_RETENTION_* fails at start
+    backup_settings = BackupSettings.from_env()         # and so does a malformed backup key
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -176,7 +178,8 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
                                              engine.view_refresh_s), name="view-refresher"),
                 # Analytics partitions ahead, retention, due backups, moved tenants' old schemas.
                 asyncio.create_task(_forever(run_maintenance, pg, interval_s=retention_settings.round_s,
-                                             retention=retention_settings.enabled, backups=None,
+                                             retention=retention_settings.enabled,
+                                             backups=backup_settings if backup_settings.scheduled else None,
                                              retention_settings=retention_settings), name="maintenance"),
                 asyncio.create_task(_forever(app.state.dispatcher.run, streams.kafka_bootstrap,
                                              streams.delivery_events_topic, f"{streams.app_id}-dispatcher",

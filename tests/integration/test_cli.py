@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from schema.migrate import load_migrations
+
 
 def _wakala(settings, *args):
     env = dict(os.environ)
@@ -19,7 +21,7 @@ def _wakala(settings, *args):
 async def test_cli_migrates_creates_lists_and_refuses_bad_names(fresh_settings):
     first = _wakala(fresh_settings, "migrate")
     assert first.returncode == 0, first.stderr
-    assert "3 migration(s) applied" in first.stdout
+    assert f"{len(load_migrations('control'))} migration(s) applied" in first.stdout
     assert "nothing to do" in _wakala(fresh_settings, "migrate").stdout
     created = _wakala(fresh_settings, "tenant", "create", "Kwa-Mai Mai Traders")
     assert created.returncode == 0, created.stderr
