@@ -84,6 +84,15 @@ async def _sums(conn: asyncpg.Connection, schema_name: str, tables: list[str] | 
     return {r["tbl"]: TableSum(r["tbl"], r["n"], r["sum"]) for r in await conn.fetch(sql)}
 
 
+async def row_count(conn: asyncpg.Connection, schema_name: str) -> int:
+    """Rows in the schema's tables, counted exactly (no checksum: a tenth of the time)."""
+    tables = await schema_tables(conn, schema_name)
+    if not tables:
+        return 0
+    sql = " UNION ALL ".join(f"SELECT count(*) AS n FROM {qualified(schema_name, t)}" for t in tables)  # noqa: S608
+    return sum(r["n"] for r in await conn.fetch(sql))
+
+
 def differences(expected: dict[str, TableSum], actual: dict[str, TableSum]) -> list[str]:
     """What differs between two sets of sums, one line per table (empty when they are equal)."""
     lines = []

@@ -82,7 +82,11 @@ async def fence(src: asyncpg.Connection, schema_name: str, tables: list[str], ap
     for attempt in range(1, LOCK_ATTEMPTS + 1):
         try:
             async with src.transaction():
-                await src.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'")
+                # A short deadlock_timeout: the deadlock check is also when a waiter makes an
+                # autovacuum that blocks it cancel itself (after a bulk load, autovacuum holds
+                # the big tables for seconds; at the default 1 s the pause grew by that).
+                await src.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s * 1000)}ms'; "
+                                  "SET LOCAL deadlock_timeout = '20ms'")
                 if tables:
                     await src.execute(f"LOCK TABLE {locks} IN EXCLUSIVE MODE")
                 await src.execute(f"REVOKE USAGE ON SCHEMA {quote_ident(schema_name)} FROM {quote_ident(app_role)}")

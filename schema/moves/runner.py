@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-from schema.checksums import checksums, differences, schema_tables, total_rows
+from schema.checksums import checksums, differences, row_count, schema_tables, total_rows
 from schema.connect import connection
 from schema.errors import MoveError, UnknownTenant
 from schema.migrate import lock, migrate_tenant_schema, unlock
@@ -218,7 +218,7 @@ class Move:
             await fence.unfence(self.dst, self.schema, self.settings.app_role)
         finally:
             await unlock(self.control)
-        held = total_rows(await checksums(self.dst, self.schema))
+        held = await row_count(self.dst, self.schema)
         if held:
             raise MoveError(f"{self.schema} on shard {self.plan.target.shard_id} already holds {held} rows "
                             "that are not this move's; drop that schema first (it is not the tenant's live copy)")
@@ -239,7 +239,7 @@ class Move:
                                 f"({ready}/{total} tables ready); it goes on in the server: rerun to resume")
             await asyncio.sleep(0.1)
         await self._refresh_views()
-        rows = total_rows(await checksums(self.dst, self.schema))
+        rows = await row_count(self.dst, self.schema)
         self.result.rows, self.result.copy_seconds = rows, time.monotonic() - start
         await self.control.execute(SET_COPIED_SQL, self.id, rows, self.result.copy_seconds)
 
