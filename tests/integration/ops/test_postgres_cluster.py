@@ -77,7 +77,10 @@ async def test_cluster_is_logical_survives_kill_and_leaves_nothing_behind() -> N
             assert await conn.fetchval(
                 "SELECT ST_Distance('SRID=4326;POINT(0 0)'::geography,"
                 " 'SRID=4326;POINT(0 1)'::geography)") > 100_000
-            await conn.execute("CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)")
+            # Committed with synchronous_commit on: the WAL reaches the OS before the commit
+            # returns (fsync stays off), so the kill below cannot lose it; with the cluster's
+            # default (off) it may still sit in shared memory that SIGKILL throws away.
+            await conn.execute("SET synchronous_commit = on; CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)")
         finally:
             await conn.close()
 

@@ -220,7 +220,7 @@ async def test_the_fence_stops_a_writer_that_queued_behind_it(platform) -> None:
             await holder.execute(f'LOCK TABLE "{tenant.schema_name}".categories IN ROW EXCLUSIVE MODE')
             fencing = asyncio.create_task(fence.fence(owner, tenant.schema_name, tables, platform.app_role,
                                                       lock_timeout_s=5))
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(fence.DRAIN_WAIT_S + 0.3)   # the writers-in-flight wait ends; the locks queue
             writer = await asyncpg.connect(app.url())
             try:
                 await writer.execute("BEGIN")
