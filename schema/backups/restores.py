@@ -57,6 +57,10 @@ from schema.settings import PostgresSettings
 from schema.shards import active_candidates
 from schema.tenants import schema_name_for, slugify, validate_tenant_name
 
+UNFINISHED_MOVE_SQL = """
+SELECT status, target_shard FROM tenant_migrations
+WHERE tenant_id = $1 AND status NOT IN ('completed', 'cleaned', 'failed')
+"""
 # Both tell the engines (NOTIFY on the placement channel): they forget the tenant's cached
 # placement at once instead of routing to a suspended tenant or a dropped schema for a TTL.
 SET_STATUS_SQL = f"""
@@ -111,6 +115,11 @@ async def _onto_tenant(settings: PostgresSettings, backup_settings: BackupSettin
         if schema_name != header.schema_name:
             raise RestoreRefused(f"the backup holds schema {header.schema_name} but tenant {tenant_id} "
                                  f"is mapped to {schema_name}; restore it --as-new-tenant instead")
+        unfinished = await control.fetchrow(UNFINISHED_MOVE_SQL, tenant_id)
+        if unfinished is not None:
+            raise RestoreRefused(f"tenant {tenant_id} is being moved to shard {unfinished['target_shard']} "
+                                 f"(status {unfinished['status']}); finish the move or abort it "
+                                 "(`wakala tenant move --abort`) before restoring")
         home_id = place["shard_id"]
         target = await catalog.shard(control, home_id if to_shard is None else to_shard,
                                      for_writing=to_shard is not None and to_shard != home_id)

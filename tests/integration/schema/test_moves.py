@@ -238,3 +238,20 @@ async def test_the_fence_stops_a_writer_that_queued_behind_it(platform) -> None:
         finally:
             await holder.close()
         assert await owner.fetchval(f'SELECT count(*) FROM "{tenant.schema_name}".categories') == 0  # noqa: S608
+
+
+async def test_a_restore_is_refused_while_the_tenant_is_moving(platform, tmp_path) -> None:
+    from schema.backups import BackupSettings, backup_tenant, restore
+    from schema.backups.errors import RestoreRefused
+
+    tenant = await _tenant_on(platform, 0)
+    await fill_tenant(platform, tenant.id, 10)
+    backups = BackupSettings.from_env({"WAKALA_BACKUP_DIR": str(tmp_path), "WAKALA_BACKUP_KEY": "a" * 64})
+    taken = await backup_tenant(platform, backups, tenant.id)
+    crashed = _wakala(platform, "tenant", "move", str(tenant.id), "--to", "1", "--offline", crash_after="preparing")
+    assert crashed.returncode == -9, crashed.stderr
+    with pytest.raises(RestoreRefused, match="being moved"):
+        await restore(platform, backups, str(taken.backup_id), replace=True)
+    assert (await abort_move(platform, tenant.id)).startswith("aborted")
+    async with TenantDatabase(platform) as db:
+        assert await _orders_seen_by_engine(db, tenant.id) == 10
