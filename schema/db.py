@@ -22,6 +22,8 @@ well under a millisecond each), so a transaction spends none it does not need:
   The reset's query used to be a health check too: a connection whose ``BEGIN``, ``COMMIT``
   or ``ROLLBACK`` failed or was cancelled may still have a statement in flight, so
   ``tenant_transaction`` terminates it instead of handing it back (the pool opens another).
+  A connection whose session ended while it sat idle in the pool fails at ``BEGIN``, before
+  anything was done: it is terminated and one more is tried (``_begun``).
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ PLACEMENT_TTL_S = 30.0
 UNKNOWN_TTL_S = 5.0             # "no such tenant" remembered this long (a tenant created since waits as long)
 UNKNOWN_MAX = 10_000            # guessed tenant ids remembered at most (least recently asked out first)
 CONTROL_ACQUIRE_TIMEOUT_S = 5.0
+# A pooled connection that fails at BEGIN like this lost its session while idle (see _begun).
+_STALE_AT_BEGIN = (asyncpg.exceptions._base.InternalClientError, asyncpg.PostgresConnectionError,
+                   asyncpg.InterfaceError, asyncpg.OperatorInterventionError)
 PAUSE_WAIT_S = 4.0              # a transaction of a tenant whose move is switching waits this long, then 503
 PAUSE_POLL_S = 0.1              # how often a waiting transaction asks again (a notification wakes it sooner)
 # What a statement of the application role meets in a schema fenced off by a move: no USAGE,
@@ -125,6 +130,27 @@ async def _ended_or_dropped(conn: asyncpg.Connection, sql: str) -> None:
         with contextlib.suppress(Exception):
             conn.terminate()
         raise
+
+
+async def _begun(pool: asyncpg.Pool, begin: str) -> asyncpg.Connection:
+    """A pooled connection inside ``BEGIN``. A connection whose session the server ended
+    while it sat idle in the pool (``pg_terminate_backend``, a restart) can be handed out
+    before asyncpg has seen the socket close; it fails at ``BEGIN``, before anything was
+    done, so it is dropped (``_ended_or_dropped`` terminates it) and one more is tried. Any
+    other failure, or a second one, is the caller's."""
+    for attempt in range(2):
+        conn = await pool.acquire()
+        try:
+            await _ended_or_dropped(conn, begin)
+            return conn
+        except _STALE_AT_BEGIN:
+            await pool.release(conn)
+            if attempt:
+                raise
+        except BaseException:
+            await pool.release(conn)
+            raise
+    raise AssertionError("unreachable")
 
 
 async def _roll_back(conn: asyncpg.Connection) -> None:
@@ -420,8 +446,8 @@ class TenantDatabase:
         if pool is None:
             raise ShardError(f"shard {placement.shard_id} has no pool")
         begin = placement.begin_read if readonly else placement.begin_write
-        async with pool.acquire() as conn:
-            await _ended_or_dropped(conn, begin)
+        conn = await _begun(pool, begin)
+        try:
             try:
                 yield conn
             except BaseException as exc:
@@ -431,3 +457,5 @@ class TenantDatabase:
                                       f"{placement.shard_id}; retry") from exc
                 raise
             await _ended_or_dropped(conn, "COMMIT")
+        finally:
+            await pool.release(conn)
