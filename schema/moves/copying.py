@@ -64,10 +64,15 @@ async def copy_table(src: asyncpg.Connection, dst: asyncpg.Connection, schema_na
 
 async def copy_schema(src: asyncpg.Connection, dst: asyncpg.Connection, schema_name: str, tables: list[str],
                       *, progress: Callable[[int], None] | None = None) -> int:
-    """Every table in one target transaction (see the module docstring); rows copied."""
+    """Every table in one target transaction (see the module docstring); rows copied.
+
+    The target's tables are emptied first, in the same transaction: a copy that committed
+    just before a crash (the step not yet recorded) is redone, not doubled."""
     rows = 0
     async with src.transaction(isolation="repeatable_read", readonly=True), dst.transaction():
         await dst.execute("SET LOCAL session_replication_role = replica")
+        if tables:
+            await dst.execute(f"TRUNCATE {', '.join(qualified(schema_name, t) for t in tables)}")
         for table in tables:
             rows += await copy_table(src, dst, schema_name, table)
             if progress is not None:

@@ -255,3 +255,16 @@ async def test_a_restore_is_refused_while_the_tenant_is_moving(platform, tmp_pat
     assert (await abort_move(platform, tenant.id)).startswith("aborted")
     async with TenantDatabase(platform) as db:
         assert await _orders_seen_by_engine(db, tenant.id) == 10
+
+
+async def test_an_offline_move_killed_after_its_copy_committed_is_redone_not_doubled(platform) -> None:
+    tenant = await _tenant_on(platform, 0)
+    await fill_tenant(platform, tenant.id, 40)
+    before = await _sums(platform, 0, tenant.schema_name)
+    crashed = _wakala(platform, "tenant", "move", str(tenant.id), "--to", "1", "--offline", crash_after="copying")
+    assert crashed.returncode == -9, crashed.stderr
+    rerun = _wakala(platform, "tenant", "move", str(tenant.id), "--to", "1", "--offline")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert differences(before, await _sums(platform, 1, tenant.schema_name)) == []
+    async with TenantDatabase(platform) as db:
+        assert await _orders_seen_by_engine(db, tenant.id) == 40
