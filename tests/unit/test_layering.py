@@ -173,7 +173,9 @@ PURE = ["dispatch.deliveries.state", "dispatch.commerce.orders.lifecycle",
         "dispatch.deliveries.reports", "dispatch.commerce.catalogue.parse",
         "dispatch.commerce.catalogue.tags", "dispatch.commerce.catalogue.rows",
         "dispatch.tracking.frames", "dispatch.ops.config", "dispatch.core.cache_keys",
-        "dispatch.commerce.promotions", "dispatch.commerce.pricing"]
+        "dispatch.commerce.promotions", "dispatch.commerce.pricing", "schema.moves.plan",
+        "schema.moves.balance", "schema.retention.policies", "schema.backups.container",
+        "schema.backups.retention", "schema.privacy.registry"]
 IO_LIBRARIES = ("asyncpg", "redis", "aiokafka", "faust", "fastapi", "starlette", "websockets",
                 "uvicorn", "httpx", "socket", "subprocess")
 

@@ -1,0 +1,117 @@
+-- The personal-data registry (POPIA section 17: a record of processing), one row per column
+-- that holds personal information, in tenant schemas (scope 'tenant': the table in every
+-- tenant schema) and in the control database (scope 'control'). Each row says whose data it
+-- is, why it is kept, how long, and how an erasure anonymises it. schema/privacy/registry.py
+-- holds the rule that a column whose name looks personal must be registered here or reasoned
+-- away there; the schema test enforces it for every migration.
+--
+-- anonymization_method: 'placeholder' (replaced by a fixed text such as 'erased'),
+-- 'null' (set to NULL), 'drop' (JSON emptied), 'delete' (the row goes, e.g. a session).
+ALTER TABLE personal_data_registry
+    ADD COLUMN scope        VARCHAR(10) NOT NULL DEFAULT 'tenant' CHECK (scope IN ('tenant', 'control')),
+    ADD COLUMN subject_type VARCHAR(20) NOT NULL DEFAULT 'user'
+                            CHECK (subject_type IN ('user', 'customer', 'driver', 'vendor', 'requester')),
+    ADD COLUMN purpose      TEXT NOT NULL DEFAULT '';
+
+INSERT INTO personal_data_registry
+    (scope, table_name, column_name, subject_type, data_category, sensitivity_level,
+     encryption_required, anonymization_method, retention_period_days, purpose)
+VALUES
+    -- who the people are and how to reach them
+    ('tenant', 'users', 'name', 'user', 'identity', 'confidential', false, 'placeholder', NULL,
+     'shown to the vendor and driver of an order; kept while the account lives'),
+    ('tenant', 'users', 'email', 'user', 'contact', 'confidential', false, 'null', NULL,
+     'receipts and account recovery'),
+    ('tenant', 'users', 'phone_number', 'user', 'contact', 'confidential', false, 'placeholder', NULL,
+     'login and WhatsApp: the number a customer, vendor or driver uses'),
+    ('tenant', 'users', 'phone_normalized', 'user', 'contact', 'confidential', false, 'placeholder', NULL,
+     'the same number in E.164, for lookups'),
+    ('tenant', 'customers', 'first_name', 'customer', 'identity', 'confidential', false, 'placeholder', NULL,
+     'addressing the customer at the door and in messages'),
+    ('tenant', 'customers', 'last_name', 'customer', 'identity', 'confidential', false, 'placeholder', NULL,
+     'addressing the customer at the door and in messages'),
+    ('tenant', 'customers', 'date_of_birth', 'customer', 'identity', 'restricted', false, 'null', NULL,
+     'age-restricted goods (liquor); optional'),
+    ('tenant', 'customers', 'gender', 'customer', 'identity', 'restricted', false, 'null', NULL,
+     'optional, given by the customer; not used by the engine'),
+    ('tenant', 'customers', 'addresses', 'customer', 'address', 'confidential', false, 'drop', NULL,
+     'saved delivery addresses'),
+    ('tenant', 'customers', 'payment_methods', 'customer', 'financial', 'restricted', true, 'drop', NULL,
+     'saved payment method references (gateway tokens, never card numbers)'),
+    ('tenant', 'drivers', 'first_name', 'driver', 'identity', 'confidential', false, 'placeholder', NULL,
+     'shown to the customer on the tracking page'),
+    ('tenant', 'drivers', 'last_name', 'driver', 'identity', 'confidential', false, 'placeholder', NULL,
+     'the driver''s record with the tenant'),
+    ('tenant', 'drivers', 'license_number', 'driver', 'identity', 'restricted', false, 'placeholder', NULL,
+     'the tenant''s duty to check that a driver may drive'),
+    ('tenant', 'drivers', 'vehicle_registration', 'driver', 'identity', 'confidential', false, 'placeholder', NULL,
+     'shown to the customer so they know which vehicle to expect'),
+    ('tenant', 'drivers', 'current_location', 'driver', 'location', 'confidential', false, 'null', NULL,
+     'the last known position while on shift (at most one write per 10 s; live positions live in Redis for 30 s)'),
+    ('tenant', 'vendors', 'business_name', 'vendor', 'identity', 'internal', false, 'placeholder', NULL,
+     'the shop''s name; a sole trader''s may be their own'),
+    ('tenant', 'vendors', 'address', 'vendor', 'address', 'internal', false, 'drop', NULL,
+     'where drivers collect orders'),
+    ('tenant', 'vendors', 'location', 'vendor', 'location', 'internal', false, 'null', NULL,
+     'pickup point for matching and delivery fees'),
+    ('tenant', 'vendors', 'registration_number', 'vendor', 'identity', 'confidential', false, 'null', NULL,
+     'company registration, for invoices'),
+    ('tenant', 'vendors', 'tax_number', 'vendor', 'identity', 'confidential', false, 'null', NULL,
+     'VAT invoices'),
+    -- what people ordered and where it went (kept with the order: Companies Act, 7 years)
+    ('tenant', 'orders', 'delivery_address', 'customer', 'address', 'confidential', false, 'drop', 2557,
+     'where the order is delivered'),
+    ('tenant', 'orders', 'delivery_location', 'customer', 'location', 'confidential', false, 'null', 2557,
+     'the delivery point for matching, fees and ETAs'),
+    ('tenant', 'orders', 'delivery_instructions', 'customer', 'free_text', 'confidential', false, 'null', 2557,
+     'instructions for the driver'),
+    ('tenant', 'orders', 'notes', 'customer', 'free_text', 'confidential', false, 'null', 2557,
+     'notes on the order'),
+    ('tenant', 'order_items', 'notes', 'customer', 'free_text', 'internal', false, 'null', 2557,
+     'notes on one line of an order'),
+    ('tenant', 'order_status_history', 'notes', 'user', 'free_text', 'internal', false, 'null', 2557,
+     'why an order changed status'),
+    ('tenant', 'inventory_movements', 'notes', 'user', 'free_text', 'internal', false, 'null', NULL,
+     'staff notes on stock movements'),
+    ('tenant', 'deliveries', 'pickup_address', 'vendor', 'address', 'internal', false, 'drop', 2557,
+     'where the driver collects'),
+    ('tenant', 'deliveries', 'dropoff_address', 'customer', 'address', 'confidential', false, 'drop', 2557,
+     'where the driver delivers'),
+    ('tenant', 'deliveries', 'pickup_location', 'vendor', 'location', 'internal', false, 'null', 2557,
+     'pickup point of the delivery'),
+    ('tenant', 'deliveries', 'dropoff_location', 'customer', 'location', 'confidential', false, 'null', 2557,
+     'drop-off point of the delivery'),
+    ('tenant', 'deliveries', 'route_polyline', 'driver', 'location', 'confidential', false, 'null', 2557,
+     'the route driven'),
+    ('tenant', 'deliveries', 'driver_notes', 'driver', 'free_text', 'internal', false, 'null', 2557,
+     'the driver''s notes on a delivery'),
+    ('tenant', 'deliveries', 'customer_feedback', 'customer', 'free_text', 'confidential', false, 'null', 2557,
+     'the customer''s feedback on a delivery'),
+    ('tenant', 'deliveries', 'proof_of_delivery', 'customer', 'proof_of_delivery', 'confidential', false, 'drop', 2557,
+     'proof that the order reached the customer (PIN check, photo, signature)'),
+    -- messages
+    ('tenant', 'notifications', 'content', 'user', 'message_content', 'confidential', false, 'null', 180,
+     'the text of a notification sent to a person'),
+    ('tenant', 'whatsapp_messages', 'from_number', 'user', 'contact', 'confidential', false, 'placeholder', 365,
+     'the sender of a WhatsApp message'),
+    ('tenant', 'whatsapp_messages', 'to_number', 'user', 'contact', 'confidential', false, 'placeholder', 365,
+     'the recipient of a WhatsApp message'),
+    ('tenant', 'whatsapp_messages', 'content', 'user', 'message_content', 'confidential', false, 'drop', 365,
+     'what a WhatsApp message said'),
+    -- devices and networks
+    ('tenant', 'user_sessions', 'ip_address', 'user', 'network', 'confidential', false, 'delete', 30,
+     'security of the session (unusual logins)'),
+    ('tenant', 'user_sessions', 'user_agent', 'user', 'device', 'internal', false, 'delete', 30,
+     'security of the session'),
+    ('tenant', 'user_sessions', 'device_info', 'user', 'device', 'internal', false, 'delete', 30,
+     'security of the session'),
+    -- the control database
+    ('control', 'tenant_users', 'phone_number', 'user', 'contact', 'confidential', false, 'placeholder', NULL,
+     'routing a phone number (login, WhatsApp) to its tenant'),
+    ('control', 'consent_records', 'ip_address', 'user', 'network', 'confidential', false, 'null', NULL,
+     'evidence of where consent was given'),
+    ('control', 'data_access_log', 'ip_address', 'requester', 'network', 'confidential', false, 'null', NULL,
+     'who looked at personal data, from where (accountability)'),
+    ('control', 'data_access_log', 'user_agent', 'requester', 'device', 'internal', false, 'null', NULL,
+     'who looked at personal data, with what')
+ON CONFLICT (table_name, column_name) DO NOTHING;

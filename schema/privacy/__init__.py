@@ -1,0 +1,1 @@
+"""POPIA duties over the data: which columns hold personal information, and why."""
