@@ -33,6 +33,7 @@ from dispatch.api import install as install_api
 from dispatch.commerce.catalogue.views import active_tenant_ids, run_view_refresher
 from dispatch.commerce.orders.expiry import run_reservation_sweeper
 from dispatch.core.cache import Cache
+from dispatch.core.metrics import watch_pools
 from dispatch.core.settings import EngineSettings
 from dispatch.deliveries.outbox import OutboxRelay
 from dispatch.deliveries.transitions import PostgresTransitions
@@ -121,6 +122,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
         producer = PingProducer(streams)
         auth = DriverAuthenticator.from_settings(db, redis, engine, failures)
         await db.start()
+        watch_pools(db)
         await producer.start()
         await auth.start()
         app.state.redis, app.state.db, app.state.producer = redis, db, producer

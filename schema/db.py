@@ -254,6 +254,12 @@ class TenantDatabase:
                 if self._control is None:
                     self._control = await self._create_pool(self.settings.control, 2)
 
+    def pool_stats(self) -> list[tuple[int, str, int, int]]:
+        """(shard id, 'write' or 'read', connections open, idle) of every pool (for metrics)."""
+        return [(shard_id, kind, pool.get_size(), pool.get_idle_size())
+                for shard_id, pools in list(self._pools.items())
+                for kind, pool in (("write", pools.write), ("read", pools.read))]
+
     async def close(self) -> None:
         pools = [p for sp in self._pools.values() for p in (sp.write, sp.read)]
         if self._control is not None:

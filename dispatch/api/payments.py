@@ -38,6 +38,7 @@ from dispatch.core.errors import (
     Refusal,
 )
 from dispatch.core.ids import InvalidId, canonical_uuid
+from dispatch.core.metrics import PAYMENTS
 from schema.errors import InvalidTenantId, TenantNotActive, UnknownTenant
 
 __all__ = ["SIGNATURE_HEADER", "router", "sign", "sign_v1"]
@@ -115,6 +116,7 @@ async def payment_callback(request: Request) -> Any:
     except (InvalidTenantId, UnknownTenant, TenantNotActive):
         # an unknown tenant is refused exactly like a wrong signature
         raise signatures.refused("the callback signature does not match") from None
+    PAYMENTS.labels(str(fields["status"])).inc()
     await forget_cached(state.cache, tenant, order_id, products)
     return answer(result)
 

@@ -43,6 +43,7 @@ from dispatch.core.cache import Cache
 from dispatch.core.cache_keys import inventory_tag
 from dispatch.core.errors import INVALID_REQUEST, Refusal
 from dispatch.core.ids import InvalidId, canonical_uuid, parse_uuid
+from dispatch.core.metrics import DELIVERY_TRANSITIONS
 from dispatch.deliveries.state import (
     DeliveryEvent,
     DeliverySnapshot,
@@ -347,6 +348,7 @@ async def transition(
             _outbox_payload(delivery_uuid, order_id, new, step),
         )
         await tx.execute(NOTIFY_OUTBOX_SQL, str(tenant_id))
+    DELIVERY_TRANSITIONS.labels(step.event.value, entered.value).inc()
     if cache is not None and order_changed:
         await cache.invalidate(str(tenant_id), [f"order:{order_id}",
                                                 *(inventory_tag(p) for p in stock_changed)])

@@ -55,6 +55,7 @@ from redis.asyncio import Redis
 from dispatch.core.cache import Cache
 from dispatch.core.errors import ILLEGAL_TRANSITION, INVALID_VALUE, UNKNOWN_DELIVERY
 from dispatch.core.ids import canonical_uuid, parse_uuid
+from dispatch.core.metrics import MATCHING_CANDIDATES, MATCHING_SECONDS
 from dispatch.deliveries.reports import DriverUpdate, DriverUpdateRefused, parse_driver_update
 from dispatch.deliveries.state import DeliveryEvent, DeliveryState, IllegalTransition, InvalidFact
 from dispatch.deliveries.store import CREATED_EVENT, UnknownDelivery, transition
@@ -176,8 +177,11 @@ class Dispatcher:
         return facts
 
     async def ranked(self, job: Job) -> list[RankedCandidate]:
+        started = time.perf_counter()
         found = await nearest(self.store, self.db, job, k=self.k,
                               driver_facts=await self._driver_facts(job.tenant_id), replica=self.replica)
+        MATCHING_SECONDS.observe(time.perf_counter() - started)
+        MATCHING_CANDIDATES.observe(len(found.candidates))
         return found.candidates
 
     async def offer_candidates(self, job: Job, ranked: Sequence[RankedCandidate]) -> list[OfferCandidate]:

@@ -30,11 +30,12 @@ logged once (``dispatch.web.outages``), never a reset connection.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from dispatch.core.errors import INVALID_TEXT, RATE_LIMITED, TOO_LARGE, URI_TOO_LONG, Refusal
-from dispatch.core.metrics import PINGS_REJECTED
+from dispatch.core.metrics import API_SECONDS, PINGS_REJECTED
 from dispatch.web.failures import FailureLimiter, client_address
 from dispatch.web.http import GATEWAY_PREFIX, error_response
 from dispatch.web.outages import failure_response
@@ -151,11 +152,13 @@ class EdgeLimits:
             return await receive()   # only http.disconnect is left to come
 
         started = False
+        status = 500
+        began = time.perf_counter()
 
         async def tracked(message: dict[str, Any]) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
-                started = True
+                started, status = True, message["status"]
             await send(message)
 
         try:
@@ -168,6 +171,17 @@ class EdgeLimits:
                 return
             response = failure_response(path, scope.get("method", ""), exc)
             await response(scope, replay, send)
+            status = response.status_code
+        finally:
+            _observe(scope, status, began)
+
+
+def _observe(scope, status: int, began: float) -> None:
+    """API latency by route template (set on the scope by the router; requests that matched
+    no route count as one ``unmatched`` series, whatever their path)."""
+    route = scope.get("route")
+    API_SECONDS.labels(scope.get("method", ""), getattr(route, "path", "unmatched"), str(status)).observe(
+        time.perf_counter() - began)
 
 
 def _close_after_413(declared: bytes, limit: int) -> bool:

@@ -70,6 +70,7 @@ from dispatch.core.errors import (
     VENDOR_UNAVAILABLE,
     Refusal,
 )
+from dispatch.core.metrics import ORDERS_PLACED
 from schema.db import TenantDatabase
 from schema.tenants import parse_tenant_id
 
@@ -322,5 +323,6 @@ async def place_order(
         await reservations.reserve(tx, order_id, needs, when + timedelta(seconds=reservation_ttl_s))
         if idempotency is not None:
             await idem.finish(tx, idempotency, view)
+    ORDERS_PLACED.inc()
     await forget_cached(cache, tenant, None, (str(r["product_id"]) for r in rows))
     return view
