@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test unit services migrate lint bench clean-venv
+.PHONY: demo test unit services migrate lint bench clean-venv prometheus
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,15 @@ demo: migrate
 # Four pytest-xdist workers even on two cores: integration tests mostly wait (on PostgreSQL's
 # checkpoints, the broker, sockets). --dist loadfile keeps a file's tests on one worker, in
 # order, with its module fixtures (one Faust worker for the stream tests, say).
-test: migrate
+# promtool and a Prometheus server for the tests of deploy/prometheus (Debian's package; only
+# installed when missing, and only where apt-get runs as root: elsewhere install it yourself).
+prometheus:
+	@command -v promtool >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null || \
+		  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; }; }; } || \
+		echo "prometheus is not installed (apt-get install prometheus): its tests will fail"
+
+test: migrate prometheus
 	$(BIN)/ruff check .
 	$(BIN)/pytest -n 4 --dist loadfile tests/unit tests/integration
 

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from dispatch.cli import backups, benches, moves, retention
+from dispatch.cli import backups, benches, moves, retention, status
 from dispatch.core.console import format_table
 from schema.errors import WakalaError
 from schema.settings import PostgresSettings
@@ -377,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_demo)
     retention.register(sub)
     backups.register(sub)
+    status.register(sub)
     return parser
 
 

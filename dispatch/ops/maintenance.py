@@ -15,7 +15,10 @@ they skipped the round). A round
 3. runs due backups (``schema.backups.service.run_due_backups``) when backup settings are
    given; that module is imported only then;
 4. drops the old schemas of tenant moves whose grace period is over
-   (``schema.moves.cleanup.cleanup_moves``; ``WAKALA_MOVE_GRACE_S``, 7 days by default).
+   (``schema.moves.cleanup.cleanup_moves``; ``WAKALA_MOVE_GRACE_S``, 7 days by default);
+5. samples every database's health into ``database_metrics`` (``schema.monitoring``;
+   ``WAKALA_DB_METRICS``, on by default) and prunes samples older than
+   ``WAKALA_DB_METRICS_KEEP_DAYS``.
 
 A round that fails is logged and the loop goes on; the lock dies with its connection, so a
 process killed mid-round leaves nothing taken. Retention works in short transactions (see
@@ -31,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from schema.monitoring import sample_and_record
 from schema.moves.cleanup import cleanup_moves
 from schema.retention.policies import RetentionSettings
 from schema.retention.runner import (
@@ -56,6 +60,7 @@ class RoundResult:
     retention: RetentionReport | None = None
     backups: list[Any] | None = None
     old_schemas_dropped: int = 0
+    metrics_recorded: int = 0
 
 
 async def maintenance_round(settings: PostgresSettings, retention_settings: RetentionSettings, *,
@@ -76,13 +81,15 @@ async def maintenance_round(settings: PostgresSettings, retention_settings: Rete
 
             result.backups = list(await run_due_backups(settings, backups))
         result.old_schemas_dropped = len(await cleanup_moves(settings))
+        result.metrics_recorded = await sample_and_record(settings)
     report = result.retention
     log.info("maintenance round: %d analytics partition(s) created; retention %s; backups %s; "
-             "%d moved tenant's old schema(s) dropped", result.partitions_created,
+             "%d moved tenant's old schema(s) dropped; %d database metric(s) recorded", result.partitions_created,
              ("not due" if retention and retention_settings.enabled else "off") if report is None else
              f"run {report.run_id}: {report.deleted} row(s) deleted, {len(report.errors)} error(s), "
              f"{len(report.refused)} refused polic(ies)",
-             "off" if result.backups is None else f"{len(result.backups)} done", result.old_schemas_dropped)
+             "off" if result.backups is None else f"{len(result.backups)} done", result.old_schemas_dropped,
+             result.metrics_recorded)
     return result
 
 
