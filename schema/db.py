@@ -407,6 +407,11 @@ class TenantDatabase:
         self._placements.pop(tenant_id, None)
         self._unknown.pop(tenant_id, None)
 
+    async def control_fetch(self, sql: str, *args: object) -> list:
+        """A query on the control database through the engine's control pool (application
+        role; what it may read and write there is what its grants allow)."""
+        return await self._control_fetch(sql, *args)
+
     async def ping(self) -> None:
         """``select 1`` through the control pool (readiness; the caller bounds the wait)."""
         await self._control_fetch("SELECT 1")

@@ -26,14 +26,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from dispatch.api import admin, catalogue, customers, drivers, payments, vendors
+from dispatch.api import admin, catalogue, customers, drivers, payments, subjects, vendors
 from dispatch.api.common import install_handlers
 from dispatch.api.payments import SIGNATURE_HEADER, sign
 
 __all__ = ["SIGNATURE_HEADER", "install", "router", "sign"]
 
 router = APIRouter()
-for _audience in (drivers, admin, vendors, catalogue, customers, payments):
+for _audience in (drivers, admin, subjects, vendors, catalogue, customers, payments):
     router.include_router(_audience.router)
 
 

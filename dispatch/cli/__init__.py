@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from dispatch.cli import backups, benches, moves, retention, status
+from dispatch.cli import backups, benches, dsr, moves, retention, status
 from dispatch.core.console import format_table
 from schema.errors import WakalaError
 from schema.settings import PostgresSettings
@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="show the running system")
     p.set_defaults(handler=_demo)
     retention.register(sub)
+    dsr.register(sub)
     backups.register(sub)
     status.register(sub)
     return parser
