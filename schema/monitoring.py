@@ -144,13 +144,15 @@ async def _sample_database(dsn: DSN, shard_id: int | None, at: datetime, timeout
 
 async def sample_database_metrics(settings: PostgresSettings, *,
                                   timeout_s: float = SAMPLE_TIMEOUT_S) -> list[Metric]:
-    """One reading of the control database and every shard in ``shard_map`` (concurrently)."""
+    """One reading of the control database and every shard in ``shard_map``."""
     at = datetime.now(UTC)
     async with connection(settings.control, connect_timeout=timeout_s) as conn:
         shards = await conn.fetch(SHARDS_SQL)
-    samples = await asyncio.gather(
-        _sample_database(settings.control, None, at, timeout_s),
-        *(_sample_database(shard_dsn(settings, s), s["shard_id"], at, timeout_s) for s in shards))
+    # One database after another: a round holds one extra connection at a time, not one
+    # per shard at once (the server's connections are shared with the engines' pools).
+    samples = [await _sample_database(settings.control, None, at, timeout_s)]
+    for s in shards:
+        samples.append(await _sample_database(shard_dsn(settings, s), s["shard_id"], at, timeout_s))
     return [metric for sample in samples for metric in sample]
 
 

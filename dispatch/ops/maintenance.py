@@ -48,6 +48,8 @@ from schema.settings import PostgresSettings
 
 __all__ = ["RoundResult", "maintenance_round", "run_maintenance"]
 
+FIRST_ROUND_S = (60.0, 180.0)
+
 log = logging.getLogger(__name__)
 
 
@@ -94,12 +96,21 @@ async def maintenance_round(settings: PostgresSettings, retention_settings: Rete
 
 
 async def run_maintenance(settings: PostgresSettings, *, interval_s: float, retention: bool,
-                          backups: Any = None, retention_settings: RetentionSettings | None = None) -> None:
-    """Forever: a round every ``interval_s`` (the first at once), retention in it once due.
+                          backups: Any = None, retention_settings: RetentionSettings | None = None,
+                          first_after_s: float | None = None) -> None:
+    """Forever: a round every ``interval_s``, retention in it once due.
+
+    The first round comes ``first_after_s`` after the start (default: a random 60-180 s).
+    Nothing in a round is urgent at start-up (partitions are created ahead by months,
+    provisioning and ``wakala migrate`` create them too), and a round opens a connection to
+    every database: engines restarted together (a deploy, a crash loop) would otherwise all
+    open them at the moment they also fill their pools.
 
     ``backups``: a ``schema.backups.settings.BackupSettings`` to run due backups in each
     round, or None. ``retention_settings`` defaults to ``RetentionSettings.from_env()``."""
     settings_ = retention_settings or RetentionSettings.from_env()
+    first = random.uniform(*FIRST_ROUND_S) if first_after_s is None else first_after_s  # noqa: S311 - spreading
+    await asyncio.sleep(first)
     not_before = time.monotonic() + random.uniform(0.0, settings_.jitter_s)  # noqa: S311 - spreading, not security
     while True:
         may_retain = retention and time.monotonic() >= not_before

@@ -60,7 +60,7 @@ async def test_two_engine_loops_run_retention_once_and_the_other_skips_its_round
     caplog.set_level(logging.INFO, logger="dispatch.ops.maintenance")
 
     loops = [asyncio.create_task(run_maintenance(platform, interval_s=0.2, retention=True, backups=None,
-                                                 retention_settings=SLOW)) for _ in range(2)]
+                                                 retention_settings=SLOW, first_after_s=0)) for _ in range(2)]
     try:
         for _ in range(200):
             runs = await _runs(platform)
