@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dispatch.core.console import format_table
+from loadtest.tenant_data import MAX_ORDERS, fill_tenant
 from schema.backups import BackupSettings, backup_tenant, restore
 from schema.backups.dump import dump_schema_to_file, restore_archive
 from schema.backups.settings import BackupKey
@@ -42,7 +43,6 @@ from schema.settings import PostgresSettings
 from schema.tenants import create_tenant
 
 PREFIX = "wkbench_"
-MAX_ORDERS = 5_000_000
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,6 @@ async def _drop_schema(settings: PostgresSettings, place, schema_name: str) -> N
 
 async def _measure(settings: PostgresSettings, backups: BackupSettings, orders: int, runs: int,
                    workdir: Path) -> dict[str, object]:
-    from loadtest.tenant_data import fill_tenant
 
     tenant = await create_tenant(settings, f"Bench {orders}")
     filled = time.perf_counter()

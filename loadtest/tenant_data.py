@@ -70,7 +70,7 @@ from schema.connect import connection
 from schema.errors import UnknownTenant, WakalaError
 from schema.migrate import shard_dsn
 from schema.settings import PostgresSettings
-from schema.tenants import parse_tenant_id
+from schema.tenants import Tenant, create_tenant, parse_tenant_id
 
 __all__ = ["ORDER_PATHS", "TenantFillError", "fill_tenant", "main", "plan_people"]
 
@@ -399,6 +399,16 @@ async def _prepare_session(conn: asyncpg.Connection, schema_name: str, config: S
         await conn.execute("ANALYZE _fill_paths")
         await conn.execute(PEOPLE_SQL)
         await _run_all(conn, PRODUCTS_SQL, {})
+
+
+async def tenant_on_shard(settings: PostgresSettings, shard_id: int, name: str) -> Tenant:
+    """A new tenant placed on ``shard_id`` (placement is by hash: tenants are created, with
+    unique names, until one lands there; the others stay, empty)."""
+    for _ in range(64):
+        tenant = await create_tenant(settings, f"{name} {uuid.uuid4().hex[:6]}")
+        if tenant.shard_id == shard_id:
+            return tenant
+    raise RuntimeError(f"64 new tenants and none placed on shard {shard_id}")
 
 
 async def fill_tenant(

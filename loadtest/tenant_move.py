@@ -26,13 +26,12 @@ from loadtest.orders import OrdersBench, _bench_streams, _forget_streams, popula
 from loadtest.orders_load import TRANSPORT_ERRORS, ApiConnection, BenchTenant, order_body
 from loadtest.processes import free_port, spawn_wakala, stop, streams_env, wait_healthy
 from loadtest.report import emit, percentiles_ms
-from loadtest.tenant_data import fill_tenant
+from loadtest.tenant_data import fill_tenant, tenant_on_shard
 from schema.db import TenantDatabase
 from schema.migrate import migrate
 from schema.moves.cleanup import cleanup_moves
 from schema.moves.runner import MoveOptions, MoveResult, move_tenant
 from schema.settings import DSN, PostgresSettings
-from schema.tenants import Tenant, create_tenant
 
 LOG = ".wakala/bench-tenant-move.log"
 
@@ -77,14 +76,6 @@ class Writers:
         await asyncio.gather(*self.tasks)
 
 
-async def _tenant_on(settings: PostgresSettings, shard_id: int, name: str) -> Tenant:
-    for i in range(64):
-        tenant = await create_tenant(settings, f"{name} {i}")
-        if tenant.shard_id == shard_id:
-            return tenant
-    raise RuntimeError(f"no tenant landed on shard {shard_id}")
-
-
 def _errors(outcomes: Counter) -> dict[str, int]:
     return {k: v for k, v in outcomes.items() if k != "201"}
 
@@ -92,7 +83,7 @@ def _errors(outcomes: Counter) -> dict[str, int]:
 async def _one_size(settings: PostgresSettings, port: int, other: BenchTenant, orders: int,
                     bench: TenantMoveBench) -> dict:
     shop_setup = OrdersBench(customers=20, products=20)
-    tenant = await _tenant_on(settings, 0, f"Bench Move {orders}")
+    tenant = await tenant_on_shard(settings, 0, f"Bench Move {orders}")
     async with TenantDatabase(settings) as db:
         mover = await populate_bench_tenant(db, tenant, shop_setup)
     started = time.monotonic()
@@ -136,7 +127,7 @@ async def run_tenant_move_bench(bench: TenantMoveBench) -> dict:
         settings = replace(PostgresSettings.from_env(), control=DSN.parse(cluster.dsn("wakala_control")),
                            shard_databases=("wakala_shard_0", "wakala_shard_1"))
         await migrate(settings)
-        other_tenant = await _tenant_on(settings, 0, "Bench Stays")
+        other_tenant = await tenant_on_shard(settings, 0, "Bench Stays")
         async with TenantDatabase(settings) as db:
             other = await populate_bench_tenant(db, other_tenant, OrdersBench(customers=20, products=20))
         port = free_port()

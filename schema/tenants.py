@@ -105,6 +105,15 @@ def schema_name_for(tenant_id: uuid.UUID) -> str:
     return f"tenant_{tenant_id.hex[:12]}"
 
 
+async def free_tenant_id(conn) -> tuple[uuid.UUID, str]:
+    """A new tenant id whose schema name (12 hex digits of it) no tenant has yet."""
+    while True:
+        tenant_id = uuid.uuid4()
+        schema_name = schema_name_for(tenant_id)
+        if not await conn.fetchval("SELECT 1 FROM tenant_shard_mapping WHERE schema_name = $1", schema_name):
+            return tenant_id, schema_name
+
+
 async def create_tenant(
     settings: PostgresSettings, name: str, *, slug: str | None = None
 ) -> Tenant:
@@ -124,14 +133,7 @@ async def create_tenant(
             candidates = active_candidates(shards)
             if not candidates:
                 raise ShardError("no active shard to place the tenant on; run `wakala migrate` first")
-            while True:
-                tenant_id = uuid.uuid4()
-                schema_name = schema_name_for(tenant_id)
-                taken = await conn.fetchval(
-                    "SELECT 1 FROM tenant_shard_mapping WHERE schema_name = $1", schema_name
-                )
-                if not taken:
-                    break
+            tenant_id, schema_name = await free_tenant_id(conn)
             shard_id = place_tenant(tenant_id, candidates)
             shard = next(s for s in shards if s["shard_id"] == shard_id)
             async with conn.transaction():

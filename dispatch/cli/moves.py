@@ -157,27 +157,19 @@ async def shard_rebalance(args: argparse.Namespace) -> int:
     return 0
 
 
-def _orders_sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(n) for n in text.split(",") if n.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"comma-separated order counts like 10000,100000, got {text!r}") from None
-    if not sizes or any(not 1 <= n <= 5_000_000 for n in sizes):
-        raise argparse.ArgumentTypeError(f"order counts between 1 and 5,000,000, got {text!r}")
-    return sizes
-
-
 def add_bench(bsub: argparse._SubParsersAction) -> None:
     p = bsub.add_parser("tenant-move", help="online tenant move under order load vs the paused COPY move "
                                             "(a private cluster with wal_level=logical)")
-    p.add_argument("--orders", type=_orders_sizes, default=(10_000, 100_000), help="tenant sizes, e.g. 10000,100000")
+    p.add_argument("--orders", default="10000,100000", help="tenant sizes in orders, comma-separated")
     p.add_argument("--mover-clients", type=int, default=3)
     p.add_argument("--other-clients", type=int, default=1)
     p.set_defaults(handler=bench_tenant_move)
 
 
 async def bench_tenant_move(args: argparse.Namespace) -> int:
+    from loadtest.backup import parse_orders
     from loadtest.tenant_move import TenantMoveBench, run_tenant_move_bench
 
-    figures = await run_tenant_move_bench(TenantMoveBench(args.orders, args.mover_clients, args.other_clients))
+    bench = TenantMoveBench(parse_orders(args.orders), args.mover_clients, args.other_clients)
+    figures = await run_tenant_move_bench(bench)
     return 0 if all(not s["other_errors"] for s in figures["sizes"]) else 1

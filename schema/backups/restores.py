@@ -55,7 +55,7 @@ from schema.moves.fence import NOTIFY_CHANNEL
 from schema.placement import place_tenant
 from schema.settings import PostgresSettings
 from schema.shards import active_candidates
-from schema.tenants import schema_name_for, slugify, validate_tenant_name
+from schema.tenants import free_tenant_id, slugify, validate_tenant_name
 
 UNFINISHED_MOVE_SQL = """
 SELECT status, target_shard FROM tenant_migrations
@@ -217,12 +217,7 @@ async def _as_new_tenant(settings: PostgresSettings, backup: OpenedBackup, name:
         candidates = active_candidates(shards)
         if not candidates:
             raise RestoreRefused("no active shard to place the new tenant on")
-        while True:
-            new_id = uuid.uuid4()
-            new_schema = schema_name_for(new_id)
-            if not await control.fetchval("SELECT 1 FROM tenant_shard_mapping WHERE schema_name = $1",
-                                          new_schema):
-                break
+        new_id, new_schema = await free_tenant_id(control)
         target = next(s for s in shards if s["shard_id"] == place_tenant(new_id, candidates))
         target_dsn = migrate.shard_dsn(settings, target)
         restore_id = uuid.uuid4()

@@ -13,7 +13,7 @@ import uuid
 import asyncpg
 import pytest
 
-from loadtest.tenant_data import fill_tenant
+from loadtest.tenant_data import fill_tenant, tenant_on_shard
 from schema.checksums import checksums, differences
 from schema.connect import connection
 from schema.db import TenantDatabase
@@ -26,14 +26,6 @@ from schema.moves.runner import MoveOptions, MoveResult, abort_move, move_tenant
 from schema.tenants import create_tenant
 
 OFFLINE = MoveOptions(offline=True)
-
-
-async def _tenant_on(settings, shard_id: int, name: str = "Mover"):
-    for i in range(40):
-        tenant = await create_tenant(settings, f"{name} {i}")
-        if tenant.shard_id == shard_id:
-            return tenant
-    raise AssertionError(f"40 tenants and none on shard {shard_id}")
 
 
 async def _sums(settings, shard_id: int, schema_name: str):
@@ -57,7 +49,7 @@ async def _orders_seen_by_engine(db: TenantDatabase, tenant_id) -> int:
 
 
 async def test_a_move_copies_every_row_proves_it_and_the_engine_follows(platform) -> None:
-    tenant = await _tenant_on(platform, 0)
+    tenant = await tenant_on_shard(platform, 0, "Mover")
     await fill_tenant(platform, tenant.id, 300)
     before = await _sums(platform, 0, tenant.schema_name)
     async with TenantDatabase(platform) as stale:
@@ -86,7 +78,7 @@ async def test_a_move_copies_every_row_proves_it_and_the_engine_follows(platform
 
 
 async def test_an_engine_that_listens_routes_to_the_new_shard_without_an_error(platform) -> None:
-    tenant = await _tenant_on(platform, 1)
+    tenant = await tenant_on_shard(platform, 1, "Mover")
     await fill_tenant(platform, tenant.id, 20)
     async with TenantDatabase(platform) as db:
         watcher = asyncio.create_task(db.watch_placements(retry_s=0.1))
@@ -107,7 +99,7 @@ async def test_an_engine_that_listens_routes_to_the_new_shard_without_an_error(p
 
 
 async def test_transactions_wait_out_a_pause_and_give_up_with_503_when_it_lasts(platform) -> None:
-    tenant = await _tenant_on(platform, 0)
+    tenant = await tenant_on_shard(platform, 0, "Mover")
     async with TenantDatabase(platform) as db, connection(platform.control) as control:
         await fence.pause(control, tenant.id)
         db.forget_placement(tenant.id)
@@ -123,7 +115,7 @@ async def test_transactions_wait_out_a_pause_and_give_up_with_503_when_it_lasts(
 
 
 async def test_bad_requests_are_refused_and_change_nothing(platform) -> None:
-    tenant = await _tenant_on(platform, 0)
+    tenant = await tenant_on_shard(platform, 0, "Mover")
     await _control(platform, "UPDATE shard_map SET status = 'retired' WHERE shard_id = 1")
     cases = [
         (UnknownTenant, uuid.uuid4(), 1),
@@ -157,7 +149,7 @@ def _wakala(settings, *args: str, crash_after: str | None = None) -> subprocess.
 
 
 async def test_a_move_killed_after_the_fence_leaves_the_tenant_paused_and_abort_gives_it_back(platform) -> None:
-    tenant = await _tenant_on(platform, 0)
+    tenant = await tenant_on_shard(platform, 0, "Mover")
     await fill_tenant(platform, tenant.id, 50)
     before = await _sums(platform, 0, tenant.schema_name)
     crashed = _wakala(platform, "tenant", "move", str(tenant.id), "--to", "1", "--offline", crash_after="copying")
@@ -207,7 +199,7 @@ async def test_a_drain_empties_and_retires_a_shard_and_a_rebalance_spreads_tenan
 async def test_the_fence_stops_a_writer_that_queued_behind_it(platform) -> None:
     """A writer that never heard of the pause and waits on the move's locks fails when they go:
     it never writes into the schema that nobody will read again."""
-    tenant = await _tenant_on(platform, 0)
+    tenant = await tenant_on_shard(platform, 0, "Mover")
     shard0 = platform.control.with_database(platform.shard_databases[0])
     app = shard0.with_user(platform.app_role, platform.app_password)
     async with connection(shard0) as owner:
@@ -244,7 +236,7 @@ async def test_a_restore_is_refused_while_the_tenant_is_moving(platform, tmp_pat
     from schema.backups import BackupSettings, backup_tenant, restore
     from schema.backups.errors import RestoreRefused
 
-    tenant = await _tenant_on(platform, 0)
+    tenant = await tenant_on_shard(platform, 0, "Mover")
     await fill_tenant(platform, tenant.id, 10)
     backups = BackupSettings.from_env({"WAKALA_BACKUP_DIR": str(tmp_path), "WAKALA_BACKUP_KEY": "a" * 64})
     taken = await backup_tenant(platform, backups, tenant.id)
@@ -258,7 +250,7 @@ async def test_a_restore_is_refused_while_the_tenant_is_moving(platform, tmp_pat
 
 
 async def test_an_offline_move_killed_after_its_copy_committed_is_redone_not_doubled(platform) -> None:
-    tenant = await _tenant_on(platform, 0)
+    tenant = await tenant_on_shard(platform, 0, "Mover")
     await fill_tenant(platform, tenant.id, 40)
     before = await _sums(platform, 0, tenant.schema_name)
     crashed = _wakala(platform, "tenant", "move", str(tenant.id), "--to", "1", "--offline", crash_after="copying")

@@ -29,7 +29,7 @@ from dispatch.identity.drivers import NewDriver, create_driver
 from dispatch.ops.postgres_cluster import private_postgres
 from loadtest.orders import OrdersBench, populate_bench_tenant
 from loadtest.orders_load import TRANSPORT_ERRORS, ApiConnection, order_body
-from loadtest.tenant_data import fill_tenant
+from loadtest.tenant_data import fill_tenant, tenant_on_shard
 from schema.checksums import checksums, differences
 from schema.connect import connection
 from schema.db import TenantDatabase
@@ -38,7 +38,6 @@ from schema.moves.cleanup import cleanup_moves
 from schema.moves.plan import replication_name
 from schema.moves.runner import MoveOptions, MoveResult, move_tenant
 from schema.settings import DSN, PostgresSettings
-from schema.tenants import create_tenant
 from tests.integration.engine_helpers import running_app
 from tests.integration.gateway.support import ping
 
@@ -54,14 +53,6 @@ async def logical(_redis_leftovers) -> AsyncIterator[PostgresSettings]:
         await migrate(settings)
         yield settings
         await _redis_leftovers.note_ids_in(settings)
-
-
-async def _tenant_on(settings, shard_id: int, name: str):
-    for i in range(40):
-        tenant = await create_tenant(settings, f"{name} {uuid.uuid4().hex[:6]} {i}")
-        if tenant.shard_id == shard_id:
-            return tenant
-    raise AssertionError(f"no tenant landed on shard {shard_id}")
 
 
 def _shard(settings, shard_id: int) -> DSN:
@@ -81,8 +72,8 @@ async def _replication_leftovers(settings, name: str) -> list[str]:
 
 
 async def test_a_tenant_moves_while_orders_and_pings_flow_and_nothing_is_lost(logical, stream_settings) -> None:
-    mover = await _tenant_on(logical, 0, "Moving Spaza")
-    other = await _tenant_on(logical, 0, "Staying Spaza")
+    mover = await tenant_on_shard(logical, 0, "Moving Spaza")
+    other = await tenant_on_shard(logical, 0, "Staying Spaza")
     bench = OrdersBench(customers=10, products=20)
     async with TenantDatabase(logical) as db:
         shops = {t.id: await populate_bench_tenant(db, t, bench) for t in (mover, other)}
@@ -174,7 +165,7 @@ def _wakala(settings, *args: str, crash_after: str | None = None) -> subprocess.
 
 @pytest.mark.parametrize("point", ["started", "preparing", "copying", "catching_up", "fenced", "switched"])
 async def test_a_move_killed_at_any_step_ends_the_same_when_rerun(logical, point: str) -> None:
-    tenant = await _tenant_on(logical, 0, f"Crash {point}")
+    tenant = await tenant_on_shard(logical, 0, f"Crash {point}")
     await fill_tenant(logical, tenant.id, 200)
     async with connection(_shard(logical, 0)) as source:
         before = await checksums(source, tenant.schema_name)
