@@ -1,7 +1,12 @@
 """``/v1/admin/subject-requests`` over HTTP: only tenant admins, verified requesters, their own
 tenant's subjects; hostile bodies and ids are refused naming the field and record nothing."""
 
+import csv
+import io
+import json
+import re
 import uuid
+import zipfile
 
 import asyncpg
 import httpx
@@ -119,3 +124,99 @@ async def test_hostile_requests_are_refused_and_record_nothing(platform, api):
         assert answer.status_code == 404, (path, answer.text)
     async with TenantDatabase(platform) as db, db.tenant_transaction(tenant.id, readonly=True) as tx:
         assert await tx.fetchval("SELECT name FROM users WHERE id = $1", uuid.UUID(buyer["user_id"])) == "Thandi Api"
+
+
+async def _looks(platform, subject_id: str) -> list[dict]:
+    conn = await asyncpg.connect(platform.control.url())
+    try:
+        rows = await conn.fetch("SELECT user_id, action, table_name, purpose, accessed_fields, metadata "
+                                "FROM data_access_log WHERE record_id = $1 ORDER BY created_at, id",
+                                uuid.UUID(subject_id))
+    finally:
+        await conn.close()
+    return [dict(r) for r in rows]
+
+
+def _utc(value):
+    """The document with UTC written one way (the JSON route says ``Z``, the archive ``+00:00``)."""
+    if isinstance(value, dict):
+        return {k: _utc(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_utc(v) for v in value]
+    return re.sub(r"(T\d\d:\d\d:\d\d(\.\d+)?)Z$", r"\1+00:00", value) if isinstance(value, str) else value
+
+
+def _csv_rows(data: bytes) -> list[list[str]]:
+    text = data.decode("utf-8-sig")
+    return list(csv.reader(io.StringIO(text, newline=""))) if text else []
+
+
+async def test_an_admin_downloads_the_export_as_a_zip_with_a_csv_per_table(platform, api):
+    http, _ = api
+    tenant, buyer, tokens = await _people(platform)
+    made = await http.post(PATH, json=_body("access", buyer["customer_id"]), headers=tokens["admin"])
+    request = made.json()["request"]
+    looks = len(await _looks(platform, buyer["customer_id"]))
+    answer = await http.get(f"{PATH}/{request['id']}/export.zip", headers=tokens["admin"])
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/zip"
+    assert answer.headers["content-disposition"] == f'attachment; filename="subject-access-{request["id"]}.zip"'
+    assert answer.headers["cache-control"] == "no-store"
+    document = (await http.get(f"{PATH}/{request['id']}/export", headers=tokens["admin"])).json()
+    with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    zipped = json.loads(files["export.json"])
+    # every export lists the looks at the person's data, and each look adds one: the zip's
+    # look (made first) is in the JSON route's document, not in its own
+    listed = zipped["control"].pop("data_access_log")
+    assert len(document["control"].pop("data_access_log")) == len(listed) + 1
+    assert _utc(zipped) == _utc(document)
+    assert document["tables"] and set(document["tables"]) == {n[7:-4] for n in files if n.startswith("tables/")}
+    for table, rows in document["tables"].items():
+        csv_rows = _csv_rows(files[f"tables/{table}.csv"])
+        assert len(csv_rows[1:]) == len(rows), table
+    users = _csv_rows(files["tables/users.csv"])
+    assert dict(zip(*users, strict=True))["name"] == "Thandi Api"
+    readme = files["README.txt"].decode()
+    assert request["id"] in readme and buyer["customer_id"] in readme and "account_session" in readme
+    # the zip and the JSON export were each logged, the same way
+    logged = await _looks(platform, buyer["customer_id"])
+    assert len(logged) == looks + 2
+    zip_look, json_look = logged[-2:]
+    assert zip_look == json_look and zip_look["action"] == "subject_access_export"
+    assert json.loads(zip_look["metadata"]) == {"request_id": request["id"], "subject_type": "customer", "via": "api"}
+
+
+async def test_hostile_zip_downloads_are_refused_and_log_nothing(platform, api):
+    http, _ = api
+    tenant, buyer, tokens = await _people(platform)
+    other, foreign, other_tokens = await _people(platform)
+    ids = {}
+    for kind, extra in (("access", {}), ("correct", {"changes": {"first_name": "Thandeka"}}), ("restrict", {}),
+                        ("erase", {})):
+        made = await http.post(PATH, json=_body(kind, buyer["customer_id"], **extra), headers=tokens["admin"])
+        assert made.status_code == 201, made.text
+        ids[kind] = made.json()["request"]["id"]
+    foreign_made = await http.post(PATH, json=_body("access", foreign["customer_id"]), headers=other_tokens["admin"])
+    ids["foreign"] = foreign_made.json()["request"]["id"]
+    looks = {p: len(await _looks(platform, p)) for p in (buyer["customer_id"], foreign["customer_id"])}
+    cases = [
+        (f"{PATH}/{ids['access']}/export.zip", {}, 401),
+        (f"{PATH}/{ids['access']}/export.zip", other_tokens["buyer"], 403),
+        (f"{PATH}/{ids['access']}/export.zip", other_tokens["admin"], 404),   # another tenant's request
+        (f"{PATH}/{ids['foreign']}/export.zip", tokens["admin"], 404),
+        (f"{PATH}/{ids['correct']}/export.zip", tokens["admin"], 404),        # not an access request
+        (f"{PATH}/{ids['restrict']}/export.zip", tokens["admin"], 404),
+        (f"{PATH}/{ids['erase']}/export.zip", tokens["admin"], 404),
+        (f"{PATH}/{uuid.uuid4()}/export.zip", tokens["admin"], 404),
+        (f"{PATH}/not-a-uuid/export.zip", tokens["admin"], 404),
+        (f"{PATH}/%27%3B--/export.zip", tokens["admin"], 404),
+        (f"{PATH}/{ids['access']}%00/export.zip", tokens["admin"], 422),     # the engine refuses any NUL
+    ]
+    for path, headers, status in cases:
+        answer = await http.get(path, headers=headers)
+        assert answer.status_code == status, (path, answer.text)
+        assert answer.headers["content-type"].startswith("application/json"), path
+        if status == 404:
+            assert answer.json()["error"]["reason"] == "not_found", answer.text
+    assert {p: len(await _looks(platform, p)) for p in looks} == looks
