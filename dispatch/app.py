@@ -37,7 +37,13 @@ from dispatch.core.metrics import watch_pools
 from dispatch.core.settings import EngineSettings
 from dispatch.deliveries.outbox import OutboxRelay
 from dispatch.deliveries.transitions import PostgresTransitions
-from dispatch.gateway.ingest import DriverStreamRoute, Ingest, close_revoked, transport_limit
+from dispatch.gateway.ingest import (
+    DriverStreamRoute,
+    Ingest,
+    close_refreshed,
+    close_revoked,
+    transport_limit,
+)
 from dispatch.gateway.ingest import router as ingest_router
 from dispatch.gateway.notices import DriverNotices
 from dispatch.identity.auth import DriverAuthenticator
@@ -128,6 +134,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
         app.state.redis, app.state.db, app.state.producer = redis, db, producer
         app.state.driver_sockets = {}
         auth.on_revoked(lambda token_hash: close_revoked(app.state, token_hash))
+        auth.on_refreshed(lambda token_hash: close_refreshed(app.state, token_hash))
         app.state.ingest = Ingest(engine, streams, auth,
                                   SlidingWindowLimiter(redis, engine.ping_rate_limit, engine.ping_rate_window_s),
                                   producer)

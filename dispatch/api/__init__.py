@@ -1,6 +1,7 @@
 """The REST API: tenant admins, vendors, customers, drivers and the payment gateway.
 
-One router module per audience: ``admin``, ``vendors``, ``catalogue`` (any user's catalogue
+One router module per audience: ``admin``, ``support`` (admins' and support agents' logged
+reads of people's data), ``subjects`` (data subject requests), ``consents``, ``vendors``, ``catalogue`` (any user's catalogue
 reads), ``customers``, ``drivers`` (shift and delivery events; ping ingest is the gateway's)
 and ``payments`` (the signed callback); ``own_orders`` holds what vendors and customers share,
 ``common`` the request plumbing.
@@ -26,14 +27,24 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from dispatch.api import admin, catalogue, customers, drivers, payments, subjects, vendors
+from dispatch.api import (
+    admin,
+    catalogue,
+    consents,
+    customers,
+    drivers,
+    payments,
+    subjects,
+    support,
+    vendors,
+)
 from dispatch.api.common import install_handlers
 from dispatch.api.payments import SIGNATURE_HEADER, sign
 
 __all__ = ["SIGNATURE_HEADER", "install", "router", "sign"]
 
 router = APIRouter()
-for _audience in (drivers, admin, subjects, vendors, catalogue, customers, payments):
+for _audience in (drivers, admin, support, subjects, consents, vendors, catalogue, customers, payments):
     router.include_router(_audience.router)
 
 

@@ -1,5 +1,6 @@
 """Tenant admins' routes (``/v1/admin/...``, tag ``tenant admin``): vendors, users and their
-tokens, categories, and every order of the tenant. Each needs the ``tenant_admin`` role.
+tokens, categories, the payment-callback secret (reads of people's data are
+``dispatch.api.support``). Each needs the ``tenant_admin`` role.
 Creations take an ``Idempotency-Key`` (``dispatch.api.idempotency.once``); a token is a
 secret shown once, so its key is only validated, and the tenant's payment-callback secret is
 write-only (never answered back), so setting it again is the retry."""
@@ -10,11 +11,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from dispatch.api.common import actor, body, call, caller, check_limit, json_body_doc, path_id
+from dispatch.api.common import actor, body, call, caller, json_body_doc, path_id
 from dispatch.api.idempotency import key_of, once
 from dispatch.commerce import payment_secrets
 from dispatch.commerce.catalogue import writes as catalogue_writes
-from dispatch.commerce.orders import reads as order_reads
 from dispatch.core.errors import UNKNOWN_FIELD, WRONG_TYPE, Refusal
 from dispatch.identity.users import create_user, create_vendor, issue_user_token
 
@@ -84,11 +84,3 @@ async def admin_set_payment_secret(request: Request) -> dict:
     secret = payment_secrets.new_secret() if generated else payment_secrets.check_secret(payload["secret"])
     updated = await call(payment_secrets.set_webhook_secret(request.app.state.db, user.tenant_id, secret))
     return {"updated_at": updated, **({"secret": secret} if generated else {})}
-
-
-@router.get("/v1/admin/orders", tags=["tenant admin"])
-async def admin_list_orders(request: Request, status: str | None = None, limit: int = 50) -> dict:
-    user = await caller(request, "tenant_admin")
-    check_limit(limit)
-    return {"orders": await call(order_reads.list_orders(request.app.state.db, user.tenant_id, status=status,
-                                                     limit=limit))}

@@ -17,7 +17,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from dispatch.core.errors import INVALID_VALUE, MISSING_FIELD, WRONG_TYPE, Refusal
+from dispatch.core.errors import (
+    CONSENT_WITHDRAWN,
+    INVALID_VALUE,
+    MISSING_FIELD,
+    WRONG_TYPE,
+    Refusal,
+)
 from dispatch.gateway.ingest import Ingest, delivery_update
 from dispatch.matching.recovery import end_shift, start_shift
 from dispatch.web.failures import client_address
@@ -57,6 +63,7 @@ def parse_shift(body: Any) -> str:
                  "schema": SHIFT_SCHEMA}}}},
              responses={401: {"description": "unknown, revoked or expired token"},
                         413: {"description": "body too large"},
+                        409: {"description": "a start by a driver who withdrew consent to location tracking"},
                         422: {"description": "action is not start or end; the error names the field"},
                         429: {"description": "over the driver's action limit (Retry-After)"},
                         503: {"description": "a service the engine needs is down (Retry-After)"}})
@@ -73,6 +80,9 @@ async def post_shift(request: Request) -> JSONResponse:
             # The shift is recorded in PostgreSQL and the status computed from the driver's
             # active deliveries there, not from Redis claims that a Redis restart may have lost.
             if action == "start":
+                if driver.tracking_withdrawn:
+                    raise Refusal(409, CONSENT_WITHDRAWN, "you withdrew consent to location tracking; give it "
+                                  "again (PUT /v1/drivers/consents/location_tracking) to start a shift", "consent")
                 status = await start_shift(state.db, state.offers.claims, driver.tenant_id, driver.driver_id)
                 dispatcher = getattr(state, "dispatcher", None)
                 if dispatcher is not None and status == "available":

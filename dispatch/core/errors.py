@@ -47,6 +47,7 @@ UNKNOWN_USER = "unknown_user"
 BAD_SIGNATURE = "bad_signature"           # a payment callback not signed with our key
 FORBIDDEN = "forbidden"
 RATE_LIMITED = "rate_limited"
+CONSENT_WITHDRAWN = "consent_withdrawn"   # the driver withdrew consent to location tracking
 # What is asked about.
 NOT_FOUND = "not_found"
 UNKNOWN_DELIVERY = "unknown_delivery"     # a driver's report about a delivery that is not theirs

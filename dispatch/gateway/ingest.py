@@ -36,6 +36,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from dispatch.core.errors import (
+    CONSENT_WITHDRAWN,
     EXPIRED_TOKEN,
     MISSING_FIELD,
     NO_DISPATCHER,
@@ -77,6 +78,7 @@ __all__ = [
     "DRIVER_STREAM_PATH",
     "DriverStreamRoute",
     "Ingest",
+    "close_refreshed",
     "close_revoked",
     "delivery_update",
     "router",
@@ -159,6 +161,10 @@ class Ingest:
     async def accept(self, driver: AuthDriver, pings: list[Ping], received_at: float, channel: str) -> int:
         """Rate-limit and produce: the pings are durable in the log when this returns. Redis or
         the broker away is a 503 ``unavailable`` (nothing produced), never a dropped socket."""
+        if driver.tracking_withdrawn:
+            PINGS_REJECTED.labels(channel, CONSENT_WITHDRAWN).inc(len(pings))
+            raise Refusal(403, CONSENT_WITHDRAWN, "you withdrew consent to location tracking: no location is "
+                          "taken until you give it again (PUT /v1/drivers/consents/location_tracking)", "consent")
         for ping in pings:
             if ping.driver_id != driver.driver_id:
                 PINGS_REJECTED.labels(channel, WRONG_DRIVER).inc(len(pings))
@@ -423,6 +429,13 @@ async def delivery_update(dispatcher: Dispatcher | None, driver: AuthDriver, pay
     except DriverUpdateRefused as exc:
         raise Refusal(exc.status, exc.reason, exc.message, exc.field) from None
     return {"type": "delivery_update", "delivery_id": update.delivery_id, "status": state.value}
+
+
+def close_refreshed(app_state, token_hash: str) -> None:
+    """A token's driver changed (consent to tracking): close its open websockets so the app
+    reconnects and is verified afresh (1013, try again)."""
+    for sender in list(app_state.driver_sockets.pop(token_hash, ())):
+        sender.close(CLOSE_RETRY_LATER, CONSENT_WITHDRAWN)
 
 
 def close_revoked(app_state, token_hash: str) -> None:

@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 TOKEN_RE = re.compile(r"^wkd_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
 REVOCATIONS_CHANNEL = "auth:revocations"
+# On the same channel, ``refresh:<hash>``: the token stays valid but what it stands for changed
+# (a driver withdrew or gave consent to location tracking); processes forget the cached
+# principal and close that token's sockets so the app reconnects and is verified afresh.
+REFRESH_PREFIX = "refresh:"
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
 
@@ -47,10 +51,14 @@ RETURNING id, expires_at
 """
 VERIFY_SQL = """
 SELECT t.id, t.expires_at, t.revoked_at, d.id AS driver_id, d.vehicle_type, d.has_cold_storage,
-       d.status AS driver_status
+       d.status AS driver_status, coalesce(d.metadata->>'location_tracking', '') = 'withdrawn' AS tracking_withdrawn
 FROM auth_tokens t
 JOIN drivers d ON d.id = (t.metadata->>'driver_id')::uuid AND d.user_id = t.user_id
 WHERE t.token_hash = $1 AND t.token_type = 'driver'
+"""
+LIVE_DRIVER_TOKENS_SQL = """
+SELECT token_hash FROM auth_tokens
+WHERE token_type = 'driver' AND (metadata->>'driver_id')::uuid = $1 AND revoked_at IS NULL AND expires_at > now()
 """
 REVOKED_AMONG_SQL = """
 SELECT token_hash FROM auth_tokens WHERE token_hash = ANY($1::text[]) AND revoked_at IS NOT NULL
@@ -87,6 +95,7 @@ class AuthDriver:
     token_id: str
     token_hash: str
     expires_at: float
+    tracking_withdrawn: bool = False      # the driver withdrew consent to location tracking
 
 
 P = TypeVar("P")
@@ -140,6 +149,19 @@ async def revoke_token(db: TenantDatabase, redis: Redis | None, tenant_id: objec
     if token_hash and redis is not None:
         await _publish_revocation(redis, token_hash)
     return token_hash is not None
+
+
+async def refresh_driver_tokens(db: TenantDatabase, redis: Redis | None, tenant_id: object,
+                                driver_id: object) -> int:
+    """Tell every process to forget what it cached for the driver's live tokens (and close
+    their sockets) so their next use reads the driver afresh; the number of tokens."""
+    did = parse_uuid(str(driver_id), "driver_id")
+    async with db.tenant_transaction(tenant_id, readonly=True) as tx:
+        hashes = [r["token_hash"] for r in await tx.fetch(LIVE_DRIVER_TOKENS_SQL, did)]
+    if redis is not None:
+        for token_hash in hashes:
+            await _publish_revocation(redis, REFRESH_PREFIX + token_hash)
+    return len(hashes)
 
 
 async def _publish_revocation(redis: Redis, token_hash: str) -> None:
@@ -217,6 +239,7 @@ class TokenAuthenticator(Generic[P]):
         self._rechecks: set[asyncio.Task] = set()
         self._listener: asyncio.Task | None = None
         self._revoked_callbacks: list = []
+        self._refreshed_callbacks: list = []
         self.subscriptions = 0          # successful (re)subscriptions to the revocation channel
         self._subscribed = asyncio.Condition()
 
@@ -255,6 +278,10 @@ class TokenAuthenticator(Generic[P]):
     def on_revoked(self, callback) -> None:
         """Call ``callback(token_hash)`` when any process revokes a token (to close its sockets)."""
         self._revoked_callbacks.append(callback)
+
+    def on_refreshed(self, callback) -> None:
+        """Call ``callback(token_hash)`` when any process says a token's principal changed."""
+        self._refreshed_callbacks.append(callback)
 
     async def start(self) -> None:
         pubsub = self.redis.pubsub()
@@ -329,6 +356,11 @@ class TokenAuthenticator(Generic[P]):
         for callback in self._revoked_callbacks:
             callback(token_hash)
 
+    def _refreshed(self, token_hash: str) -> None:
+        self._verified.pop(token_hash)
+        for callback in self._refreshed_callbacks:
+            callback(token_hash)
+
     async def _listen(self, pubsub) -> None:
         delay = RECONNECT_MIN_S
         try:
@@ -342,7 +374,11 @@ class TokenAuthenticator(Generic[P]):
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
                             data = message["data"]
-                            self._revoked(data.decode() if isinstance(data, bytes) else data)
+                            text = data.decode() if isinstance(data, bytes) else data
+                            if text.startswith(REFRESH_PREFIX):
+                                self._refreshed(text[len(REFRESH_PREFIX):])
+                            else:
+                                self._revoked(text)
                     raise ConnectionError("the revocation subscription ended")
                 except Exception as exc:  # noqa: BLE001 - any error: the listener must outlive it
                     log.warning("revocation listener lost Redis (%s); retrying in %.1f s", exc, delay)
@@ -411,4 +447,5 @@ class DriverAuthenticator(TokenAuthenticator[AuthDriver]):
             tenant_id=str(tenant_id), driver_id=str(row["driver_id"]), vehicle_type=row["vehicle_type"],
             has_cold_storage=bool(row["has_cold_storage"]), token_id=str(row["id"]),
             token_hash=token_hash, expires_at=row["expires_at"].timestamp(),
+            tracking_withdrawn=bool(row["tracking_withdrawn"]),
         )

@@ -42,7 +42,9 @@ from redis.asyncio import Redis
 
 from dispatch.core.cache_keys import order_key
 from dispatch.core.errors import DUPLICATE, NotFound, Refusal
+from dispatch.identity.access_log import log_access, subject_log
 from dispatch.identity.auth import revoke_token
+from dispatch.identity.consent_store import consent_history
 from dispatch.identity.subjects import (
     SUBJECT_ROWS,
     USER_OF,
@@ -58,7 +60,7 @@ from schema.db import TenantDatabase
 from schema.ids import InvalidId, parse_uuid
 from streams.keys import location_key, state_key, tracking_key
 
-__all__ = ["Hooks", "get_request", "subject_export", "subject_log", "submit"]
+__all__ = ["Hooks", "get_request", "subject_export", "submit"]
 
 REGISTRY_SQL = """
 SELECT table_name, column_name, subject_type, anonymization_method
@@ -84,15 +86,11 @@ ERASED_SQL = """
 SELECT id FROM data_subject_requests
 WHERE tenant_id = $1 AND subject_id = $2 AND request_type = 'erasure' AND status = 'completed' LIMIT 1
 """
-ACCESS_LOG_SQL = """
-INSERT INTO data_access_log (tenant_id, user_id, action, table_name, record_id, purpose, accessed_fields, metadata)
-VALUES ($1, $2, 'subject_access_export', $3, $4, $5, $6::text[], $7::jsonb)
-"""
-LOG_SQL = """
-SELECT created_at, user_id, action, table_name, purpose, accessed_fields, metadata
-FROM data_access_log WHERE tenant_id = $1 AND record_id = $2 ORDER BY created_at DESC LIMIT $3
-"""
 TENANT_USER_SQL = "SELECT user_id, phone_number, role, created_at FROM tenant_users WHERE tenant_id = $1 AND user_id = $2"
+CONSENT_ERASE_SQL = """
+UPDATE consent_records SET ip_address = NULL, metadata = metadata - 'note'
+WHERE tenant_id = $1 AND subject_id = $2 AND (ip_address IS NOT NULL OR metadata ? 'note')
+"""
 TENANT_USER_ERASE_SQL = """
 UPDATE tenant_users SET phone_number = 'erased-' || left(replace(user_id::text, '-', ''), 12)
 WHERE tenant_id = $1 AND user_id = $2
@@ -217,7 +215,12 @@ async def subject_export(db: TenantDatabase, redis: Redis | None, tenant_id: obj
             links = await tx.fetch(LINKS_SQL.format(condition=deliveries), sid)
             doc["tables"]["tracking_links"] = [_plain(r) for r in links]
     doc["control"] = {"tenant_users": [] if found.user_id is None else [
-        _plain(r) for r in await _control(db, TENANT_USER_SQL, parse_uuid(tenant_id, "tenant_id"), found.user_id)]}
+        _plain(r) for r in await _control(db, TENANT_USER_SQL, parse_uuid(tenant_id, "tenant_id"), found.user_id)],
+        # their consents, and who among the tenant's staff looked at their data (POPIA lets a
+        # person know who had access)
+        "consent_records": await consent_history(db, tenant_id, subject_type, sid),
+        "data_access_log": [{k: v for k, v in r.items() if k != "metadata"} | {"record": r["metadata"].get("record")}
+                            for r in await subject_log(db, tenant_id, sid, limit=1000)]}
     doc["redis"] = {}
     keys = hooks.driver_keys(str(sid)) if subject_type == "driver" else []
     if subject_type == "customer":   # their deliveries' live positions and their cached orders
@@ -300,6 +303,9 @@ async def _erase(db: TenantDatabase, redis: Redis | None, tenant_id: object, sub
     deleted = await redis.delete(*keys) if redis is not None and keys else 0
     if found.user_id is not None:
         await _control(db, TENANT_USER_ERASE_SQL, parse_uuid(tenant_id, "tenant_id"), found.user_id)
+    # the consent history stays (what was agreed and withdrawn, and when), without the address
+    # it came from or a staff note about the person
+    await _control(db, CONSENT_ERASE_SQL, parse_uuid(tenant_id, "tenant_id"), sid)
     return {"rows_changed": changed, "tokens_revoked": revoked, "links_revoked": links, "redis_keys_deleted": deleted}
 
 
@@ -363,9 +369,10 @@ async def submit(db: TenantDatabase, redis: Redis | None, tenant_id: object, req
 
 async def _log_access(db: TenantDatabase, tid: uuid.UUID, by: uuid.UUID | None, request: SubjectRequest,
                       export: dict[str, Any], request_id: object, via: str) -> None:
-    await _control(db, ACCESS_LOG_SQL, tid, by, subject_table(request.subject_type), uuid.UUID(request.subject_id),
-                   request.reason[:255], _exported_fields(export),
-                   json.dumps({"request_id": str(request_id), "subject_type": request.subject_type, "via": via}))
+    await log_access(db, tid, by, action="subject_access_export", subject_type=request.subject_type,
+                     seen=[(request.subject_id, subject_table(request.subject_type), None)],
+                     fields=_exported_fields(export), purpose=request.reason[:255], via=via,
+                     extra={"request_id": str(request_id)})
 
 
 async def get_request(db: TenantDatabase, tenant_id: object, request_id: object) -> dict[str, Any]:
@@ -394,9 +401,3 @@ async def export_again(db: TenantDatabase, redis: Redis | None, tenant_id: objec
     await _log_access(db, tid, None if viewer is None else parse_uuid(viewer, "viewer"), request, export,
                       row["id"], via)
     return export
-
-
-async def subject_log(db: TenantDatabase, tenant_id: object, subject_id: object, limit: int = 100) -> list[dict]:
-    """Who looked at the subject's data, newest first."""
-    rows = await _control(db, LOG_SQL, parse_uuid(tenant_id, "tenant_id"), parse_uuid(subject_id, "subject_id"), limit)
-    return [_plain(r) for r in rows]

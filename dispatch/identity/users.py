@@ -41,7 +41,9 @@ from schema.errors import WakalaError
 __all__ = ["ROLES", "AuthUser", "InvalidUser", "UserAuthenticator", "create_user", "create_vendor",
            "issue_user_token", "parse_user_token"]
 
-ROLES = ("tenant_admin", "vendor", "customer")
+# ``support``: the tenant's support agents: they read orders, customers, drivers and consents
+# (each read logged with its purpose, ``dispatch.identity.access``) and change nothing.
+ROLES = ("tenant_admin", "support", "vendor", "customer")
 USER_TOKEN_RE = re.compile(r"^wku_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
 _PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _NAME_MAX = 255
@@ -86,6 +88,7 @@ RETURNING id
 """
 
 _ROLE_TEXT = {"tenant_admin": "administers the tenant: users, vendors, all orders",
+              "support": "reads orders, customers, drivers and consents to help people (each read logged); changes nothing",
               "vendor": "manages one vendor's catalogue, stock and orders",
               "customer": "browses, orders, pays and tracks"}
 
@@ -204,7 +207,7 @@ async def create_vendor(db: TenantDatabase, tenant_id: object, body: Any) -> str
 
 
 async def create_user(db: TenantDatabase, tenant_id: object, body: Any, *, granted_by: str | None = None) -> dict:
-    """A user from an API body: phone (E.164), name, role (tenant_admin | vendor | customer),
+    """A user from an API body: phone (E.164), name, role (tenant_admin | support | vendor | customer),
     and for a vendor the vendor_id it acts for (a vendor without a user yet)."""
     body = _only(body, {"phone", "name", "role", "vendor_id"})
     phone = _text(body, "phone", max_len=20)

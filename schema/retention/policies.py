@@ -363,16 +363,18 @@ def order_unit_sql(schema_name: str, *, delete: bool) -> list[tuple[str, str]]:
             for table, where in ORDER_UNIT]
 
 
-def partition_month(name: str) -> tuple[int, int] | None:
-    """(year, month) of a monthly partition ``analytics_events_yYYYYmMM``; None otherwise."""
-    match = ANALYTICS_PARTITION.match(name)
+def partition_month(name: str, parent: str = "analytics_events") -> tuple[int, int] | None:
+    """(year, month) of a monthly partition ``<parent>_yYYYYmMM``; None otherwise."""
+    match = ANALYTICS_PARTITION.match(name) if parent == "analytics_events" else re.match(
+        rf"^{re.escape(parent)}_y(\d{{4}})m(\d{{2}})$", name)
     if not match:
         return None
     year, month = int(match.group(1)), int(match.group(2))
     return (year, month) if 1 <= month <= 12 and year >= 1970 else None
 
 
-def partitions_to_drop(names: list[str], cutoff_year: int, cutoff_month: int) -> list[str]:
+def partitions_to_drop(names: list[str], cutoff_year: int, cutoff_month: int,
+                       parent: str = "analytics_events") -> list[str]:
     """The monthly partitions that end on or before the cutoff (every row in them is older).
 
     A partition of month M holds [M, M+1): it may go when the first instant of M+1 is not after
@@ -380,7 +382,7 @@ def partitions_to_drop(names: list[str], cutoff_year: int, cutoff_month: int) ->
     partitions are never dropped."""
     doomed = []
     for name in sorted(names):
-        month = partition_month(name)
+        month = partition_month(name, parent)
         if month is None:
             continue
         next_month = (month[0] + month[1] // 12, month[1] % 12 + 1)

@@ -175,7 +175,8 @@ PURE = ["dispatch.deliveries.state", "dispatch.commerce.orders.lifecycle",
         "dispatch.tracking.frames", "dispatch.ops.config", "dispatch.core.cache_keys",
         "dispatch.commerce.promotions", "dispatch.commerce.pricing", "schema.moves.plan",
         "schema.moves.balance", "schema.retention.policies", "schema.backups.container",
-        "schema.backups.retention", "schema.privacy.registry"]
+        "schema.backups.retention", "schema.privacy.registry", "dispatch.identity.subjects",
+        "dispatch.identity.consent", "dispatch.identity.access", "dispatch.identity.subject_archive"]
 IO_LIBRARIES = ("asyncpg", "redis", "aiokafka", "faust", "fastapi", "starlette", "websockets",
                 "uvicorn", "httpx", "socket", "subprocess")
 

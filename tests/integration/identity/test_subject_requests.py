@@ -14,13 +14,17 @@ from dispatch.api.subjects import HOOKS
 from dispatch.commerce.catalogue.views import refresh_views
 from dispatch.core.cache_keys import order_key
 from dispatch.core.errors import NotFound, Refusal
+from dispatch.identity.access_log import subject_log
 from dispatch.identity.auth import TokenRejected
-from dispatch.identity.subject_requests import get_request, subject_log, submit
+from dispatch.identity.consent import parse_change
+from dispatch.identity.consent_store import record_consent
+from dispatch.identity.subject_requests import get_request, submit
 from dispatch.identity.subjects import parse_request
 from dispatch.identity.users import UserAuthenticator, create_user, create_vendor, issue_user_token
 from dispatch.matching.keys import offer_key
 from dispatch.tracking.links import LinkRefused, issue_link, resolve_link
 from schema.db import TenantDatabase
+from schema.errors import WakalaError
 from schema.tenants import create_tenant
 from streams.keys import location_key, state_key, tracking_key
 
@@ -126,6 +130,9 @@ async def test_an_erased_customer_leaves_no_trace_while_sales_still_add_up(world
     await resolve_link(db, c["link"].token, grace_s=3600)
     before = await _sales(db, tenant.id, c["vendor_id"])
     assert before[0] and before[0][0]["total_revenue"] == Decimal("120.00")
+    await record_consent(db, tenant.id, "customer", c["customer_id"], parse_change("marketing", {
+        "given": True, "version": "2026-12", "channel": "paper", "note": "signed at the counter"}),
+        ip_address="198.51.100.23")
     dump = await _everything_in_the_tenant(db, tenant.id)
     assert all(s in dump for s in c["secrets"][:9])   # the scan below can find them
     first = await submit(db, redis, tenant.id, parse_request(body("access", "customer", c["customer_id"])),
@@ -135,6 +142,7 @@ async def test_an_erased_customer_leaves_no_trace_while_sales_still_add_up(world
     assert tracking_key(c["delivery_id"]) in first["export"]["redis"]
     assert len(first["export"]["tables"]["tracking_links"]) == 1
     assert first["export"]["control"]["tenant_users"][0]["phone_number"] == c["secrets"][0]
+    assert first["export"]["control"]["consent_records"][0]["ip_address"] == "198.51.100.23"
 
     done = await submit(db, redis, tenant.id, parse_request(body("erase", "customer", c["customer_id"])),
                         requested_by=admin, via="test", hooks=HOOKS)
@@ -153,9 +161,13 @@ async def test_an_erased_customer_leaves_no_trace_while_sales_still_add_up(world
     try:
         held = await control.fetchval("SELECT phone_number FROM tenant_users WHERE user_id = $1",
                                       uuid.UUID(c["user_id"]))
+        consent = await control.fetchrow("SELECT * FROM consent_records WHERE subject_id = $1",
+                                         uuid.UUID(c["customer_id"]))
     finally:
         await control.close()
     assert held.startswith("erased-")
+    # the consent history stays, without the address it came from or the staff's note
+    assert consent["consent_given"] and consent["ip_address"] is None and "note" not in consent["metadata"]
     assert await redis.exists(tracking_key(c["delivery_id"]), order_key(str(tenant.id), c["order_id"])) == 0
     with pytest.raises(LinkRefused):
         await resolve_link(db, c["link"].token, grace_s=3600)
@@ -358,3 +370,90 @@ async def test_an_erasure_that_fails_after_its_commit_is_finished_by_running_it_
         await resolve_link(db, c["link"].token, grace_s=3600)
     dump = await _everything_in_the_tenant(db, tenant.id)
     assert [s for s in c["secrets"] if s in dump] == []
+
+
+async def test_the_cli_writes_the_zip_export_privately_and_refuses_what_is_not_an_access_request(
+        world, platform, monkeypatch, tmp_path, capsys):
+    import io
+    import os
+    import zipfile
+
+    from dispatch.cli.dsr import OutputExists, OutputUnusable
+
+    db, redis, _, tenant, admin = world
+    monkeypatch.setenv("WAKALA_CONTROL_DSN", platform.control.url())
+    monkeypatch.setenv("WAKALA_SHARD_DATABASES", ",".join(platform.shard_databases))
+    buyer = await create_user(db, tenant.id, {"phone": phone(), "name": "Zip Person Ñandú", "role": "customer"})
+    cid = buyer["customer_id"]
+    common = ["--tenant", str(tenant.id), "--subject-type", "customer", "--verified-by", "id_document",
+              "--reference", "ID 0871", "--reason", "walked in", "--subject", cid]
+
+    def opened(path) -> dict[str, bytes]:
+        assert (path.stat().st_mode & 0o777) == 0o600
+        with zipfile.ZipFile(io.BytesIO(path.read_bytes())) as archive:
+            return {n: archive.read(n) for n in archive.namelist()}
+
+    async def looks() -> int:
+        return len(await subject_log(db, tenant.id, cid))
+
+    out = tmp_path / "export.zip"
+    args = _cli("access", *common, "--zip", str(out))
+    assert await args.handler(args) == 0
+    files = opened(out)
+    assert "Zip Person Ñandú" in files["tables/users.csv"].decode("utf-8-sig")
+    assert json.loads(files["export.json"])["subject_id"] == cid and await looks() == 1
+    request_id = (await subject_log(db, tenant.id, cid))[0]["metadata"]["request_id"]
+    assert request_id in files["README.txt"].decode()
+    count = await _requests(platform, tenant.id)
+    with pytest.raises(OutputExists):   # refused before anything is recorded or exported
+        await args.handler(args)
+    assert (await _requests(platform, tenant.id), await looks()) == (count, 1)
+    out.chmod(0o644)
+    args = _cli("access", *common, "--zip", str(out), "--out", str(tmp_path / "export.json"), "--force")
+    assert await args.handler(args) == 0
+    assert opened(out) and (tmp_path / "export.json").stat().st_mode & 0o777 == 0o600 and await looks() == 2
+
+    again = tmp_path / "again.zip"
+    args = _cli("export", "--tenant", str(tenant.id), request_id, "--zip", str(again))
+    assert await args.handler(args) == 0
+    assert "Zip Person Ñandú" in opened(again)["tables/users.csv"].decode("utf-8-sig") and await looks() == 3
+    args = _cli("export", "--tenant", str(tenant.id), request_id, "--out", str(tmp_path / "again.json"))
+    assert await args.handler(args) == 0 and await looks() == 4
+    assert json.loads((tmp_path / "again.json").read_text())["subject_id"] == cid
+
+    # requests that are not this tenant's completed access requests: refused, nothing written or logged
+    other = await create_tenant(platform, f"Other {uuid.uuid4().hex[:6]}")
+    foreign = await create_user(db, other.id, {"phone": phone(), "name": "Elsewhere", "role": "customer"})
+    foreign_request = (await submit(db, redis, other.id, parse_request(body("access", "customer",
+                                                                            foreign["customer_id"])),
+                                    requested_by=None, via="test"))["request"]["id"]
+    gone = await create_user(db, tenant.id, {"phone": phone(), "name": "Gone", "role": "customer"})
+    erasure = (await submit(db, redis, tenant.id, parse_request(body("erase", "customer", gone["customer_id"])),
+                            requested_by=admin, via="test"))["request"]["id"]
+    correction = (await submit(db, redis, tenant.id, parse_request(body(
+        "correct", "customer", cid, changes={"first_name": "Zipper"})), requested_by=admin, via="test"))["request"]["id"]
+    target = tmp_path / "never.zip"
+    for bad in ("not-a-uuid", "'; DROP TABLE data_subject_requests; --", str(uuid.uuid4()), foreign_request,
+                erasure, correction):
+        args = _cli("export", "--tenant", str(tenant.id), bad, "--zip", str(target))
+        with pytest.raises(NotFound) as refused:
+            await args.handler(args)
+        assert refused.value.field == "request_id" and "request" in refused.value.message
+    args = _cli("export", "--tenant", "nope", request_id, "--zip", str(target))
+    with pytest.raises(WakalaError):
+        await args.handler(args)
+    for path, error in ((again, OutputExists), (tmp_path, OutputUnusable), (tmp_path / "no" / "such.zip",
+                                                                             OutputUnusable)):
+        args = _cli("export", "--tenant", str(tenant.id), request_id, "--zip", str(path))
+        with pytest.raises(error):
+            await args.handler(args)
+    args = _cli("access", *common, "--zip", str(target), "--out", str(target))
+    with pytest.raises(OutputUnusable):
+        await args.handler(args)
+    assert not target.exists() and await looks() == 4
+    assert sorted(os.listdir(tmp_path)) == ["again.json", "again.zip", "export.json", "export.zip"]
+    for argv in (["export", "--tenant", str(tenant.id), request_id],
+                 ["export", "--tenant", str(tenant.id), request_id, "--zip", "a.zip", "--out", "a.json"],
+                 ["erase", *common, "--zip", "a.zip"]):
+        with pytest.raises(SystemExit):
+            _cli(*argv)

@@ -39,7 +39,7 @@ async def test_an_unreachable_shard_is_503_without_its_host_port_or_name(platfor
         await control.close()
     async with running_app(platform, stream_settings) as (addr, _), \
             httpx.AsyncClient(base_url=f"http://{addr}", timeout=30) as http:
-        resp = await http.get("/v1/admin/orders", headers=auth(admin))
+        resp = await http.get("/v1/admin/orders", headers={**auth(admin), "X-Access-Purpose": "test"})
         assert_unavailable(resp, str(dead_port), *names)
 
 
@@ -61,7 +61,7 @@ async def test_terminated_database_sessions_are_503_never_500(platform, stream_s
 
     async with running_app(platform, stream_settings) as (addr, _), \
             httpx.AsyncClient(base_url=f"http://{addr}", timeout=30) as http:
-        assert (await http.get("/v1/admin/orders", headers=auth(admin))).status_code == 200
+        assert (await http.get("/v1/admin/orders", headers={**auth(admin), "X-Access-Purpose": "test"})).status_code == 200
         killer = asyncio.create_task(terminate_sessions())
         statuses = []
         try:
@@ -83,7 +83,7 @@ async def test_redis_down_is_503_with_retry_after_and_no_host(platform, stream_s
             running_app(platform, replace(stream_settings, redis_url=server.url)) as (addr, state), \
             httpx.AsyncClient(base_url=f"http://{addr}", timeout=30) as http:
         port = server.port
-        assert (await http.get("/v1/admin/orders", headers=auth(admin))).status_code == 200
+        assert (await http.get("/v1/admin/orders", headers={**auth(admin), "X-Access-Purpose": "test"})).status_code == 200
         server.kill()
         resp = await http.get("/v1/catalogue/search", params={"q": "maize"}, headers=auth(admin))
         assert resp.status_code in (503, 200), resp.text   # a route may serve without Redis
@@ -108,7 +108,7 @@ async def test_unhandled_errors_are_a_generic_500_and_outages_503_in_each_envelo
         for failure, status in ((crash, 500), (outage, 503)):
             monkeypatch.setattr(state.users, "verify", failure)
             monkeypatch.setattr(state.ingest, "authenticate", failure)
-            rest = await http.get("/v1/admin/orders", headers=auth(token))
+            rest = await http.get("/v1/admin/orders", headers={**auth(token), "X-Access-Purpose": "test"})
             gateway = await http.post("/v1/drivers/locations", json={"pings": []}, headers=auth("wkd_x"))
             for resp in (rest, gateway):
                 assert resp.status_code == status, resp.text
