@@ -427,6 +427,7 @@ class RetentionSettings:
     statement_timeout_ms: int = 30_000
     partitions_ahead: int = 3
     allow_financial: bool = False
+    access_log_keep_months: int = 24     # the control plane's data_access_log (schema.retention.control)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RetentionSettings:
@@ -443,4 +444,5 @@ class RetentionSettings:
                                          100, 3_600_000),
             partitions_ahead=env_int(env, "WAKALA_RETENTION_PARTITIONS_AHEAD", 3, 0, 24),
             allow_financial=_env_flag(env, "WAKALA_RETENTION_ALLOW_FINANCIAL", False),
+            access_log_keep_months=env_int(env, "WAKALA_ACCESS_LOG_KEEP_MONTHS", 24, 1, 1200),
         )

@@ -251,3 +251,18 @@ def test_hostile_settings_are_refused_naming_the_variable(name, value):
 
 def test_refusals_are_wakala_errors():
     assert issubclass(RetentionPolicyError, WakalaError)
+
+
+def test_the_access_log_keeps_24_months_unless_told_and_refuses_nonsense():
+    assert RetentionSettings.from_env({}).access_log_keep_months == 24
+    assert RetentionSettings.from_env({"WAKALA_ACCESS_LOG_KEEP_MONTHS": "60"}).access_log_keep_months == 60
+    for bad in ("0", "-3", "1201", "two years", "nan"):
+        with pytest.raises(ConfigError):
+            RetentionSettings.from_env({"WAKALA_ACCESS_LOG_KEEP_MONTHS": bad})
+
+
+def test_monthly_partitions_are_read_for_any_parent():
+    assert partition_month("data_access_log_y2026m12", "data_access_log") == (2026, 12)
+    assert partition_month("analytics_events_y2026m12", "data_access_log") is None
+    assert partitions_to_drop(["data_access_log_y2024m11", "data_access_log_default", "analytics_events_y2020m01"],
+                              2025, 1, "data_access_log") == ["data_access_log_y2024m11"]
