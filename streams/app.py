@@ -56,12 +56,12 @@ bundles on this class of machine. The floor of ping -> Redis latency is the brok
 ``wakala bench ingest`` (docs/benchmarks.md).
 
 Counters: ``app.ingest_stats`` (a Counter: accepted, relocated (a subset of accepted: see
-``location_store``), out_of_order, implausible_jump,
-dead_letter, pg_written, pg_failed, batches, redis_retries, arrived_pickup, arrived_dropoff,
-etas_written, tracking_errors), logged every STATS_LOG_INTERVAL_S; all but the tracking ones
-are mirrored in Redis ``metrics:ingest:counts``. With
-``WAKALA_INGEST_LATENCY_SAMPLES=1`` every batch also pushes its per-ping latencies (Redis time
-minus the gateway's ``received_at``, ms) to ``metrics:ingest:latency_ms``.
+``location_store``), out_of_order, implausible_jump, dead_letter, pg_written, pg_failed, batches,
+redis_retries, arrived_pickup, arrived_dropoff, etas_written, tracking_errors), logged every
+STATS_LOG_INTERVAL_S; all but the tracking ones are mirrored in Redis ``metrics:ingest:counts``.
+With ``WAKALA_INGEST_LATENCY_SAMPLES=1`` every batch also pushes its per-ping latencies (Redis
+time minus the gateway's ``received_at``, ms) to ``metrics:ingest:latency_ms``. Prometheus:
+``streams.metrics`` (batch sizes, Redis write time, outcomes, lag; WAKALA_WORKER_METRICS_PORT).
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ from streams.consumer import WATCH_INTERVAL_S, BrokerWatch, IngestApp
 from streams.decode import decode_message
 from streams.keys import INGEST_OFFSETS_TTL_S, ingest_offsets_key
 from streams.location_store import BatchOutcome, LocationStore
+from streams.metrics import count_outcomes, instrument, note_landed, observe_batch, timed_write
 from streams.pg_writer import PgLocationWriter
 from streams.records import DeadLetter, DriverPing
 from streams.settings import StreamSettings
@@ -216,8 +217,9 @@ class IngestPipeline:
             if dead:
                 await self._dead_letter(dead)
             if pings:
-                outcome = await self._write(store, pings)
+                outcome = await timed_write(self._write(store, pings))
                 self.stats.update(outcome.counts)
+                observe_batch(len(pings), outcome.counts)
                 if outcome.relocated:
                     self.stats["relocated"] += outcome.relocated
                 if self.pg_writer is not None:
@@ -241,6 +243,7 @@ class IngestPipeline:
                 landed[message.partition] = message.offset + 1
         if not landed or self.redis is None:
             return
+        note_landed(self.settings.locations_topic, landed)
         pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self.progress_key, mapping=landed)
         pipe.expire(self.progress_key, INGEST_OFFSETS_TTL_S)
@@ -303,6 +306,7 @@ class IngestPipeline:
                      message.offset, reason)
         await asyncio.gather(*sent)   # delivered before the originals are acknowledged
         self.stats["dead_letter"] += len(dead)
+        count_outcomes((("dead_letter", len(dead)),))
         if self.store is not None:
             with _suppress_all("counting dead letters"):
                 await self.store.count(dead_letter=len(dead))
@@ -464,6 +468,7 @@ def create_app(settings: StreamSettings, pg: PostgresSettings | None = None, *,
     @app.on_before_shutdown.connect
     async def close_pipeline(sender: Any, **kwargs: Any) -> None:
         await pipeline.close()
+    instrument(app, settings.locations_topic, settings.metrics_port)
 
     return app
 

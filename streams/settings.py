@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from schema.settings import env_int as _int
 from schema.settings import env_number as _num
 
 
@@ -31,6 +32,7 @@ class StreamSettings:
     app_id: str = "wakala"                # faust app id (consumer group)
     geofence_pickup_m: float = 75.0       # tracker: a driver this close to the pickup has arrived
     geofence_dropoff_m: float = 75.0      # tracker: ... and to the dropoff
+    metrics_port: int = 0                 # worker: /metrics on 127.0.0.1 (0 = not served)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StreamSettings:
@@ -56,4 +58,5 @@ class StreamSettings:
             app_id=env.get("WAKALA_APP_ID") or cls.app_id,
             geofence_pickup_m=_num(env, "WAKALA_GEOFENCE_PICKUP_M", 75.0, 5, 5000),
             geofence_dropoff_m=_num(env, "WAKALA_GEOFENCE_DROPOFF_M", 75.0, 5, 5000),
+            metrics_port=_int(env, "WAKALA_WORKER_METRICS_PORT", 0, 0, 65535),
         )

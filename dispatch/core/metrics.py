@@ -1,8 +1,15 @@
-"""Prometheus counters and histograms the engine exposes at /metrics."""
+"""Prometheus counters and histograms the engine exposes at /metrics.
 
+Scrape-time work is memory reads only: the pools, the outbox backlog and the sampled values
+(views' refresh age, backup ages, the location worker's lag) are read from objects that the
+engine's own loops keep up to date, so a scrape never waits on a database or the broker.
+The location worker's own metrics are in ``streams.metrics`` (another process).
+"""
+
+import time
 import weakref
 
-from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 PINGS_ACCEPTED = Counter("wakala_pings_accepted_total", "Pings accepted by the gateway", ["channel"])
@@ -37,6 +44,19 @@ MATCHING_CANDIDATES = Histogram(
     "wakala_matching_candidates", "Drivers ranked for one delivery", buckets=(0, 1, 2, 3, 5, 10, 20, 50),
 )
 
+# The tracking hub's sockets (dispatch.tracking.hub). kind: the audience (watcher: a customer's
+# tracking page; vendor: a vendor's screen) for the sockets and the frames sent, the frame's
+# type for the frames handed out. One increment per frame sent (the pump's own, a bound child)
+# and one per fan-out, never one per recipient.
+HUB_CLIENTS = Gauge("wakala_hub_clients", "Open tracking and vendor sockets of this process", ["kind"])
+HUB_FRAMES = Counter("wakala_hub_frames_total", "Frames handed to tracking and vendor sockets", ["kind"])
+HUB_SENT = Counter("wakala_hub_frames_sent_total",
+                   "Frames the hub wrote to tracking and vendor sockets (snapshots and heartbeats included), "
+                   "by audience", ["kind"])
+HUB_COALESCED = Counter("wakala_hub_positions_coalesced_total",
+                        "Position frames replaced by a newer one before a slow watcher's socket took them")
+HUB_CLOSED = Counter("wakala_hub_closed_total", "Sockets the hub closed, by reason", ["reason"])
+
 
 class _PoolCollector:
     """``wakala_db_pool_connections{shard, pool, state}``: this process's PostgreSQL pools,
@@ -68,3 +88,118 @@ REGISTRY.register(_POOLS)
 def watch_pools(source) -> None:
     """Report ``source.pool_stats()`` (a ``TenantDatabase``) in ``wakala_db_pool_connections``."""
     _POOLS.sources.add(source)
+
+
+# -- the outbox relays' backlog ----------------------------------------------------------------
+
+OUTBOX_PUBLISHED = Counter("wakala_outbox_published_total", "Outbox events published to the broker, by outbox",
+                           ["outbox"])
+OUTBOX_FAILURES = Counter("wakala_outbox_failures_total",
+                          "A tenant's outbox pass that failed (retried on the next pass), by outbox", ["outbox"])
+
+
+class _OutboxCollector:
+    """``wakala_outbox_unpublished{outbox, shard}`` and ``wakala_outbox_oldest_unpublished_seconds``:
+    what each relay found unpublished at its last sweep (``OutboxRelay.backlog``), read when
+    scraped. The oldest row's age goes on counting between sweeps, so a relay whose sweeps
+    stopped shows its backlog ageing. Several relays of one outbox in a process: the largest."""
+
+    def __init__(self) -> None:
+        self.relays: weakref.WeakSet = weakref.WeakSet()
+
+    def describe(self):
+        return self._families({})
+
+    def collect(self):
+        now = time.monotonic()
+        seen: dict[tuple[str, str], tuple[int, float | None]] = {}
+        for relay in list(self.relays):
+            for shard_id, (rows, oldest_s, at) in dict(relay.backlog).items():
+                key = (relay.outbox.table, str(shard_id))
+                age = None if oldest_s is None else oldest_s + (now - at)
+                had_rows, had_age = seen.get(key, (0, None))
+                seen[key] = (max(had_rows, rows), age if had_age is None else max(had_age, age or 0.0))
+        return self._families(seen)
+
+    @staticmethod
+    def _families(seen: dict[tuple[str, str], tuple[int, float | None]]):
+        rows = GaugeMetricFamily("wakala_outbox_unpublished",
+                                 "Outbox rows unpublished at the relay's last sweep (before it published "
+                                 "them; counted up to 10000 a tenant), by outbox and shard",
+                                 labels=["outbox", "shard"])
+        oldest = GaugeMetricFamily("wakala_outbox_oldest_unpublished_seconds",
+                                   "Age of the oldest outbox row unpublished at the relay's last sweep, "
+                                   "by outbox and shard (0 when there was none)",
+                                   labels=["outbox", "shard"])
+        for labels, (n, age) in sorted(seen.items()):
+            rows.add_metric(list(labels), n)
+            oldest.add_metric(list(labels), age or 0.0)
+        return [rows, oldest]
+
+
+_OUTBOXES = _OutboxCollector()
+REGISTRY.register(_OUTBOXES)
+
+
+def watch_outbox(relay) -> None:
+    """Report ``relay.backlog`` (an ``OutboxRelay``'s, shard -> (rows, oldest age in seconds or
+    None, monotonic time sampled)) in the outbox gauges."""
+    _OUTBOXES.relays.add(relay)
+
+
+# -- values sampled in the background (views' refresh, backups, the worker's lag) -------------
+
+VIEW_REFRESH_FAILURES = Counter("wakala_view_refresh_failures_total",
+                                "A tenant's materialized-view refresh that failed")
+OPS_SAMPLE_FAILURES = Counter("wakala_ops_sample_failures_total",
+                              "Background samples for /metrics that could not be read, by part (lag, backups)",
+                              ["part"])
+SAMPLED = {
+    "wakala_view_refresh_age_seconds":
+        "Seconds since the start of this process's last view-refresh round that refreshed every tenant's "
+        "materialized views (counted from the refresher's start until one has)",
+    "wakala_location_lag_messages":
+        "Messages of the locations topic the location worker's group has yet to land (end offsets from "
+        "the broker minus the larger of committed and landed offsets), sampled by the engine",
+    "wakala_backup_age_seconds":
+        "The largest, over active tenants, of the seconds since the tenant's last completed backup "
+        "(since its creation when it has none)",
+    "wakala_backup_stale_tenants":
+        "Active tenants whose last completed backup (or creation, if none) is older than 26 h",
+}
+
+
+class _SampledCollector:
+    """Gauges set by background loops, never computed at scrape: each value keeps when it was
+    sampled and until when it is fresh. An age goes on counting from its sample; a value past
+    its freshness is not reported (a number nobody has measured lately is not current)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, tuple[float, float, float, bool]] = {}   # name -> value, at, fresh until, ageing
+
+    def describe(self):
+        return [GaugeMetricFamily(name, text) for name, text in SAMPLED.items()]
+
+    def collect(self):
+        now = time.monotonic()
+        for name, (value, at, fresh_until, ageing) in list(self.values.items()):
+            if now <= fresh_until:
+                yield GaugeMetricFamily(name, SAMPLED[name], value=value + (now - at if ageing else 0.0))
+
+
+_SAMPLED = _SampledCollector()
+REGISTRY.register(_SAMPLED)
+
+
+def record_sample(name: str, value: float, *, fresh_s: float = float("inf"), ageing: bool = False) -> None:
+    """Set one of ``SAMPLED``: reported for ``fresh_s`` from now; ``ageing``: ``value`` is an age
+    in seconds, reported plus the time since this call."""
+    if name not in SAMPLED:
+        raise KeyError(f"{name} is not a sampled metric; known: {', '.join(SAMPLED)}")
+    now = time.monotonic()
+    _SAMPLED.values[name] = (float(value), now, now + fresh_s, ageing)
+
+
+def forget_sample(name: str) -> None:
+    """Stop reporting one of ``SAMPLED`` (its source could not be read)."""
+    _SAMPLED.values.pop(name, None)

@@ -46,6 +46,7 @@ class EdgeSettings:
     max_url_bytes: int = 4096            # request target (path and query): 414 beyond
     operator_token: str = ""             # bearer for /metrics on the public port ("" = not served there)
     metrics_port: int = 0                # operator port on 127.0.0.1 for /metrics (0 = none)
+    ops_sample_s: int = 30               # backup ages and the worker's lag sampled for /metrics (0 = not)
     api_docs: bool = False               # /docs and /openapi.json on the public port
     ws_compression: bool = False         # permessage-deflate: see README ("Websocket compression")
     ws_ping_interval_s: int = 20         # server keepalive pings find dead connections
@@ -69,6 +70,7 @@ class EdgeSettings:
             max_url_bytes=_int(env, "WAKALA_MAX_URL_BYTES", d.max_url_bytes, 256, 65_536),
             operator_token=env.get("WAKALA_OPERATOR_TOKEN", ""),
             metrics_port=_int(env, "WAKALA_METRICS_PORT", d.metrics_port, 0, 65535),
+            ops_sample_s=_int(env, "WAKALA_OPS_SAMPLE_S", d.ops_sample_s, 0, 3600),
             api_docs=_flag(env, "WAKALA_API_DOCS", False),
             ws_compression=_flag(env, "WAKALA_WS_COMPRESSION", False),
             ws_ping_interval_s=_int(env, "WAKALA_WS_PING_INTERVAL_S", d.ws_ping_interval_s, 1, 3600),

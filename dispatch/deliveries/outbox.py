@@ -24,6 +24,12 @@ that a committing transaction sends (channel ``wakala_outbox`` for deliveries,
 ``sweep_s`` it also drains every active tenant, which covers notifications lost while a
 connection was down. The seed has no outbox: see docs/schema.md.
 
+Metrics: events published and failed passes are counted per outbox; each sweep also measures,
+per tenant and in the transaction of its first batch, how many rows were unpublished and how
+old the oldest was, before publishing them (``backlog``, per shard, exported by
+``dispatch.core.metrics.watch_outbox``). A healthy relay's sweep finds almost nothing (the
+notified passes got there first); a backlog that grows and ages is a relay or broker stuck.
+
 What a pass costs is paid per pass, not per event: a pass of one tenant is four statements
 (begin, select, mark, commit), one produce request and one metadata request, whether it
 carries one event or a hundred. So a relay makes few passes:
@@ -74,6 +80,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -82,6 +89,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownTopicOrPartitionError
 
 from dispatch.commerce.orders.records import ORDER_OUTBOX_CHANNEL
+from dispatch.core.metrics import OUTBOX_FAILURES, OUTBOX_PUBLISHED, watch_outbox
 from dispatch.deliveries.store import OUTBOX_CHANNEL
 from schema.connect import connect
 from schema.db import TenantDatabase
@@ -149,6 +157,14 @@ LIMIT $1
 FOR UPDATE SKIP LOCKED
 """
 MARK_PUBLISHED_SQL = "UPDATE {table} SET published_at = now() WHERE id = ANY($1::uuid[])"
+# The sweep's measure of a tenant's backlog, both bounded whatever the backlog: rows counted up
+# to BACKLOG_COUNT_MAX and the oldest found first through the partial index on seq.
+BACKLOG_COUNT_MAX = 10_000
+BACKLOG_SQL = """
+SELECT (SELECT count(*) FROM (SELECT 1 FROM {table} WHERE published_at IS NULL LIMIT $1) AS capped) AS n,
+       (SELECT extract(epoch FROM now() - created_at)::float8 FROM {table}
+        WHERE published_at IS NULL ORDER BY seq LIMIT 1) AS oldest_s
+"""
 
 
 def _quote(identifier: str) -> str:
@@ -188,6 +204,7 @@ class OutboxRelay:
         self._unpublished_sql = UNPUBLISHED_SQL.format(key=_quote(outbox.key_column),
                                                        table=_quote(outbox.table))
         self._mark_published_sql = MARK_PUBLISHED_SQL.format(table=_quote(outbox.table))
+        self._backlog_sql = BACKLOG_SQL.format(table=_quote(outbox.table))
         # Where to recreate the topic after a broker lost it (None: the caller's producer
         # is expected to reach a broker that keeps its topics).
         self.bootstrap = bootstrap
@@ -195,10 +212,28 @@ class OutboxRelay:
         self.failures = 0          # tenant passes that failed, for metrics and tests
         self.broker_failed = False  # the last pass had a broker error
         self._backoff_s = 0.0
+        # shard -> (rows, oldest row's age in seconds or None, monotonic time): what the last
+        # sweep found unpublished before publishing, summed over the shard's tenants. Read at
+        # scrape time (``dispatch.core.metrics.watch_outbox``).
+        self.backlog: dict[int, tuple[int, float | None, float]] = {}
+        self._sweeping = False
+        self._published = OUTBOX_PUBLISHED.labels(outbox.table)
+        self._failed = OUTBOX_FAILURES.labels(outbox.table)
+        watch_outbox(self)
 
-    async def publish_tenant(self, tenant_id: uuid.UUID | str) -> int:
-        """Publish one batch of a tenant's unpublished events; returns how many."""
+    async def publish_tenant(self, tenant_id: uuid.UUID | str, *,
+                             found: list[tuple[int, float | None]] | None = None) -> int:
+        """Publish one batch of a tenant's unpublished events; returns how many.
+
+        ``found``: measure the tenant's backlog first, in the same transaction, and append
+        (rows, oldest row's age) to it (the sweep's measure; two bounded index reads, and a
+        tenant with nothing to publish then skips the locking select)."""
         async with self.db.tenant_transaction(tenant_id) as tx:
+            if found is not None:
+                measured = await tx.fetchrow(self._backlog_sql, BACKLOG_COUNT_MAX)
+                found.append((measured["n"], measured["oldest_s"]))
+                if not measured["n"]:
+                    return 0
             rows = await tx.fetch(self._unpublished_sql, self.batch)
             if not rows:
                 return 0
@@ -211,29 +246,56 @@ class OutboxRelay:
                 if self.topic not in cluster.topics():
                     raise UnknownTopicOrPartitionError(f"the broker does not list {self.topic}")
             await tx.execute(self._mark_published_sql, [r["id"] for r in rows])
+        self._published.inc(len(rows))
         return len(rows)
 
-    async def publish_all(self, tenant_ids: Iterable[uuid.UUID | str]) -> int:
+    async def publish_all(self, tenant_ids: Iterable[uuid.UUID | str], *, measure: bool | None = None) -> int:
         """Drain every tenant; a failing tenant is logged, counted in ``failures`` and retried
-        on the next pass, and the tenants after it are still drained."""
+        on the next pass, and the tenants after it are still drained. ``measure`` (default: on
+        in ``run``'s sweeps): ``backlog`` becomes what this pass found unpublished, per shard."""
+        if measure is None:
+            measure = self._sweeping
         total = 0
         self.broker_failed = False
+        backlog: dict[int, tuple[int, float | None, float]] = {}
         for tenant_id in tenant_ids:
+            found: list[tuple[int, float | None]] = []
             try:
-                while (n := await self.publish_tenant(tenant_id)) > 0:
+                # measured once, before the tenant's first batch
+                while (n := await self.publish_tenant(tenant_id, found=found if measure and not found else None)) > 0:
                     total += n
                     if n < self.batch:
                         break
             except KafkaError as exc:
                 self.failures += 1
+                self._failed.inc()
                 self.broker_failed = True
                 log.warning("publishing %s of tenant %s failed (%s: %s); will retry", self.outbox.table,
                             tenant_id, exc.__class__.__name__, exc)
             except Exception as exc:   # noqa: BLE001 - one tenant's fault is not the others'
                 self.failures += 1
+                self._failed.inc()
                 log.error("publishing %s of tenant %s failed (%s: %s); the other tenants go on",
                           self.outbox.table, tenant_id, exc.__class__.__name__, exc)
+            if measure:
+                await self._add_backlog(backlog, tenant_id, found)
+        if measure:
+            self.backlog = backlog
         return total
+
+    async def _add_backlog(self, backlog: dict[int, tuple[int, float | None, float]],
+                           tenant_id: uuid.UUID | str, found: list[tuple[int, float | None]]) -> None:
+        """Add one tenant's measure to its shard's (a tenant whose measure failed adds nothing)."""
+        if not found:
+            return
+        rows, oldest_s = found[0]
+        try:
+            shard_id = (await self.db.placement(tenant_id)).shard_id   # cached by the pass just made
+        except Exception:   # noqa: BLE001 - moved or gone meanwhile: left out of this sweep's figure
+            return
+        had_rows, had_oldest, _ = backlog.get(shard_id, (0, None, 0.0))
+        oldest = had_oldest if oldest_s is None else max(oldest_s, had_oldest or 0.0)
+        backlog[shard_id] = (had_rows + rows, oldest, time.monotonic())
 
     async def check_topic(self) -> bool:
         """Recreate the topic if the broker lost it (``bootstrap`` given); True if all is well."""
@@ -325,7 +387,11 @@ class OutboxRelay:
                         await self._listen(settings, listeners, leading, notified)
                         await self.check_topic()
                         tenants = await self.db.active_tenant_ids()   # as the app role
-                        await self.publish_all(tenants)
+                        self._sweeping = True
+                        try:
+                            await self.publish_all(tenants)
+                        finally:
+                            self._sweeping = False
                         await self._after_pass()
                     except Exception:   # Postgres briefly away: the next sweep tries again
                         log.exception("outbox sweep failed")

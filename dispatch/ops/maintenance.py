@@ -5,7 +5,9 @@ session advisory lock on the control database, tried, never waited for: the othe
 they skipped the round). A round
 
 1. creates the analytics partitions of the coming months in every tenant schema (cheap when
-   they exist, and a month boundary never finds a tenant without its partition);
+   they exist, and a month boundary never finds a tenant without its partition), and the
+   control plane's ``data_access_log`` months likewise, dropping its months older than
+   ``WAKALA_ACCESS_LOG_KEEP_MONTHS`` unless retention is off (``schema.retention.control``);
 2. runs retention when it is due: ``WAKALA_RETENTION_INTERVAL_S`` after the last complete run,
    read from ``retention_runs`` (so processes that come and go share one schedule instead of
    each keeping its own clock), and not before a random delay of at most
@@ -20,6 +22,15 @@ they skipped the round). A round
    ``WAKALA_DB_METRICS``, on by default) and prunes samples older than
    ``WAKALA_DB_METRICS_KEEP_DAYS``.
 
+Beside the rounds, and in every engine process (not only the lock holder: each process's
+/metrics shows them), ``run_operator_samples`` reads every ``WAKALA_OPS_SAMPLE_S`` (30 s; 0
+turns it off) what ``wakala status`` reads, with its functions: the location worker's lag
+from the broker (``wakala_location_lag_messages``) and the backup ages from the control plane
+(``wakala_backup_age_seconds``, ``wakala_backup_stale_tenants``). Each part is bounded by
+``SAMPLE_TIMEOUT_S``; a part that cannot be read is counted
+(``wakala_ops_sample_failures_total``) and stops being reported until it can, so a scrape
+never waits for it and never shows a figure nobody measured lately.
+
 A round that fails is logged and the loop goes on; the lock dies with its connection, so a
 process killed mid-round leaves nothing taken. Retention works in short transactions (see
 ``schema.retention.runner``), so the engine's own writes never wait behind it.
@@ -32,10 +43,15 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from dispatch.core.metrics import OPS_SAMPLE_FAILURES, forget_sample, record_sample
+from dispatch.core.settings import EngineSettings
+from dispatch.ops.status import BACKUP_STALE_S, backup_gap_s, consumer_lag, read_last_backups
 from schema.monitoring import sample_and_record
 from schema.moves.cleanup import cleanup_moves
+from schema.retention.control import AccessLogReport, access_log_retention
 from schema.retention.policies import RetentionSettings
 from schema.retention.runner import (
     RetentionReport,
@@ -45,10 +61,12 @@ from schema.retention.runner import (
     seconds_since_last_full_run,
 )
 from schema.settings import PostgresSettings
+from streams.settings import StreamSettings
 
-__all__ = ["RoundResult", "maintenance_round", "run_maintenance"]
+__all__ = ["RoundResult", "maintenance_round", "run_maintenance", "run_operator_samples", "sample_operator_metrics"]
 
 FIRST_ROUND_S = (60.0, 180.0)
+SAMPLE_TIMEOUT_S = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +81,7 @@ class RoundResult:
     backups: list[Any] | None = None
     old_schemas_dropped: int = 0
     metrics_recorded: int = 0
+    access_log: AccessLogReport | None = None
 
 
 async def maintenance_round(settings: PostgresSettings, retention_settings: RetentionSettings, *,
@@ -74,6 +93,9 @@ async def maintenance_round(settings: PostgresSettings, retention_settings: Rete
             return RoundResult(False)
         result = RoundResult(True)
         result.partitions_created = await ensure_partitions_ahead(settings, retention_settings)
+        result.access_log = await access_log_retention(
+            settings, keep_months=retention_settings.access_log_keep_months,
+            months_ahead=retention_settings.partitions_ahead, drop=retention_settings.enabled)
         if retention and retention_settings.enabled:
             since = await seconds_since_last_full_run(control)
             if since is None or since >= retention_settings.interval_s:
@@ -85,8 +107,9 @@ async def maintenance_round(settings: PostgresSettings, retention_settings: Rete
         result.old_schemas_dropped = len(await cleanup_moves(settings))
         result.metrics_recorded = await sample_and_record(settings)
     report = result.retention
-    log.info("maintenance round: %d analytics partition(s) created; retention %s; backups %s; "
-             "%d moved tenant's old schema(s) dropped; %d database metric(s) recorded", result.partitions_created,
+    log.info("maintenance round: %d analytics partition(s) created; access log: %d month(s) made, %d dropped; "
+             "retention %s; backups %s; %d moved tenant's old schema(s) dropped; %d database metric(s) recorded",
+             result.partitions_created, len(result.access_log.created), len(result.access_log.dropped),
              ("not due" if retention and retention_settings.enabled else "off") if report is None else
              f"run {report.run_id}: {report.deleted} row(s) deleted, {len(report.errors)} error(s), "
              f"{len(report.refused)} refused polic(ies)",
@@ -95,9 +118,63 @@ async def maintenance_round(settings: PostgresSettings, retention_settings: Rete
     return result
 
 
+async def _sample_lag(streams: StreamSettings, timeout_s: float, fresh_s: float) -> None:
+    async with asyncio.timeout(timeout_s * 2):
+        lag, _ = await consumer_lag(streams, timeout_s)
+    record_sample("wakala_location_lag_messages", lag, fresh_s=fresh_s)
+
+
+async def _sample_backups(settings: PostgresSettings, timeout_s: float, fresh_s: float) -> None:
+    import asyncpg
+
+    async with asyncio.timeout(timeout_s):
+        conn = await asyncpg.connect(settings.control.url(), timeout=timeout_s)
+        try:
+            await conn.execute(f"SET statement_timeout = {int(timeout_s * 1000)}")
+            rows = await read_last_backups(conn)
+        finally:
+            await conn.close()
+    now = datetime.now(UTC)
+    gaps = [backup_gap_s(r["completed_at"], r["created_at"], now) for r in rows]
+    record_sample("wakala_backup_age_seconds", max(gaps, default=0.0), fresh_s=fresh_s, ageing=True)
+    record_sample("wakala_backup_stale_tenants", sum(g > BACKUP_STALE_S for g in gaps), fresh_s=fresh_s)
+
+
+async def sample_operator_metrics(settings: PostgresSettings, streams: StreamSettings, *,
+                                  fresh_s: float, timeout_s: float = SAMPLE_TIMEOUT_S) -> list[str]:
+    """One sample of the worker's lag and the backup ages, both parts at once and each bounded;
+    returns the parts that failed (counted, logged, and no longer reported)."""
+    parts = {"lag": (_sample_lag(streams, timeout_s, fresh_s), ("wakala_location_lag_messages",)),
+             "backups": (_sample_backups(settings, timeout_s, fresh_s),
+                         ("wakala_backup_age_seconds", "wakala_backup_stale_tenants"))}
+    results = await asyncio.gather(*(coro for coro, _ in parts.values()), return_exceptions=True)
+    failed = []
+    for (part, (_, names)), result in zip(parts.items(), results, strict=True):
+        if isinstance(result, BaseException):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            failed.append(part)
+            OPS_SAMPLE_FAILURES.labels(part).inc()
+            for name in names:
+                forget_sample(name)
+            log.info("operator sample of %s failed: %s: %s", part, type(result).__name__, result)
+    return failed
+
+
+async def run_operator_samples(settings: PostgresSettings, streams: StreamSettings, *, interval_s: float,
+                               timeout_s: float = SAMPLE_TIMEOUT_S) -> None:
+    """Forever: ``sample_operator_metrics`` every ``interval_s``, each value fresh for three
+    intervals (a sample or two may fail before a figure stops being reported)."""
+    fresh_s = 3 * interval_s + 2 * timeout_s
+    while True:
+        await sample_operator_metrics(settings, streams, fresh_s=fresh_s, timeout_s=timeout_s)
+        await asyncio.sleep(interval_s)
+
+
 async def run_maintenance(settings: PostgresSettings, *, interval_s: float, retention: bool,
                           backups: Any = None, retention_settings: RetentionSettings | None = None,
-                          first_after_s: float | None = None) -> None:
+                          first_after_s: float | None = None, streams: StreamSettings | None = None,
+                          sample_s: float | None = None) -> None:
     """Forever: a round every ``interval_s``, retention in it once due.
 
     The first round comes ``first_after_s`` after the start (default: a random 60-180 s).
@@ -107,7 +184,28 @@ async def run_maintenance(settings: PostgresSettings, *, interval_s: float, rete
     open them at the moment they also fill their pools.
 
     ``backups``: a ``schema.backups.settings.BackupSettings`` to run due backups in each
-    round, or None. ``retention_settings`` defaults to ``RetentionSettings.from_env()``."""
+    round, or None. ``retention_settings`` defaults to ``RetentionSettings.from_env()``.
+
+    ``run_operator_samples`` runs beside the rounds every ``sample_s`` (default
+    ``WAKALA_OPS_SAMPLE_S``; 0: not at all), over ``streams`` (default
+    ``StreamSettings.from_env()``)."""
+    if sample_s is None:
+        sample_s = EngineSettings.from_env().ops_sample_s
+    sampler = None
+    if sample_s > 0:
+        sampler = asyncio.create_task(run_operator_samples(settings, streams or StreamSettings.from_env(),
+                                                           interval_s=sample_s), name="operator-samples")
+    try:
+        await _rounds(settings, interval_s=interval_s, retention=retention, backups=backups,
+                      retention_settings=retention_settings, first_after_s=first_after_s)
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+            await asyncio.gather(sampler, return_exceptions=True)
+
+
+async def _rounds(settings: PostgresSettings, *, interval_s: float, retention: bool, backups: Any,
+                  retention_settings: RetentionSettings | None, first_after_s: float | None) -> None:
     settings_ = retention_settings or RetentionSettings.from_env()
     first = random.uniform(*FIRST_ROUND_S) if first_after_s is None else first_after_s  # noqa: S311 - spreading
     await asyncio.sleep(first)

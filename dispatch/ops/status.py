@@ -38,8 +38,8 @@ from typing import Any
 from dispatch.core.console import format_table
 from dispatch.ops.checks import ServiceStatus, check_kafka, check_postgres, check_redis
 
-__all__ = ["BACKUP_STALE_S", "StatusReport", "backup_age_flag", "gather_status", "render", "to_json",
-           "verdict"]
+__all__ = ["BACKUP_STALE_S", "StatusReport", "backup_age_flag", "backup_gap_s", "consumer_lag", "gather_status",
+           "read_last_backups", "render", "to_json", "verdict"]
 
 BACKUP_STALE_S = 26 * 3600
 OPEN_DELIVERY_STATES = ("pending", "offered", "unassigned", "assigned", "at_pickup", "picked_up")
@@ -83,6 +83,13 @@ def backup_age_flag(completed_at: datetime | None, now: datetime) -> tuple[float
         return None, True
     age = (now - completed_at).total_seconds()
     return age, age > BACKUP_STALE_S
+
+
+def backup_gap_s(completed_at: datetime | None, created_at: datetime | None, now: datetime) -> float:
+    """Seconds a tenant has gone without a backup: since its last completed one, or since it was
+    created when it has none (so a new tenant is not overdue before its first schedule came)."""
+    since = completed_at or created_at
+    return 0.0 if since is None else max(0.0, (now - since).total_seconds())
 
 
 def human_age(seconds: float | None) -> str:
@@ -188,9 +195,9 @@ CONTROL_SQL = {
                        extract(epoch FROM now() - started_at)::float8 AS age_s
                 FROM tenant_migrations WHERE status NOT IN ('completed', 'cleaned', 'failed')
                 ORDER BY started_at""",
-    "backups": """SELECT t.slug, max(b.completed_at) AS completed_at
+    "backups": """SELECT t.slug, max(b.completed_at) AS completed_at, t.created_at
                   FROM tenants t LEFT JOIN backup_log b ON b.tenant_id = t.id AND b.status = 'completed'
-                  WHERE t.status = 'active' GROUP BY t.slug ORDER BY t.slug""",
+                  WHERE t.status = 'active' GROUP BY t.slug, t.created_at ORDER BY t.slug""",
     "metrics": "SELECT max(recorded_at) FROM database_metrics",
 }
 SHARD_SQL = """SELECT pg_database_size(current_database()) AS size_bytes,
@@ -210,7 +217,7 @@ async def _read_control(report: StatusReport, pg, timeout_s: float) -> tuple[lis
         report.moves = [{"id": str(r["id"]), "tenant_id": str(r["tenant_id"]), "source_shard": r["source_shard"],
                          "target_shard": r["target_shard"], "status": r["status"], "age_s": r["age_s"]}
                         for r in await conn.fetch(CONTROL_SQL["moves"])]
-        for r in await conn.fetch(CONTROL_SQL["backups"]):
+        for r in await read_last_backups(conn):
             age, stale = backup_age_flag(r["completed_at"], report.checked_at)
             report.backups.append({"slug": r["slug"], "age_s": age, "stale": stale,
                                    "completed_at": r["completed_at"] and r["completed_at"].isoformat(
@@ -248,8 +255,17 @@ async def _read_shard(report: StatusReport, pg, shard, tenants, timeout_s: float
     return counts
 
 
-async def _consumer_lag(streams, timeout_s: float, redis_ok: bool) -> tuple[int, str]:
-    """Messages the location worker's group has yet to process on the locations topic."""
+async def read_last_backups(conn) -> list:
+    """Each active tenant's slug, last completed backup (or None) and creation time, from the
+    control plane (``conn``: a connection as its owner)."""
+    return await conn.fetch(CONTROL_SQL["backups"])
+
+
+async def consumer_lag(streams, timeout_s: float, redis_ok: bool = True) -> tuple[int, str]:
+    """Messages the location worker's group has yet to process on the locations topic, and what
+    was read (the engine's ``wakala_location_lag_messages`` samples it too). LookupError when
+    the topic does not exist; each broker request is bounded by ``timeout_s``, the whole is
+    the caller's to bound."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from streams.keys import ingest_offsets_key
@@ -316,7 +332,7 @@ async def gather_status(pg, streams, *, timeout_s: float = 3.0) -> StatusReport:
         for state, n in (counts or {}).items():
             report.deliveries[state] = report.deliveries.get(state, 0) + n
     if kafka.ok:
-        lag = await _bounded(report, "consumer lag", timeout_s * 2, _consumer_lag(streams, timeout_s, redis.ok))
+        lag = await _bounded(report, "consumer lag", timeout_s * 2, consumer_lag(streams, timeout_s, redis.ok))
         if lag is not None:
             report.consumer_lag, report.consumer_lag_detail = lag
         else:

@@ -44,6 +44,8 @@ built without I/O in ``dispatch.tracking.frames``; this module is the I/O around
   ``4401 expired_token``; a revoked link or user token closes its sockets with ``4401``.
 
 A janitor task (once a second) sends heartbeats and closes stalled and expired clients.
+
+Metrics: ``HUB_*`` of ``dispatch.core.metrics`` (sockets, frames, coalesced positions, closes).
 """
 
 from __future__ import annotations
@@ -59,12 +61,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from prometheus_client import Counter as PromCounter
-from prometheus_client import Gauge
 from redis.asyncio import Redis
 
 from dispatch.commerce.orders.records import VIEW_SQL, view_from_row
 from dispatch.core.errors import REVOKED_TOKEN, TOO_SLOW
+from dispatch.core.metrics import HUB_CLIENTS, HUB_CLOSED, HUB_COALESCED, HUB_FRAMES, HUB_SENT
 from dispatch.deliveries.state import TERMINAL_STATES
 from dispatch.matching.active import TRACKED_STATUSES
 from dispatch.tracking.clients import Client, DeliveryFeed, Send
@@ -98,9 +99,6 @@ SUBSCRIBE_WAIT_S = 5.0      # a watcher's snapshot waits this long for its chann
 POLL_S = 0.05               # the pub/sub task applies subscription changes this often at least
 FETCH_MAX_WAIT_MS = 50      # tansu holds every fetch for the full wait (see streams/consumer.py)
 
-HUB_CLIENTS = Gauge("wakala_hub_clients", "Open tracking and vendor sockets of this process", ["kind"])
-HUB_FRAMES = PromCounter("wakala_hub_frames_total", "Frames handed to tracking and vendor sockets", ["kind"])
-HUB_CLOSED = PromCounter("wakala_hub_closed_total", "Sockets the hub closed, by reason", ["reason"])
 
 
 # -- the hub -----------------------------------------------------------------------------------
@@ -244,6 +242,7 @@ class TrackingHub:
         client.sending_since = asyncio.get_running_loop().time()
         await client.send({"type": "websocket.send", "text": frame_text(snapshot.frame)})
         client.sending_since = 0.0
+        HUB_SENT.labels(client.kind).inc()
         self.start_pump(client)
         return True
 
@@ -312,6 +311,7 @@ class TrackingHub:
     async def _pump(self, client: Client) -> None:
         queue, wake, send = client.queue, client.wake, client.send
         loop = asyncio.get_running_loop()
+        sent = HUB_SENT.labels(client.kind)
         try:
             while True:
                 frame = queue.pop()
@@ -323,6 +323,7 @@ class TrackingHub:
                 await send({"type": "websocket.send", "text": frame})
                 client.sending_since = 0.0
                 self.stats["frames_sent"] += 1
+                sent.inc()
         except asyncio.CancelledError:
             raise
         except Exception:   # the peer left (uvicorn's ClientDisconnected): the handler sees it too
@@ -392,11 +393,15 @@ class TrackingHub:
         if frame is None:
             return
         text = frame_text(frame)
+        replaced = 0
         for client in feed.clients:
             if not client.closed:
+                replaced += client.queue.position is not None
                 client.queue.put_position(text)
                 client.wake.set()
         HUB_FRAMES.labels("position").inc(len(feed.clients))
+        if replaced:
+            HUB_COALESCED.inc(replaced)
 
     # -- status changes and orders (Kafka) ------------------------------------------------------
 

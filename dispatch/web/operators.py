@@ -30,10 +30,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dispatch.core.errors import NotFound
 from dispatch.web.http import api_error_response, bearer
+from streams.metrics import serve_metrics
 
 __all__ = ["READY_CACHE_S", "READY_TIMEOUT_S", "docs_urls", "install_operator_routes", "readiness", "start_metrics_server"]
 
@@ -103,16 +104,6 @@ def install_operator_routes(app: FastAPI, probes: Callable[[], Mapping[str, Prob
 
 def start_metrics_server(port: int) -> Callable[[], None] | None:
     """Serve /metrics on 127.0.0.1:``port`` in a thread; returns how to stop it, or None if the
-    port is taken (another worker process of this engine serves it)."""
-    try:
-        server, thread = start_http_server(port, addr="127.0.0.1")
-    except OSError as exc:
-        log.warning("metrics port 127.0.0.1:%d not served by this process: %s", port, exc)
-        return None
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-    return stop
+    port is taken (another worker process of this engine serves it). The location worker's
+    port is served the same way (``streams.metrics.serve_metrics``)."""
+    return serve_metrics(port)

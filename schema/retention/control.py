@@ -66,8 +66,9 @@ def month_bounds(now: datetime, months_ahead: int) -> list[tuple[str, date, date
 
 
 async def access_log_retention(settings: PostgresSettings, *, keep_months: int = 24, months_ahead: int = 3,
-                               now: datetime | None = None, batch: int = 10_000) -> AccessLogReport:
-    """One round: partitions ahead, expired months dropped (see the module docstring)."""
+                               now: datetime | None = None, batch: int = 10_000, drop: bool = True) -> AccessLogReport:
+    """One round: partitions ahead and, with ``drop``, expired months dropped (see the module
+    docstring)."""
     if not 1 <= keep_months <= 1200:
         raise ValueError(f"keep_months must be from 1 to 1200, got {keep_months}")
     now = now or datetime.now(UTC)
@@ -84,6 +85,8 @@ async def access_log_retention(settings: PostgresSettings, *, keep_months: int =
                 report.created.append(name)
             except asyncpg.PostgresError as exc:
                 log.warning("access log partition %s not created: %s", name, exc)
+        if not drop:
+            return report
         cutoff_month = _month(now.astimezone(UTC).date(), -keep_months)
         cutoff = datetime(cutoff_month.year, cutoff_month.month, 1, tzinfo=UTC)
         for name in partitions_to_drop(sorted(existing), cutoff.year, cutoff.month, PARENT):

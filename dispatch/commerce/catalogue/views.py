@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dispatch.commerce.catalogue.parse import bounded_int
 from dispatch.commerce.catalogue.reads import cache_tenant, cached_inventory, cached_product
 from dispatch.core.cache import Cache
+from dispatch.core.metrics import VIEW_REFRESH_FAILURES, record_sample
 from schema.db import TenantDatabase
 from schema.tenants import parse_tenant_id
 
@@ -33,6 +34,8 @@ WHERE order_count > 0
 ORDER BY order_count DESC, total_sold DESC, id
 LIMIT $1
 """
+VIEW_AGE = "wakala_view_refresh_age_seconds"
+_NEVER_STARTED = [True]   # the age counts from this process's first refresher, not each restart of it
 REFRESH_SQL = "SELECT refresh_sales_views()"
 # One refresher per tenant at a time across engine processes; the others skip the tenant.
 REFRESH_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(hashtext('wakala.refresh_sales_views'), hashtext($1))"
@@ -70,24 +73,46 @@ async def run_view_refresher(db: TenantDatabase, cache: Cache,
                              interval_s: float = 900) -> None:
     """Every ``interval_s``: for each tenant the provider names, refresh its views and warm its
     popular products. A failing tenant (or provider) is logged and the loop goes on; it ends
-    only when cancelled."""
+    only when cancelled.
+
+    ``wakala_view_refresh_age_seconds`` counts from the start of the last round in which every
+    tenant was refreshed (by this process, or skipped because another process was refreshing
+    it at that moment), and from the refresher's own start until such a round: a round with a
+    failure, or tenants that cannot be listed, lets it grow. A failing tenant adds to
+    ``wakala_view_refresh_failures_total``. Engine processes each report their own; the
+    freshest of them (``min``) is the views' age."""
+    if _NEVER_STARTED[0]:
+        _NEVER_STARTED[0] = False
+        record_sample(VIEW_AGE, 0.0, ageing=True)
     while True:
         started = time.monotonic()
+        complete = True
         try:
             tenants = list(await tenant_ids_provider())
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("view refresher: could not list tenants")
-            tenants = []
+            tenants, complete = [], False
         for tenant_id in tenants:
             try:
-                if await refresh_views(db, tenant_id):
-                    await warm_popular(db, cache, tenant_id)
+                refreshed = await refresh_views(db, tenant_id)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                complete = False
+                VIEW_REFRESH_FAILURES.inc()
                 log.exception("view refresher: tenant %s failed; next round in %.0f s", tenant_id, interval_s)
+                continue
+            try:
+                if refreshed:
+                    await warm_popular(db, cache, tenant_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:   # the views are fresh; the cache fills on demand
+                log.exception("view refresher: warming tenant %s's popular products failed", tenant_id)
+        if complete:
+            record_sample(VIEW_AGE, time.monotonic() - started, ageing=True)
         await asyncio.sleep(max(0.0, interval_s - (time.monotonic() - started)))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -40,14 +41,50 @@ def test_the_rules_load_and_each_alert_fires_on_its_own_series() -> None:
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
+def _defined_metrics() -> set[str]:
+    """Every metric name the engine and the location worker define (string literals in their
+    source), with the series names Prometheus derives from a histogram."""
+    root = DEPLOY.parent
+    names: set[str] = set()
+    for package in ("dispatch", "streams"):
+        for path in (root / package).rglob("*.py"):
+            names |= set(re.findall(r'"(wakala_[a-z0-9_]+)"', path.read_text()))
+    return names | {f"{n}_{suffix}" for n in names for suffix in ("bucket", "count", "sum")}
+
+
+def _queried(expr: str) -> set[str]:
+    return set(re.findall(r"\b(wakala_[a-z0-9_]+)", expr))
+
+
 def test_the_dashboard_queries_only_metrics_the_engine_exposes() -> None:
     dashboard = json.loads((DEPLOY / "grafana" / "wakala-engine.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     known = ("wakala_pings_accepted_total", "wakala_pings_rejected_total", "wakala_gateway_produce_seconds",
              "wakala_api_request_seconds", "wakala_orders_placed_total", "wakala_payments_total",
              "wakala_delivery_transitions_total", "wakala_matching_seconds", "wakala_matching_candidates",
-             "wakala_db_pool_connections")
+             "wakala_db_pool_connections", "wakala_location_lag_messages", "wakala_worker_lag_messages",
+             "wakala_worker_redis_write_seconds", "wakala_worker_batch_pings", "wakala_worker_pings_total",
+             "wakala_hub_clients", "wakala_hub_frames_sent_total", "wakala_hub_positions_coalesced_total",
+             "wakala_hub_closed_total", "wakala_outbox_unpublished", "wakala_outbox_oldest_unpublished_seconds",
+             "wakala_outbox_failures_total", "wakala_view_refresh_age_seconds", "wakala_backup_age_seconds",
+             "wakala_backup_stale_tenants")
     assert exprs and all(any(name in e for name in known) for e in exprs)
+    defined = _defined_metrics()
+    unknown = {(e, name) for e in exprs for name in _queried(e) if name not in defined}
+    assert not unknown, unknown
+    assert {"wakala_location_lag_messages", "wakala_outbox_unpublished", "wakala_hub_frames_sent_total",
+            "wakala_view_refresh_age_seconds", "wakala_backup_age_seconds"} <= defined
+
+
+def test_the_alerts_query_only_metrics_the_engine_and_worker_define() -> None:
+    rules = (DEPLOY / "prometheus" / "rules.yml").read_text()
+    exprs = re.findall(r"expr: (.*(?:\n {10,}.*)*)", rules)
+    defined = _defined_metrics()
+    assert len(exprs) >= 12
+    assert not {name for e in exprs for name in _queried(e)} - defined
+    for alert in ("WakalaLocationWorkerLagging", "WakalaLocationWorkerDown", "WakalaBackupStale",
+                  "WakalaOutboxStuck", "WakalaViewsStale"):
+        assert f"alert: {alert}\n" in rules
 
 
 def _start(server: str, workdir: Path, port: int) -> subprocess.Popen:
