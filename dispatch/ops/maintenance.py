@@ -164,11 +164,15 @@ async def sample_operator_metrics(settings: PostgresSettings, streams: StreamSet
 async def run_operator_samples(settings: PostgresSettings, streams: StreamSettings, *, interval_s: float,
                                timeout_s: float = SAMPLE_TIMEOUT_S) -> None:
     """Forever: ``sample_operator_metrics`` every ``interval_s``, each value fresh for three
-    intervals (a sample or two may fail before a figure stops being reported)."""
+    intervals (a sample or two may fail before a figure stops being reported). The first
+    sample comes one interval after the start, not at it: engines started together (a deploy,
+    a crash loop) would otherwise all open a broker client and a control connection at the
+    moment they fill their pools, and an engine that lives less than an interval (a test, a
+    failed start) never samples at all."""
     fresh_s = 3 * interval_s + 2 * timeout_s
     while True:
-        await sample_operator_metrics(settings, streams, fresh_s=fresh_s, timeout_s=timeout_s)
         await asyncio.sleep(interval_s)
+        await sample_operator_metrics(settings, streams, fresh_s=fresh_s, timeout_s=timeout_s)
 
 
 async def run_maintenance(settings: PostgresSettings, *, interval_s: float, retention: bool,

@@ -112,7 +112,7 @@ async def test_a_real_prometheus_scrapes_the_engine_with_the_rules_loaded(platfo
                     try:
                         up = (await http.get("/api/v1/query", params={"query": 'up{job="wakala"}'})).json()
                         series = (await http.get("/api/v1/query", params={"query": "wakala_orders_placed_total"})).json()
-                    except httpx.TransportError:
+                    except (httpx.TransportError, ValueError):   # not listening yet, or a plain-text 503 while it starts
                         pass
                     if up and up["data"]["result"] and up["data"]["result"][0]["value"][1] == "1" \
                             and series and series["data"]["result"]:
