@@ -72,7 +72,7 @@ from dispatch.matching.keys import (
     tried_key,
 )
 from dispatch.matching.nearest import DriverFacts, load_driver_facts, nearest
-from dispatch.matching.offers import OfferEngine
+from dispatch.matching.offers import OfferEngine, RoundInProgress
 from dispatch.matching.ranking import Job, RankedCandidate
 from dispatch.matching.terms import OfferCandidate, RoundOutcome
 from geo import CIRCUITY, EtaCalibration, distance_m, eta_seconds
@@ -95,10 +95,11 @@ SELECT d.status, d.order_id,
 FROM deliveries d JOIN orders o ON o.id = d.order_id JOIN vendors v ON v.id = o.vendor_id
 WHERE d.id = $1
 """
-# Pending for a while: a round would have taken it to offered or unassigned by now.
+# Pending and unchanged for a while: a round would have taken it to offered or unassigned by
+# now (a decline or timeout makes it pending again, and updates updated_at).
 STRANDED_SQL = """
 SELECT id FROM deliveries
-WHERE status = 'pending' AND created_at < now() - interval '20 seconds'
+WHERE status = 'pending' AND coalesce(updated_at, created_at) < now() - interval '20 seconds'
 ORDER BY created_at LIMIT 100
 """
 LEG_SQL = """
@@ -128,6 +129,16 @@ def _vehicle_types(metadata: dict[str, Any]) -> frozenset[str] | None:
     if not isinstance(wanted, list):
         return None
     return frozenset(v for v in wanted if isinstance(v, str) and v in VEHICLE_TYPES)
+
+
+def _not_dispatched(delivery_id: str, exc: WakalaError) -> None:
+    """A round that did not start: another engine's round is expected (info); anything else (the
+    database away mid-round) is a warning, and the pending sweep dispatches it again later."""
+    if isinstance(exc, RoundInProgress):
+        log.info("delivery %s not dispatched: %s", delivery_id, exc)
+    else:
+        log.warning("delivery %s not dispatched (%s: %s); the pending sweep tries again", delivery_id,
+                    type(exc).__name__, exc)
 
 
 class Dispatcher:
@@ -215,8 +226,8 @@ class Dispatcher:
         vehicle = ranked[0].candidate.vehicle_type if ranked else "motorbike"
         try:
             return await self._start(dj, await self.offer_candidates(dj.job, ranked), vehicle)
-        except WakalaError as exc:   # RoundInProgress: another engine is on it
-            log.info("delivery %s not dispatched: %s", delivery_id, exc)
+        except WakalaError as exc:
+            _not_dispatched(delivery_id, exc)
             return None
 
     async def dispatch_batch(self, tenant_id: str, delivery_ids: Sequence[str]) -> list[RoundOutcome]:
@@ -239,7 +250,7 @@ class Dispatcher:
             try:
                 outcomes.append(await self._start(dj, await self.offer_candidates(dj.job, ordered), vehicle))
             except WakalaError as exc:
-                log.info("delivery %s not dispatched: %s", dj.delivery_id, exc)
+                _not_dispatched(dj.delivery_id, exc)
         return outcomes
 
     async def retry(self, tenant_id: str) -> list[RoundOutcome]:
@@ -421,9 +432,13 @@ class Dispatcher:
                     rows = await tx.fetch(STRANDED_SQL)
                 for row in rows:
                     delivery = str(row["id"])
-                    if not await self.redis.exists(round_key(delivery)):
-                        if await self.dispatch(str(tenant_id), delivery) is not None:
-                            started += 1
+                    if await self.redis.exists(round_key(delivery)):
+                        if not await self.offers.drop_orphaned_round(delivery):
+                            continue   # an offer is open: its deadline moves the round on
+                        log.warning("delivery %s was pending with a round but no open offer; dispatching "
+                                    "it afresh", delivery)
+                    if await self.dispatch(str(tenant_id), delivery) is not None:
+                        started += 1
             except Exception as exc:   # noqa: BLE001 - one tenant's fault is not the others'
                 log.error("sweeping pending deliveries of tenant %s failed (%s: %s)", tenant_id,
                           exc.__class__.__name__, exc)

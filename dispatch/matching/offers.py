@@ -323,6 +323,21 @@ class OfferEngine:
             out.append((delivery, driver, score / 1000))
         return out
 
+    async def drop_orphaned_round(self, delivery_id: str) -> bool:
+        """Delete the round of a delivery when nothing is in flight for it: a round is kept
+        while an offer is open (its deadline sweeps it on) or a driver holds the delivery, and
+        is deleted after the accept or the give-up. A round left with neither (an engine that
+        failed between writing the round and making or closing an offer, e.g. its database
+        session was cut) would keep the pending sweep away forever. True when one was dropped;
+        the caller dispatches the delivery afresh."""
+        delivery = offer_id(delivery_id, "delivery_id")
+        if not await self.redis.exists(round_key(delivery)):
+            return False
+        if await self.redis.exists(delivery_offer_key(delivery), delivery_driver_key(delivery)):
+            return False
+        await self.redis.delete(round_key(delivery), tried_key(delivery))
+        return True
+
     async def unassigned(self, tenant_id: str) -> set[str]:
         return {as_text(m) for m in await self.redis.smembers(unassigned_key(offer_id(tenant_id, "tenant_id")))}
 

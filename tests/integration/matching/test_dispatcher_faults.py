@@ -22,9 +22,11 @@ from dispatch.matching.keys import (
     dispatcher_event_key,
     dispatcher_offsets_key,
     dispatcher_parked_key,
+    round_key,
 )
 from dispatch.matching.terms import RoundOutcome
 from geo import destination
+from schema.errors import DatabaseUnavailable
 from schema.tenants import create_tenant
 from tests.integration.deliveries.test_outbox_faults import _owner_on_shard
 from tests.integration.matching.test_dispatcher import _driver, matcher
@@ -146,9 +148,45 @@ async def test_a_broken_tenant_does_not_stop_the_pending_sweep_of_the_others(pla
         await put_live(m.store, m.tenant_id, [(driver, *destination(*VENDOR, 0.0, 200), "motorbike")])
         stranded = await m.delivery(VENDOR)   # its created event was lost: nobody dispatched it
         async with m.db.tenant_transaction(m.tenant_id) as tx:
-            await tx.execute("UPDATE deliveries SET created_at = now() - interval '1 minute' WHERE id = $1",
-                             uuid.UUID(stranded))
+            await tx.execute("UPDATE deliveries SET created_at = now() - interval '1 minute', "
+                             "updated_at = now() - interval '1 minute' WHERE id = $1", uuid.UUID(stranded))
 
         assert await m.dispatcher._sweep_pending() == 1
 
         assert await m.status(stranded) == ("offered", driver)
+
+
+async def test_a_round_orphaned_by_a_database_failure_is_dispatched_again_by_the_pending_sweep(
+        platform, stream_settings):
+    async with matcher(platform, stream_settings) as m:
+        delivery = await m.delivery(VENDOR)
+        real = m.offers.transitions
+
+        async def database_gone(tenant, delivery_id, event, **kwargs):
+            if str(event) in ("give_up", "DeliveryEvent.GIVE_UP"):
+                raise DatabaseUnavailable("the shard's session was terminated")
+            return await real(tenant, delivery_id, event, **kwargs)
+
+        # nobody is live: the round gives up at once, and the give-up's write fails
+        m.offers.transitions = database_gone
+        assert await m.dispatcher.dispatch(m.tenant_id, delivery) is None
+        m.offers.transitions = real
+        redis = aioredis.from_url(stream_settings.redis_url)
+        try:
+            assert await redis.exists(round_key(delivery)) == 1   # a round with nothing in flight
+        finally:
+            await redis.aclose()
+        assert await m.status(delivery) == ("pending", None)
+        driver, _ = await _driver(m.db, m.tenant_id, 1)
+        await put_live(m.store, m.tenant_id, [(driver, *destination(*VENDOR, 0.0, 200), "motorbike")])
+        assert await m.dispatcher._sweep_pending() == 0   # changed 20 s ago at the earliest
+        async with m.db.tenant_transaction(m.tenant_id) as tx:
+            await tx.execute("UPDATE deliveries SET updated_at = now() - interval '1 minute' WHERE id = $1",
+                             uuid.UUID(delivery))
+        assert await m.dispatcher._sweep_pending() == 1
+        assert await m.status(delivery) == ("offered", driver)
+        # an open offer is left to its deadline: the sweep does not start another round
+        async with m.db.tenant_transaction(m.tenant_id) as tx:
+            await tx.execute("UPDATE deliveries SET status = 'pending', updated_at = now() - interval '1 minute' "
+                             "WHERE id = $1", uuid.UUID(delivery))
+        assert await m.dispatcher._sweep_pending() == 0
