@@ -95,11 +95,13 @@ SELECT d.status, d.order_id,
 FROM deliveries d JOIN orders o ON o.id = d.order_id JOIN vendors v ON v.id = o.vendor_id
 WHERE d.id = $1
 """
-# Pending and unchanged for a while: a round would have taken it to offered or unassigned by
-# now (a decline or timeout makes it pending again, and updates updated_at).
+# Pending and unchanged for a while (a decline or timeout makes a delivery pending again, and
+# updates updated_at). With no round, 20 s: its created event may just be slow to arrive. With
+# a round but nothing in flight, 5 s: a round moves on within milliseconds of a change, so one
+# that has not is orphaned (``OfferEngine.drop_orphaned_round``).
 STRANDED_SQL = """
-SELECT id FROM deliveries
-WHERE status = 'pending' AND coalesce(updated_at, created_at) < now() - interval '20 seconds'
+SELECT id, coalesce(updated_at, created_at) < now() - interval '20 seconds' AS long_idle FROM deliveries
+WHERE status = 'pending' AND coalesce(updated_at, created_at) < now() - interval '5 seconds'
 ORDER BY created_at LIMIT 100
 """
 LEG_SQL = """
@@ -437,6 +439,8 @@ class Dispatcher:
                             continue   # an offer is open: its deadline moves the round on
                         log.warning("delivery %s was pending with a round but no open offer; dispatching "
                                     "it afresh", delivery)
+                    elif not row["long_idle"]:
+                        continue
                     if await self.dispatch(str(tenant_id), delivery) is not None:
                         started += 1
             except Exception as exc:   # noqa: BLE001 - one tenant's fault is not the others'

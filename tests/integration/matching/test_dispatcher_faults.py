@@ -179,9 +179,9 @@ async def test_a_round_orphaned_by_a_database_failure_is_dispatched_again_by_the
         assert await m.status(delivery) == ("pending", None)
         driver, _ = await _driver(m.db, m.tenant_id, 1)
         await put_live(m.store, m.tenant_id, [(driver, *destination(*VENDOR, 0.0, 200), "motorbike")])
-        assert await m.dispatcher._sweep_pending() == 0   # changed 20 s ago at the earliest
+        assert await m.dispatcher._sweep_pending() == 0   # changed 5 s ago at the earliest
         async with m.db.tenant_transaction(m.tenant_id) as tx:
-            await tx.execute("UPDATE deliveries SET updated_at = now() - interval '1 minute' WHERE id = $1",
+            await tx.execute("UPDATE deliveries SET updated_at = now() - interval '6 seconds' WHERE id = $1",
                              uuid.UUID(delivery))
         assert await m.dispatcher._sweep_pending() == 1
         assert await m.status(delivery) == ("offered", driver)
