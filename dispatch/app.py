@@ -46,7 +46,9 @@ from dispatch.gateway.ingest import (
 )
 from dispatch.gateway.ingest import router as ingest_router
 from dispatch.gateway.notices import DriverNotices
+from dispatch.gateway.trackers import router as trackers_router
 from dispatch.identity.auth import DriverAuthenticator
+from dispatch.identity.trackers import TrackerAuthenticator
 from dispatch.identity.users import UserAuthenticator
 from dispatch.matching.calibration import CalibrationStore
 from dispatch.matching.claims import DriverClaims
@@ -127,10 +129,13 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
         db = TenantDatabase(pg)
         producer = PingProducer(streams)
         auth = DriverAuthenticator.from_settings(db, redis, engine, failures)
+        trackers = TrackerAuthenticator.from_settings(db, redis, engine, failures)
         await db.start()
         watch_pools(db)
         await producer.start()
         await auth.start()
+        await trackers.start()
+        app.state.trackers = trackers
         app.state.redis, app.state.db, app.state.producer = redis, db, producer
         app.state.driver_sockets = {}
         auth.on_revoked(lambda token_hash: close_revoked(app.state, token_hash))
@@ -210,7 +215,8 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
             await _bounded("background tasks", asyncio.gather(*tasks, return_exceptions=True))
             for name, stop in (("driver notices", notices.stop), ("tracking hub", hub.stop),
                                ("user tokens", users.stop), ("offer notifier", notifier.stop),
-                               ("driver tokens", auth.stop), ("producer", producer.stop),
+                               ("driver tokens", auth.stop), ("tracker keys", trackers.stop),
+                               ("producer", producer.stop),
                                ("database pools", db.close), ("redis", redis.aclose)):
                 await _bounded(name, stop())
             if stop_metrics is not None:
@@ -223,6 +229,7 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
                   description="Streaming geospatial dispatch and tracking for last-mile commerce.",
                   **docs_urls(engine.api_docs))
     app.include_router(ingest_router)
+    app.include_router(trackers_router)
     app.include_router(tracking_page_router)
     app.include_router(vendor_page_router)
     install_api(app)

@@ -118,8 +118,18 @@ async def _driver(args: argparse.Namespace) -> int:
                 args.first_name, args.last_name, args.phone, args.license, args.vehicle,
                 args.registration, args.cold_storage))
             print(f"created driver {driver_id}")
+        elif args.token_action == "issue" and args.tracker:
+            from dispatch.identity.trackers import TRACKER_TTL_S, issue_tracker_key
+
+            ttl_s = TRACKER_TTL_S if args.ttl_hours is None else args.ttl_hours * 3600
+            issued = await issue_tracker_key(db, args.tenant, args.driver, ttl_s=ttl_s)
+            print(f"tracker key id {issued.token_id}, expires {issued.expires_at.isoformat()}")
+            print("Traccar Client: server URL https://<engine host>/v1/trackers/osmand, device identifier below,")
+            print("frequency 10 s, distance 0, accuracy high. Key (shown once; only its hash is stored):")
+            print(issued.token)
         elif args.token_action == "issue":
-            issued = await issue_driver_token(db, args.tenant, args.driver, ttl_s=args.ttl_hours * 3600)
+            ttl_s = 24 * 30 * 3600 if args.ttl_hours is None else args.ttl_hours * 3600
+            issued = await issue_driver_token(db, args.tenant, args.driver, ttl_s=ttl_s)
             print(f"token id {issued.token_id}, expires {issued.expires_at.isoformat()}")
             print("token (shown once; only its hash is stored):")
             print(issued.token)
@@ -130,7 +140,8 @@ async def _driver(args: argparse.Namespace) -> int:
 
             redis = aioredis.from_url(StreamSettings.from_env().redis_url)
             try:
-                revoked = await revoke_token(db, redis, args.tenant, args.token_id)
+                revoked = await revoke_token(db, redis, args.tenant, args.token_id,
+                                             token_type="tracker" if args.tracker else "driver")
             finally:
                 await redis.aclose()
             print("revoked" if revoked else "no live token with that id (already revoked or unknown)")
@@ -318,14 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     dcreate.add_argument("--vehicle", required=True, help="bicycle, motorbike, car, bakkie or van")
     dcreate.add_argument("--registration", required=True)
     dcreate.add_argument("--cold-storage", action="store_true")
-    dtoken = dsub.add_parser("token", help="issue or revoke a driver's bearer token")
+    dtoken = dsub.add_parser("token", help="issue or revoke a driver's bearer token or tracker key")
     tksub = dtoken.add_subparsers(dest="token_action", required=True)
     issue = tksub.add_parser("issue")
     issue.add_argument("--tenant", required=True)
     issue.add_argument("--driver", required=True)
-    issue.add_argument("--ttl-hours", type=float, default=24 * 30)
+    issue.add_argument("--ttl-hours", type=float, default=None,
+                       help="lifetime (default 30 days for an app token, 366 days for a tracker key)")
+    issue.add_argument("--tracker", action="store_true",
+                       help="a tracker key for Traccar Client or an OsmAnd-protocol GPS tracker (its device identifier)")
     revoke = tksub.add_parser("revoke")
     revoke.add_argument("--tenant", required=True)
+    revoke.add_argument("--tracker", action="store_true", help="the id is a tracker key's")
     revoke.add_argument("token_id")
     p.set_defaults(handler=_driver)
 

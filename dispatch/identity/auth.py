@@ -58,7 +58,8 @@ WHERE t.token_hash = $1 AND t.token_type = 'driver'
 """
 LIVE_DRIVER_TOKENS_SQL = """
 SELECT token_hash FROM auth_tokens
-WHERE token_type = 'driver' AND (metadata->>'driver_id')::uuid = $1 AND revoked_at IS NULL AND expires_at > now()
+WHERE token_type IN ('driver', 'tracker') AND (metadata->>'driver_id')::uuid = $1 AND revoked_at IS NULL
+  AND expires_at > now()
 """
 REVOKED_AMONG_SQL = """
 SELECT token_hash FROM auth_tokens WHERE token_hash = ANY($1::text[]) AND revoked_at IS NOT NULL

@@ -176,7 +176,8 @@ PURE = ["dispatch.deliveries.state", "dispatch.commerce.orders.lifecycle",
         "dispatch.commerce.promotions", "dispatch.commerce.pricing", "schema.moves.plan",
         "schema.moves.balance", "schema.retention.policies", "schema.backups.container",
         "schema.backups.retention", "schema.privacy.registry", "dispatch.identity.subjects",
-        "dispatch.identity.consent", "dispatch.identity.access", "dispatch.identity.subject_archive"]
+        "dispatch.identity.consent", "dispatch.identity.access", "dispatch.identity.subject_archive",
+        "dispatch.gateway.osmand"]
 IO_LIBRARIES = ("asyncpg", "redis", "aiokafka", "faust", "fastapi", "starlette", "websockets",
                 "uvicorn", "httpx", "socket", "subprocess")
 
