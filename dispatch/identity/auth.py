@@ -43,19 +43,24 @@ REFRESH_PREFIX = "refresh:"
 RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
 
-ISSUE_SQL = """
+# A driver's app token and a tracker key (``dispatch.identity.trackers``) differ only in their
+# token_type and prefix: one statement each, made from these.
+ISSUE_SQL_OF = """
 INSERT INTO auth_tokens (user_id, token_hash, token_type, expires_at, metadata)
-SELECT d.user_id, $2, 'driver', now() + make_interval(secs => $3), jsonb_build_object('driver_id', d.id)
+SELECT d.user_id, $2, '{token_type}', now() + make_interval(secs => $3), jsonb_build_object('driver_id', d.id)
 FROM drivers d WHERE d.id = $1 AND d.user_id IS NOT NULL AND d.status = 'active'
 RETURNING id, expires_at
 """
-VERIFY_SQL = """
+VERIFY_SQL_OF = """
 SELECT t.id, t.expires_at, t.revoked_at, d.id AS driver_id, d.vehicle_type, d.has_cold_storage,
        d.status AS driver_status, coalesce(d.metadata->>'location_tracking', '') = 'withdrawn' AS tracking_withdrawn
 FROM auth_tokens t
 JOIN drivers d ON d.id = (t.metadata->>'driver_id')::uuid AND d.user_id = t.user_id
-WHERE t.token_hash = $1 AND t.token_type = 'driver'
+WHERE t.token_hash = $1 AND t.token_type = '{token_type}'
 """
+TOKEN_PREFIX = {"driver": "wkd", "tracker": "wkt"}
+ISSUE_SQL = {kind: ISSUE_SQL_OF.format(token_type=kind) for kind in TOKEN_PREFIX}
+VERIFY_SQL = VERIFY_SQL_OF.format(token_type="driver")
 LIVE_DRIVER_TOKENS_SQL = """
 SELECT token_hash FROM auth_tokens
 WHERE token_type IN ('driver', 'tracker') AND (metadata->>'driver_id')::uuid = $1 AND revoked_at IS NULL
@@ -121,7 +126,9 @@ def parse_token(token: object) -> uuid.UUID:
 
 
 async def issue_driver_token(db: TenantDatabase, tenant_id: object, driver_id: object,
-                             ttl_s: float = 30 * 86400) -> IssuedToken:
+                             ttl_s: float = 30 * 86400, *, token_type: str = "driver") -> IssuedToken:
+    """A new app token (or, with ``token_type="tracker"``, a tracker key) for an active driver
+    with a user account; shown once, only its hash is stored. ``UnknownDriver`` otherwise."""
     if not 60 <= ttl_s <= 366 * 86400:
         raise WakalaError(f"token lifetime must be between 60 s and 366 days, got {ttl_s:g} s")
     try:
@@ -129,9 +136,9 @@ async def issue_driver_token(db: TenantDatabase, tenant_id: object, driver_id: o
     except InvalidId:
         raise UnknownDriver(f"driver id is not a UUID: {str(driver_id)[:40]!r}") from None
     placement = await db.placement(tenant_id)
-    token = f"wkd_{placement.tenant_id.hex}_{secrets.token_urlsafe(32)}"
+    token = f"{TOKEN_PREFIX[token_type]}_{placement.tenant_id.hex}_{secrets.token_urlsafe(32)}"
     async with db.tenant_transaction(placement.tenant_id) as tx:
-        row = await tx.fetchrow(ISSUE_SQL, did, hash_token(token), float(ttl_s))
+        row = await tx.fetchrow(ISSUE_SQL[token_type], did, hash_token(token), float(ttl_s))
     if row is None:
         raise UnknownDriver(f"no active driver {did} with a user account in tenant {placement.tenant_id}")
     return IssuedToken(token, row["id"], row["expires_at"])

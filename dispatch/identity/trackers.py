@@ -16,38 +16,23 @@ process, a budget of made-up keys per address), with its own lookup.
 from __future__ import annotations
 
 import re
-import secrets
 import uuid
 
 from dispatch.core.errors import UNKNOWN_TOKEN
-from dispatch.core.ids import InvalidId, parse_uuid
 from dispatch.identity.auth import (
+    VERIFY_SQL_OF,
     DriverAuthenticator,
     IssuedToken,
     TokenRejected,
-    UnknownDriver,
-    hash_token,
+    issue_driver_token,
 )
 from schema.db import TenantDatabase
-from schema.errors import WakalaError
 
 __all__ = ["TRACKER_TTL_S", "TrackerAuthenticator", "issue_tracker_key", "parse_tracker_key"]
 
 TRACKER_RE = re.compile(r"^wkt_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
-TRACKER_TTL_S = 366 * 86400
-ISSUE_SQL = """
-INSERT INTO auth_tokens (user_id, token_hash, token_type, expires_at, metadata)
-SELECT d.user_id, $2, 'tracker', now() + make_interval(secs => $3), jsonb_build_object('driver_id', d.id)
-FROM drivers d WHERE d.id = $1 AND d.user_id IS NOT NULL AND d.status = 'active'
-RETURNING id, expires_at
-"""
-VERIFY_SQL = """
-SELECT t.id, t.expires_at, t.revoked_at, d.id AS driver_id, d.vehicle_type, d.has_cold_storage,
-       d.status AS driver_status, coalesce(d.metadata->>'location_tracking', '') = 'withdrawn' AS tracking_withdrawn
-FROM auth_tokens t
-JOIN drivers d ON d.id = (t.metadata->>'driver_id')::uuid AND d.user_id = t.user_id
-WHERE t.token_hash = $1 AND t.token_type = 'tracker'
-"""
+TRACKER_TTL_S = 366 * 86400   # the longest any token lives
+VERIFY_SQL = VERIFY_SQL_OF.format(token_type="tracker")
 
 
 def parse_tracker_key(key: object) -> uuid.UUID:
@@ -61,19 +46,7 @@ async def issue_tracker_key(db: TenantDatabase, tenant_id: object, driver_id: ob
                             ttl_s: float = TRACKER_TTL_S) -> IssuedToken:
     """A new tracker key for an active driver with a user account (shown once; only its hash
     is stored). ``UnknownDriver`` otherwise."""
-    if not 60 <= ttl_s <= 3 * 366 * 86400:
-        raise WakalaError(f"tracker key lifetime must be between 60 s and 3 years, got {ttl_s:g} s")
-    try:
-        did = parse_uuid(str(driver_id), "driver_id")
-    except InvalidId:
-        raise UnknownDriver(f"driver id is not a UUID: {str(driver_id)[:40]!r}") from None
-    placement = await db.placement(tenant_id)
-    key = f"wkt_{placement.tenant_id.hex}_{secrets.token_urlsafe(32)}"
-    async with db.tenant_transaction(placement.tenant_id) as tx:
-        row = await tx.fetchrow(ISSUE_SQL, did, hash_token(key), float(ttl_s))
-    if row is None:
-        raise UnknownDriver(f"no active driver {did} with a user account in tenant {placement.tenant_id}")
-    return IssuedToken(key, row["id"], row["expires_at"])
+    return await issue_driver_token(db, tenant_id, driver_id, ttl_s, token_type="tracker")
 
 
 class TrackerAuthenticator(DriverAuthenticator):
