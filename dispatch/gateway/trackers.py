@@ -82,15 +82,19 @@ async def _fix(request: Request, ingest: Ingest) -> TrackerFix:
     return _counted(from_json, parse_json(raw, ingest.engine.max_body_bytes, CHANNEL, "body"))
 
 
-@router.api_route(
-    OSMAND_PATH, methods=["GET", "POST"], tags=["drivers"],
-    summary="One GPS fix from Traccar Client or an OsmAnd-protocol tracker (query, form or JSON)",
-    responses={200: {"description": "accepted (or, for a fix older than the location TTL, not stored)"},
-               401: {"description": "missing, unknown or revoked tracker key"},
-               413: {"description": "body or parameter list too large"},
-               422: {"description": "a bad value; the error names the tracker's field"},
-               429: {"description": "over the driver's rate limit (Retry-After)"}},
-)
+_DOC = {
+    "tags": ["drivers"],
+    "summary": "One GPS fix from Traccar Client or an OsmAnd-protocol tracker (query, form or JSON)",
+    "responses": {200: {"description": "accepted (or, for a fix older than the location TTL, not stored)"},
+                  401: {"description": "missing, unknown or revoked tracker key"},
+                  413: {"description": "body or parameter list too large"},
+                  422: {"description": "a bad value; the error names the tracker's field"},
+                  429: {"description": "over the driver's rate limit (Retry-After)"}},
+}
+
+
+@router.get(OSMAND_PATH, operation_id="tracker_fix_get", **_DOC)
+@router.post(OSMAND_PATH, operation_id="tracker_fix_post", **_DOC)
 async def osmand(request: Request) -> JSONResponse:
     ingest: Ingest = request.app.state.ingest
     trackers: TrackerAuthenticator = request.app.state.trackers

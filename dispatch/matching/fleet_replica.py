@@ -87,6 +87,8 @@ EVICT_EVERY_S = 10.0
 # Payload: Redis TIME (ms), then one line per driver:
 #   id \t tenant \t lat \t lng \t vehicle \t seen_ms \t 1|0   (1 = in the availability index)
 #   id \t\t\t\t\t now_ms \t g                                (no live location)
+# A driver:location key that is not a hash (written by something other than the worker) reads
+# as no live location for that driver; the whole feed does not fail on it.
 # "In the index" is the test LocationStore.available_in_cells makes: a member of its cell's
 # set, and 'available' in the location hash.
 ROWS_SCRIPT = """
@@ -94,8 +96,9 @@ local t = redis.call('TIME')
 local now = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
 local out = {now}
 for id in string.gmatch(ARGV[2], '[^\\n]+') do
-  local h = redis.call('HMGET', 'driver:location:' .. id,
+  local h = redis.pcall('HMGET', 'driver:location:' .. id,
     'lat', 'lng', 'vehicle', 'seen_ms', 'tenant', 'cell', 'status')
+  if h.err then h = {} end   -- a key of another type: no live location, not a dead feed
   if h[1] and h[2] and h[4] and h[5] and h[6] then
     local flag = '0'
     if h[7] == 'available'

@@ -217,7 +217,8 @@ async def test_a_driver_export_holds_every_registered_value_and_is_logged(world,
                                   cid, uuid.UUID(vendor))
         await tx.execute("INSERT INTO deliveries (order_id, driver_id, status, route_polyline, driver_notes) "
                          "VALUES ($1, $2, 'assigned', 'polyline~xyz', 'dog at the gate')", order, driver)
-    await redis.set(location_key(str(driver)), "-26.2041,28.0473", ex=60)
+    await redis.hset(location_key(str(driver)), mapping={"lat": "-26.2041", "lng": "28.0473"})   # as the worker
+    await redis.expire(location_key(str(driver)), 60)
     await redis.hset(state_key(str(driver)), mapping={"status": "online"})
     await redis.expire(state_key(str(driver)), 60)
     await redis.set(offer_key(str(driver)), "offer-1", ex=60)
@@ -232,7 +233,7 @@ async def test_a_driver_export_holds_every_registered_value_and_is_logged(world,
     assert (delivery["route_polyline"], delivery["driver_notes"]) == ("polyline~xyz", "dog at the gate")
     assert "dropoff_address" not in delivery     # the customer's, not the driver's
     assert doc["tables"]["users"][0]["name"] == "Sipho Driver"
-    assert doc["redis"][location_key(str(driver))] == "-26.2041,28.0473"
+    assert doc["redis"][location_key(str(driver))] == {"lat": "-26.2041", "lng": "28.0473"}
     assert doc["redis"][state_key(str(driver))] == {"status": "online"}
     assert doc["redis"][offer_key(str(driver))] == "offer-1"
 

@@ -185,6 +185,18 @@ async def test_a_replica_started_late_resyncs_and_drops_what_redis_dropped(seede
         assert replica.index.seen_of(driver) is None
 
 
+async def test_a_location_key_of_another_type_reads_as_no_location_and_the_feed_lives(seeded, stream_settings):  # noqa: F811 - the imported fixture
+    s = seeded
+    async with running(s.store.redis, stream_settings, channel=f"test:{uuid.uuid4()}") as replica:
+        driver = next(iter(s.positions))
+        await s.store.redis.delete(f"driver:location:{driver}")
+        await s.store.redis.set(f"driver:location:{driver}", "not a hash", ex=60)   # another writer's mistake
+        assert await replica.resync() >= 0   # the script reads every driver, the bad key among them
+        assert replica.ready
+        index = replica.index.tenant(s.tenant_id)
+        assert index is not None and index.candidates == len(s.positions) - 1
+
+
 async def test_a_ping_through_the_running_worker_reaches_the_replica(platform, stream_settings):
     """The whole path: Kafka -> the location worker (the engine's observer) -> Redis -> the
     availability channel -> the replica; then a shift end leaves it."""
