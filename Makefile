@@ -33,14 +33,10 @@ prometheus:
 
 # Four pytest-xdist workers even on two cores: integration tests mostly wait (on PostgreSQL's
 # checkpoints, the broker, sockets). --dist loadfile keeps a file's tests on one worker, in
-# order, with its module fixtures (one Faust worker for the stream tests, say). The longest
-# files (the fault rigs and the city replays, a minute or two each) are named first so they
-# start first: handed out last, one of them would run alone at the end while the other
-# workers idle. pytest collects each file once, so naming them again below is harmless.
-LONG_TESTS = tests/integration/faults tests/integration/loadtest
+# order, with its module fixtures (one Faust worker for the stream tests, say).
 test: migrate prometheus
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n 4 --dist loadfile $(LONG_TESTS) tests/unit tests/integration
+	$(BIN)/pytest -n 4 --dist loadfile tests/unit tests/integration
 
 # The inner loop: pure rules, parsers and generators; no service needed (under a minute).
 # CPU-bound, so one worker per core; worksteal evens out the few long files.
