@@ -58,7 +58,7 @@ FROM auth_tokens t
 JOIN drivers d ON d.id = (t.metadata->>'driver_id')::uuid AND d.user_id = t.user_id
 WHERE t.token_hash = $1 AND t.token_type = '{token_type}'
 """
-TOKEN_PREFIX = {"driver": "wkd", "tracker": "wkt"}
+TOKEN_PREFIX = {"driver": "wkd", "tracker": "wkg"}
 ISSUE_SQL = {kind: ISSUE_SQL_OF.format(token_type=kind) for kind in TOKEN_PREFIX}
 VERIFY_SQL = VERIFY_SQL_OF.format(token_type="driver")
 LIVE_DRIVER_TOKENS_SQL = """

@@ -3,7 +3,7 @@
 The OsmAnd protocol has no header for a token: the device identifier travels in every request
 (``id=...`` in the query, ``device_id`` in Traccar Client's JSON), often over plain HTTP on
 carrier networks and in server logs. So a tracker gets a key of its own, never the driver's
-app token: ``wkt_<tenant hex>_<256 random bits>``, stored hashed in ``auth_tokens`` with
+app token: ``wkg_<tenant hex>_<256 random bits>``, stored hashed in ``auth_tokens`` with
 ``token_type = 'tracker'``, revocable like a token (``wakala driver token revoke --tracker``),
 valid for a year by default (a tracker is set up once and left alone). The tenant part routes
 the lookup to the shard, as for driver tokens. A leaked key lets someone report positions for
@@ -30,7 +30,7 @@ from schema.db import TenantDatabase
 
 __all__ = ["TRACKER_TTL_S", "TrackerAuthenticator", "issue_tracker_key", "parse_tracker_key"]
 
-TRACKER_RE = re.compile(r"^wkt_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
+TRACKER_RE = re.compile(r"^wkg_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
 TRACKER_TTL_S = 366 * 86400   # the longest any token lives
 VERIFY_SQL = VERIFY_SQL_OF.format(token_type="tracker")
 
@@ -50,8 +50,9 @@ async def issue_tracker_key(db: TenantDatabase, tenant_id: object, driver_id: ob
 
 
 class TrackerAuthenticator(DriverAuthenticator):
-    """Tracker keys (``wkt_...``): the OsmAnd route. Its principal is the driver's, so the
-    pings it accepts are that driver's and nobody else's."""
+    """Tracker keys (``wkg_...``, g for GPS device; ``wkt_`` is a tracking link): the OsmAnd
+    route. Its principal is the driver's, so the pings it accepts are that driver's and nobody
+    else's."""
 
     verify_sql = VERIFY_SQL
 

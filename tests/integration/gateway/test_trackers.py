@@ -88,7 +88,7 @@ async def test_keys_that_are_missing_unknown_revoked_or_not_tracker_keys_are_ref
         other = await issue_tracker_key(db, fleet.tenant_id, fleet.ids[0])
         assert await revoke_token(db, state.redis, fleet.tenant_id, other.token_id, token_type="tracker")
         driver_token = (await issue_driver_token(db, fleet.tenant_id, fleet.ids[0], ttl_s=3600)).token
-    made_up = "wkt_" + uuid.UUID(fleet.tenant_id).hex + "_" + "x" * 43
+    made_up = "wkg_" + uuid.UUID(fleet.tenant_id).hex + "_" + "x" * 43
     before = accepted(state)
     for params, reason, field in (
             ({k: v for k, v in osmand(key.token).items() if k != "id"}, "missing_field", "id"),
@@ -166,7 +166,7 @@ async def test_the_cli_issues_and_revokes_a_tracker_key(platform, stream_setting
     assert issued.returncode == 0, issued.stderr
     key = issued.stdout.strip().splitlines()[-1]
     key_id = issued.stdout.split("tracker key id ")[1].split(",")[0]
-    assert key.startswith("wkt_") and "/v1/trackers/osmand" in issued.stdout
+    assert key.startswith("wkg_") and "/v1/trackers/osmand" in issued.stdout
     assert (await http.get(PATH, params=osmand(key))).status_code == 200
     # an app token's revoke does not touch a tracker key, the tracker revoke does
     assert wakala("revoke", "--tenant", fleet.tenant_id, key_id).returncode == 1

@@ -17,7 +17,7 @@ from dispatch.gateway.osmand import (
 )
 from dispatch.gateway.pings import validate_ping
 
-KEY = "wkt_" + "a" * 32 + "_" + "b" * 43
+KEY = "wkg_" + "a" * 32 + "_" + "b" * 43
 NOW = 1_780_000_000.0
 
 
