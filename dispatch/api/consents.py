@@ -25,14 +25,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from dispatch.api.common import body, call, caller, check, json_body_doc, path_id
+from dispatch.api.drivers import driver_action, driver_of
 from dispatch.core.errors import INVALID_VALUE, MISSING_FIELD, WRONG_TYPE, Refusal
-from dispatch.gateway.ingest import Ingest
 from dispatch.identity.auth import refresh_driver_tokens
 from dispatch.identity.consent import PURPOSES, WORDING, ConsentChange, parse_change, parse_purpose
 from dispatch.identity.consent_store import consent_states, record_consent
 from dispatch.matching.recovery import end_shift
 from dispatch.web.failures import client_address
-from dispatch.web.http import bearer, gateway_error_response, parse_json, read_body
+from dispatch.web.http import gateway_error_response
 from dispatch.web.outages import OUTAGES, unavailable
 from streams.keys import location_key
 
@@ -75,10 +75,8 @@ async def _record(request: Request, tenant_id: str, subject_type: str, subject_i
 
 @router.get("/v1/drivers/consents", tags=["consents"], summary="The driver's consents and the wording to show")
 async def driver_consents(request: Request) -> JSONResponse:
-    ingest: Ingest = request.app.state.ingest
     try:
-        driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http",
-                                           client_address(request.scope))
+        driver = await driver_of(request)
         try:
             answer = await _states(request.app.state, driver.tenant_id, "driver", driver.driver_id)
         except OUTAGES:
@@ -92,14 +90,9 @@ async def driver_consents(request: Request) -> JSONResponse:
             summary="Give or withdraw the driver's consent (location_tracking)",
             openapi_extra=json_body_doc({"given": True, "version": "2026-12", "channel": "app"}))
 async def driver_consent(request: Request, purpose: str) -> JSONResponse:
-    ingest: Ingest = request.app.state.ingest
     try:
-        driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http",
-                                           client_address(request.scope))
-        await ingest.allow_action(driver, "http")
-        what = parse_purpose(purpose, "driver")
-        change = parse_change(what, parse_json(await read_body(request, ingest.engine.max_body_bytes, "http"),
-                                               ingest.engine.max_body_bytes, "http", "body"))
+        driver, body = await driver_action(request)
+        change = parse_change(parse_purpose(purpose, "driver"), body)
         try:
             answer = await _record(request, driver.tenant_id, "driver", driver.driver_id, change, None)
         except OUTAGES:

@@ -25,12 +25,13 @@ from dispatch.core.errors import (
     Refusal,
 )
 from dispatch.gateway.ingest import Ingest, delivery_update
+from dispatch.identity.auth import AuthDriver
 from dispatch.matching.recovery import end_shift, start_shift
 from dispatch.web.failures import client_address
 from dispatch.web.http import bearer, gateway_error_response, parse_json, read_body
 from dispatch.web.outages import OUTAGES, unavailable
 
-__all__ = ["SHIFT_ACTIONS", "parse_shift", "router"]
+__all__ = ["SHIFT_ACTIONS", "driver_action", "driver_of", "parse_shift", "router"]
 
 router = APIRouter()
 
@@ -55,9 +56,26 @@ def parse_shift(body: Any) -> str:
     return action
 
 
-# Every driver route checks the token first, then the driver's action limit, and only then
-# reads its body, through the bounded reader: a request without a valid token costs no body
-# buffering at all, and a hostile body is a 413 or a 422 naming the field.
+async def driver_of(request: Request) -> AuthDriver:
+    """The driver whose token the request carries (counted on the gateway's ``http`` channel)."""
+    ingest: Ingest = request.app.state.ingest
+    return await ingest.authenticate(bearer(request.headers.get("authorization")), "http",
+                                     client_address(request.scope))
+
+
+async def driver_action(request: Request) -> tuple[AuthDriver, Any]:
+    """The driver, their action counted, and the body as JSON.
+
+    Every driver route that acts checks the token first, then the driver's action limit, and
+    only then reads its body, through the bounded reader: a request without a valid token costs
+    no body buffering at all, and a hostile body is a 413 or a 422 naming the field."""
+    ingest: Ingest = request.app.state.ingest
+    driver = await driver_of(request)
+    await ingest.allow_action(driver, "http")
+    limit = ingest.engine.max_body_bytes
+    return driver, parse_json(await read_body(request, limit, "http"), limit, "http", "body")
+
+
 @router.post("/v1/drivers/shift", tags=["drivers"], summary="Start or end the authenticated driver's shift",
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": SHIFT_SCHEMA}}}},
@@ -68,14 +86,10 @@ def parse_shift(body: Any) -> str:
                         429: {"description": "over the driver's action limit (Retry-After)"},
                         503: {"description": "a service the engine needs is down (Retry-After)"}})
 async def post_shift(request: Request) -> JSONResponse:
-    ingest: Ingest = request.app.state.ingest
     state = request.app.state
     try:
-        driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http",
-                                           client_address(request.scope))
-        await ingest.allow_action(driver, "http")
-        action = parse_shift(parse_json(await read_body(request, ingest.engine.max_body_bytes, "http"),
-                                        ingest.engine.max_body_bytes, "http", "body"))
+        driver, body = await driver_action(request)
+        action = parse_shift(body)
         try:
             # The shift is recorded in PostgreSQL and the status computed from the driver's
             # active deliveries there, not from Redis claims that a Redis restart may have lost.
@@ -105,13 +119,8 @@ async def post_shift(request: Request) -> JSONResponse:
                         429: {"description": "over the driver's action limit (Retry-After)"},
                         503: {"description": "a service the engine needs is down (Retry-After)"}})
 async def post_delivery_event(request: Request, delivery_id: str) -> JSONResponse:
-    ingest: Ingest = request.app.state.ingest
     try:
-        driver = await ingest.authenticate(bearer(request.headers.get("authorization")), "http",
-                                           client_address(request.scope))
-        await ingest.allow_action(driver, "http")
-        body = parse_json(await read_body(request, ingest.engine.max_body_bytes, "http"),
-                          ingest.engine.max_body_bytes, "http", "body")
+        driver, body = await driver_action(request)
         try:
             reply = await delivery_update(getattr(request.app.state, "dispatcher", None), driver, body,
                                           delivery_id)

@@ -34,7 +34,15 @@ from schema.errors import InvalidTenantId, TenantNotActive, UnknownTenant, Wakal
 
 log = logging.getLogger(__name__)
 
-TOKEN_RE = re.compile(r"^wkd_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
+
+def token_pattern(prefix: str) -> re.Pattern[str]:
+    """Every kind of token's shape: ``<prefix>_<tenant uuid hex>_<43 base64url characters>``
+    (``wkd`` driver app, ``wkg`` tracker, ``wku`` user, ``wkt`` tracking link). Group 1 is the
+    tenant, which routes the lookup to its shard."""
+    return re.compile(rf"^{prefix}_([0-9a-f]{{32}})_([A-Za-z0-9_-]{{43}})$")
+
+
+TOKEN_RE = token_pattern("wkd")
 REVOCATIONS_CHANNEL = "auth:revocations"
 # On the same channel, ``refresh:<hash>``: the token stays valid but what it stands for changed
 # (a driver withdrew or gave consent to location tracking); processes forget the cached

@@ -15,22 +15,23 @@ process, a budget of made-up keys per address), with its own lookup.
 
 from __future__ import annotations
 
-import re
 import uuid
 
 from dispatch.core.errors import UNKNOWN_TOKEN
 from dispatch.identity.auth import (
+    TOKEN_PREFIX,
     VERIFY_SQL_OF,
     DriverAuthenticator,
     IssuedToken,
     TokenRejected,
     issue_driver_token,
+    token_pattern,
 )
 from schema.db import TenantDatabase
 
 __all__ = ["TRACKER_TTL_S", "TrackerAuthenticator", "issue_tracker_key", "parse_tracker_key"]
 
-TRACKER_RE = re.compile(r"^wkg_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
+TRACKER_RE = token_pattern(TOKEN_PREFIX["tracker"])
 TRACKER_TTL_S = 366 * 86400   # the longest any token lives
 VERIFY_SQL = VERIFY_SQL_OF.format(token_type="tracker")
 

@@ -34,7 +34,13 @@ from dispatch.core.errors import (
     Refusal,
 )
 from dispatch.core.ids import InvalidId, optional_uuid, parse_uuid
-from dispatch.identity.auth import IssuedToken, TokenAuthenticator, TokenRejected, hash_token
+from dispatch.identity.auth import (
+    IssuedToken,
+    TokenAuthenticator,
+    TokenRejected,
+    hash_token,
+    token_pattern,
+)
 from schema.db import TenantDatabase
 from schema.errors import WakalaError
 
@@ -44,7 +50,7 @@ __all__ = ["ROLES", "AuthUser", "InvalidUser", "UserAuthenticator", "create_user
 # ``support``: the tenant's support agents: they read orders, customers, drivers and consents
 # (each read logged with its purpose, ``dispatch.identity.access``) and change nothing.
 ROLES = ("tenant_admin", "support", "vendor", "customer")
-USER_TOKEN_RE = re.compile(r"^wku_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
+USER_TOKEN_RE = token_pattern("wku")
 _PHONE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 _NAME_MAX = 255
 

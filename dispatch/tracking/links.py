@@ -21,7 +21,6 @@ link that cannot be made is a 409 (``not_ready`` before the order's delivery exi
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 import uuid
@@ -33,7 +32,7 @@ from redis.asyncio import Redis
 from dispatch.commerce.orders.lifecycle import OrderNotFound
 from dispatch.core.errors import EXPIRED_TOKEN, INVALID_TOKEN, NOT_READY, TRACKING_ENDED, Refusal
 from dispatch.core.ids import InvalidId, optional_uuid, parse_uuid
-from dispatch.identity.auth import hash_token
+from dispatch.identity.auth import hash_token, token_pattern
 from schema.db import TenantDatabase
 from schema.errors import InvalidTenantId, TenantNotActive, UnknownTenant
 
@@ -53,7 +52,7 @@ __all__ = [
     "revoke_links",
 ]
 
-TOKEN_RE = re.compile(r"^wkt_([0-9a-f]{32})_([A-Za-z0-9_-]{43})$")
+TOKEN_RE = token_pattern("wkt")
 CLOSE_INVALID = 4401
 CLOSE_EXPIRED = 4410   # with EXPIRED_TOKEN, "expired_token"
 LINK_REVOCATIONS_CHANNEL = "tracking:revocations"   # payload: a revoked link's token hash
