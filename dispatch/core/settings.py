@@ -160,6 +160,11 @@ class TrackingSettings:
     hub_queue_max: int = 32              # frames (not positions) waiting for one watcher before 4408 too_slow
     hub_heartbeat_s: int = 15            # heartbeat frames to every watcher and vendor screen
     hub_stall_s: int = 30                # one frame's send blocked this long: 4408 too_slow
+    # The tracking page's optional street basemap: an XYZ tile URL template
+    # (https://{host}/{z}/{x}/{y}.png) and the attribution its licence asks for. Off by default;
+    # the H3 view stays the offline fallback, and the CSP allows only this URL's host.
+    basemap_tile_url: str = ""
+    basemap_attribution: str = ""
 
     @staticmethod
     def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
@@ -170,14 +175,51 @@ class TrackingSettings:
             hub_queue_max=_int(env, "WAKALA_HUB_QUEUE_MAX", d.hub_queue_max, 1, 100_000),
             hub_heartbeat_s=_int(env, "WAKALA_HUB_HEARTBEAT_S", d.hub_heartbeat_s, 1, 3600),
             hub_stall_s=_int(env, "WAKALA_HUB_STALL_S", d.hub_stall_s, 1, 3600),
+            basemap_tile_url=env.get("WAKALA_BASEMAP_TILE_URL", ""),
+            basemap_attribution=env.get("WAKALA_BASEMAP_ATTRIBUTION", ""),
         )
 
 
-CONCERNS = (EdgeSettings, MatchingSettings, ApiSettings, CommerceSettings, TrackingSettings)
+@dataclass(frozen=True)
+class MessagingSettings:
+    """The WhatsApp Business Cloud API channel. Without a phone-number id and a token the
+    channel is off (the engine says so at start); the webhook needs the app secret (to check
+    X-Hub-Signature-256) and the verify token (to answer Meta's hub.challenge GET)."""
+
+    whatsapp_graph_url: str = "https://graph.facebook.com/v21.0"
+    whatsapp_phone_number_id: str = ""
+    whatsapp_token: str = ""
+    whatsapp_app_secret: str = ""
+    whatsapp_verify_token: str = ""
+    whatsapp_timeout_s: int = 10         # one Graph API request
+    whatsapp_max_attempts: int = 6       # sends of one message before it is recorded failed
+    whatsapp_send_per_s: int = 20        # the sender's own pace (Meta's per-number throughput)
+
+    @property
+    def whatsapp_enabled(self) -> bool:
+        return bool(self.whatsapp_phone_number_id and self.whatsapp_token)
+
+    @staticmethod
+    def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+        d = MessagingSettings
+        return dict(
+            whatsapp_graph_url=(env.get("WAKALA_WHATSAPP_GRAPH_URL") or d.whatsapp_graph_url).rstrip("/"),
+            whatsapp_phone_number_id=env.get("WAKALA_WHATSAPP_PHONE_NUMBER_ID", ""),
+            whatsapp_token=env.get("WAKALA_WHATSAPP_TOKEN", ""),
+            whatsapp_app_secret=env.get("WAKALA_WHATSAPP_APP_SECRET", ""),
+            whatsapp_verify_token=env.get("WAKALA_WHATSAPP_VERIFY_TOKEN", ""),
+            whatsapp_timeout_s=_int(env, "WAKALA_WHATSAPP_TIMEOUT_S", d.whatsapp_timeout_s, 1, 120),
+            whatsapp_max_attempts=_int(env, "WAKALA_WHATSAPP_MAX_ATTEMPTS", d.whatsapp_max_attempts, 1, 100),
+            whatsapp_send_per_s=_int(env, "WAKALA_WHATSAPP_SEND_PER_S", d.whatsapp_send_per_s, 1, 10_000),
+        )
+
+
+CONCERNS = (EdgeSettings, MatchingSettings, ApiSettings, CommerceSettings, TrackingSettings,
+            MessagingSettings)
 
 
 @dataclass(frozen=True)
-class EngineSettings(TrackingSettings, CommerceSettings, ApiSettings, MatchingSettings, EdgeSettings):
+class EngineSettings(MessagingSettings, TrackingSettings, CommerceSettings, ApiSettings, MatchingSettings, EdgeSettings):
     """Every concern's settings in one flat, frozen object (the engine process's settings)."""
 
     @classmethod
