@@ -252,6 +252,7 @@ class TokenAuthenticator(Generic[P]):
         # Redis outage these are checked for revocations that were missed. Only verified tokens
         # get here, so no client can fill it with made-up ones.
         self._live: TTLCache[str, uuid.UUID] = TTLCache(cache_max, cache_ttl_s)
+        self._announced: TTLCache[str, bool] = TTLCache(cache_max, cache_ttl_s)
         self._rechecks: set[asyncio.Task] = set()
         self._listener: asyncio.Task | None = None
         self._revoked_callbacks: list = []
@@ -366,6 +367,13 @@ class TokenAuthenticator(Generic[P]):
             await pubsub.aclose()
 
     def _revoked(self, token_hash: str) -> None:
+        # Told once per revocation: a re-check after a reconnect that read the database before
+        # the message arrived would otherwise tell the callbacks a second time. (Not keyed on
+        # ``_refused``: a verification may have found the revocation first, and its sockets
+        # still have to close.)
+        if self._announced.get(token_hash) is not None:
+            return
+        self._announced.set(token_hash, True)
         self._verified.pop(token_hash)
         self._live.pop(token_hash)
         self._refused.set(token_hash, REVOKED_TOKEN, self.cache_ttl_s)
