@@ -98,10 +98,14 @@ WHERE d.id = $1
 # Pending and unchanged for a while (a decline or timeout makes a delivery pending again, and
 # updates updated_at). With no round, 20 s: its created event may just be slow to arrive. With
 # a round but nothing in flight, 5 s: a round moves on within milliseconds of a change, so one
-# that has not is orphaned (``OfferEngine.drop_orphaned_round``).
+# that has not is orphaned (``OfferEngine.drop_orphaned_round``). And offered for longer than
+# an offer lasts ($1 seconds): an offer whose end the database did not record (a decline or a
+# timeout whose transition failed) unless Redis still shows it open (``release_lost_offer``).
 STRANDED_SQL = """
-SELECT id, coalesce(updated_at, created_at) < now() - interval '20 seconds' AS long_idle FROM deliveries
-WHERE status = 'pending' AND coalesce(updated_at, created_at) < now() - interval '5 seconds'
+SELECT id, status, coalesce(updated_at, created_at) < now() - interval '20 seconds' AS long_idle
+FROM deliveries
+WHERE (status = 'pending' AND coalesce(updated_at, created_at) < now() - interval '5 seconds')
+   OR (status = 'offered' AND coalesce(updated_at, created_at) < now() - make_interval(secs => $1))
 ORDER BY created_at LIMIT 100
 """
 LEG_SQL = """
@@ -431,10 +435,15 @@ class Dispatcher:
         for tenant_id in await self.db.active_tenant_ids():
             try:
                 async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
-                    rows = await tx.fetch(STRANDED_SQL)
+                    rows = await tx.fetch(STRANDED_SQL, self.offers.offer_timeout_s + 10.0)
                 for row in rows:
                     delivery = str(row["id"])
-                    if await self.redis.exists(round_key(delivery)):
+                    if row["status"] == "offered":
+                        if not await self.offers.release_lost_offer(str(tenant_id), delivery):
+                            continue   # still open in Redis: its deadline moves the round on
+                        log.warning("delivery %s was offered with no open offer; dispatching it afresh",
+                                    delivery)
+                    elif await self.redis.exists(round_key(delivery)):
                         if not await self.offers.drop_orphaned_round(delivery):
                             continue   # an offer is open: its deadline moves the round on
                         log.warning("delivery %s was pending with a round but no open offer; dispatching "

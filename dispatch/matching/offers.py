@@ -65,6 +65,8 @@ from dispatch.matching.keys import (
     tried_key,
     unassigned_key,
 )
+from dispatch.matching.offer_repairs import SYSTEM_ACTOR, OfferRepairs
+from dispatch.matching.offer_repairs import member as _member
 from dispatch.matching.ranking import Job
 from dispatch.matching.terms import (
     InvalidOffer,
@@ -92,7 +94,6 @@ log = logging.getLogger(__name__)
 DEFAULT_OFFER_TIMEOUT_S = 20.0
 DEFAULT_MAX_ATTEMPTS = 5
 ROUND_TTL_S = 86_400
-SYSTEM_ACTOR = "system:offers"
 
 
 # Called once a driver's accept is recorded: (tenant_id, delivery_id, driver_id, job).
@@ -187,7 +188,7 @@ class WebsocketNotifier:
 _ABANDON = (IllegalTransition, UnknownDelivery, UnknownDriver)
 
 
-class OfferEngine:
+class OfferEngine(OfferRepairs):
     """Runs offer rounds over ``DriverClaims``, a ``Notifier`` and the deliveries' transitions.
 
     ``claims.offer_ttl_s`` must be at least ``offer_timeout_s``: the claim's own expiry is the
@@ -270,6 +271,12 @@ class OfferEngine:
                 except _ABANDON as exc:
                     await self.claims.release(driver, delivery)
                     return RoundOutcome(delivery, "abandoned", driver, str(exc))
+                except Exception:
+                    # The accept is not recorded: the offer opens again, so that the driver's
+                    # retry of the same accept succeeds (or its deadline moves the round on),
+                    # instead of Redis holding a delivery the database still calls offered.
+                    await self._reopen(driver, delivery)
+                    raise
                 if self.on_assigned is not None and tenant is not None:
                     stored = await self._round(delivery)
                     if stored is not None:
@@ -298,8 +305,8 @@ class OfferEngine:
                 await self._closed(delivery, driver, DeliveryEvent.OFFER_TIMEOUT)
                 outcomes.append(await self._advance(delivery))
             except Exception:
-                # One bad round must not stop the others; its deadline is gone, so it is logged
-                # for an operator rather than retried forever.
+                # One bad round must not stop the others. Its deadline is gone: the
+                # dispatcher's sweep finds the delivery by its age (``offer_repairs``).
                 log.exception("offer timeout of delivery %s (driver %s) failed", delivery, driver)
         return outcomes
 
@@ -322,21 +329,6 @@ class OfferEngine:
             delivery, _, driver = as_text(member).partition("|")
             out.append((delivery, driver, score / 1000))
         return out
-
-    async def drop_orphaned_round(self, delivery_id: str) -> bool:
-        """Delete the round of a delivery when nothing is in flight for it: a round is kept
-        while an offer is open (its deadline sweeps it on) or a driver holds the delivery, and
-        is deleted after the accept or the give-up. A round left with neither (an engine that
-        failed between writing the round and making or closing an offer, e.g. its database
-        session was cut) would keep the pending sweep away forever. True when one was dropped;
-        the caller dispatches the delivery afresh."""
-        delivery = offer_id(delivery_id, "delivery_id")
-        if not await self.redis.exists(round_key(delivery)):
-            return False
-        if await self.redis.exists(delivery_offer_key(delivery), delivery_driver_key(delivery)):
-            return False
-        await self.redis.delete(round_key(delivery), tried_key(delivery))
-        return True
 
     async def unassigned(self, tenant_id: str) -> set[str]:
         return {as_text(m) for m in await self.redis.smembers(unassigned_key(offer_id(tenant_id, "tenant_id")))}
@@ -427,6 +419,12 @@ class OfferEngine:
                 await self.claims.decline(driver, delivery)
                 await self.redis.delete(round_key(delivery), tried_key(delivery))
                 return RoundOutcome(delivery, "abandoned", None, str(exc))
+            except Exception:
+                # The database did not record the offer (its session cut, say): take the
+                # Redis half back, so the delivery is not held for a whole offer timeout by an
+                # offer nobody was sent, and the caller's retry finds the round as it was.
+                await self._unoffer(delivery, driver)
+                raise
             offer = Offer(delivery, stored.tenant_id, (stored.job.pickup_lat, stored.job.pickup_lng),
                           (stored.job.dropoff_lat, stored.job.dropoff_lng), stored.pay,
                           candidate.pickup_eta_s, stored.dropoff_eta_s, deadline)
@@ -494,7 +492,3 @@ class OfferEngine:
             candidates=tuple(OfferCandidate(d, int(eta)) for d, eta in json.loads(fields["candidates"])),
             attempts=int(fields.get("attempts", "0")),
         )
-
-
-def _member(delivery: str, driver: str) -> str:
-    return f"{delivery}|{driver}"

@@ -190,3 +190,23 @@ async def test_a_round_orphaned_by_a_database_failure_is_dispatched_again_by_the
             await tx.execute("UPDATE deliveries SET status = 'pending', updated_at = now() - interval '1 minute' "
                              "WHERE id = $1", uuid.UUID(delivery))
         assert await m.dispatcher._sweep_pending() == 0
+
+
+async def test_an_offer_whose_end_was_not_recorded_is_released_and_dispatched_again_by_the_sweep(
+        platform, stream_settings):
+    async with matcher(platform, stream_settings) as m:
+        delivery = await m.delivery(VENDOR)
+        driver, _ = await _driver(m.db, m.tenant_id, 1)
+        # the database says offered (a decline's transition failed), Redis has nothing open
+        async with m.db.tenant_transaction(m.tenant_id) as tx:
+            await tx.execute("UPDATE deliveries SET status = 'offered', driver_id = $2, "
+                             "updated_at = now() - interval '5 seconds' WHERE id = $1",
+                             uuid.UUID(delivery), uuid.UUID(driver))
+        await put_live(m.store, m.tenant_id, [(driver, *destination(*VENDOR, 0.0, 200), "motorbike")])
+        assert await m.dispatcher._sweep_pending() == 0   # not yet longer than an offer lasts
+        async with m.db.tenant_transaction(m.tenant_id) as tx:
+            await tx.execute("UPDATE deliveries SET updated_at = now() - make_interval(secs => $2) WHERE id = $1",
+                             uuid.UUID(delivery), m.offers.offer_timeout_s + 11)
+        assert await m.dispatcher._sweep_pending() == 1
+        assert await m.status(delivery) == ("offered", driver)
+        assert [d for d, _, _ in await m.offers.pending_deadlines()] == [delivery]

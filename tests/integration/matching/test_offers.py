@@ -363,3 +363,82 @@ def test_an_offer_frame_carries_pay_as_a_string():
     offer = Offer("d", "t", PICKUP, DROPOFF, Decimal("12.30"), 60, 600, 1.5)
     assert offer.frame()["pay"] == "12.30"
     assert json.loads(json.dumps(offer.frame()))["pay"] == "12.30"
+
+
+# -- the database failing under an offer --------------------------------------------------------
+
+
+def failing(engine: OfferEngine, failing_event: str, times: int = 1):
+    """Make the engine's transitions raise a lost-session error for ``failing_event``."""
+    from schema.errors import DatabaseUnavailable
+
+    real, left = engine.transitions, [times]
+
+    async def transitions(tenant, delivery_id, event, **kwargs):
+        if event.value == failing_event and left[0] > 0:
+            left[0] -= 1
+            raise DatabaseUnavailable("the shard's session was terminated")
+        return await real(tenant, delivery_id, event, **kwargs)
+
+    engine.transitions = transitions
+
+
+async def test_an_offer_the_database_did_not_record_is_taken_back_and_the_retry_offers_it(world):
+    from schema.errors import DatabaseUnavailable
+
+    w, delivery = world, world.deliveries[0]
+    async with standalone(w, offer_timeout_s=15) as engine:
+        failing(engine, "offer")
+        with pytest.raises(DatabaseUnavailable):
+            await engine.start_round(w.job(), delivery, candidates(w.drivers[0], w.drivers[1]), pay=PAY,
+                                     dropoff_eta_s=900)
+        # nothing held for an offer nobody was sent: no deadline, no claim, no attempt
+        assert await engine.pending_deadlines() == []
+        assert await engine.claims.offer_of(w.drivers[0]) is None
+        assert (await w.delivery_row(delivery))["status"] == "pending"
+        outcome = await engine.start_round(w.job(), delivery, candidates(w.drivers[0], w.drivers[1]), pay=PAY,
+                                           dropoff_eta_s=900)
+        assert (outcome.status, outcome.driver_id) == ("offered", w.drivers[0])
+    row = await w.delivery_row(delivery)
+    assert (row["status"], row["driver_id"], row["offer_attempts"]) == ("offered", w.drivers[0], 1)
+
+
+async def test_an_accept_the_database_did_not_record_can_be_sent_again(world):
+    from schema.errors import DatabaseUnavailable
+
+    w, delivery = world, world.deliveries[0]
+    async with standalone(w, offer_timeout_s=15) as engine:
+        await engine.start_round(w.job(), delivery, candidates(w.drivers[0]), pay=PAY, dropoff_eta_s=900)
+        failing(engine, "accept")
+        with pytest.raises(DatabaseUnavailable):
+            await engine.reply(w.drivers[0], delivery, True)
+        assert await engine.claims.driver_of(delivery) is None    # Redis does not hold it as assigned
+        assert await engine.claims.offer_of(w.drivers[0]) == delivery
+        assert (await w.delivery_row(delivery))["status"] == "offered"
+        outcome = await engine.reply(w.drivers[0], delivery, True)
+        assert (outcome.status, outcome.driver_id) == ("assigned", w.drivers[0])
+    row = await w.delivery_row(delivery)
+    assert (row["status"], row["driver_id"]) == ("assigned", w.drivers[0])
+
+
+async def test_a_decline_the_database_did_not_record_is_released_once_the_offer_is_over(world):
+    from schema.errors import DatabaseUnavailable
+
+    w, delivery = world, world.deliveries[0]
+    async with standalone(w, offer_timeout_s=15) as engine:
+        await engine.start_round(w.job(), delivery, candidates(w.drivers[0], w.drivers[1]), pay=PAY,
+                                 dropoff_eta_s=900)
+        failing(engine, "decline")
+        with pytest.raises(DatabaseUnavailable):
+            await engine.reply(w.drivers[0], delivery, False)
+        # the offer is over in Redis, the database still says offered: nothing would move it on
+        assert await engine.pending_deadlines() == []
+        assert (await w.delivery_row(delivery))["status"] == "offered"
+        await w.redis.set(delivery_offer_key(delivery), "x")          # an offer still open is left alone
+        assert await engine.release_lost_offer(w.tenant_id, delivery) is False
+        await w.redis.delete(delivery_offer_key(delivery))
+        assert await engine.release_lost_offer(w.tenant_id, delivery) is True
+        assert await w.redis.exists(round_key(delivery)) == 0
+        assert await engine.release_lost_offer(w.tenant_id, delivery) is False   # pending now: not again
+    row = await w.delivery_row(delivery)
+    assert (row["status"], row["driver_id"]) == ("pending", None)
