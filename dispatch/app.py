@@ -30,6 +30,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from dispatch.api import install as install_api
+from dispatch.api.proofs import router as proofs_router
+from dispatch.api.whatsapp import router as whatsapp_router
 from dispatch.commerce.catalogue.views import active_tenant_ids, run_view_refresher
 from dispatch.commerce.orders.expiry import run_reservation_sweeper
 from dispatch.core.cache import Cache
@@ -57,6 +59,8 @@ from dispatch.matching.fleet_replica import FleetReplica
 from dispatch.matching.notify import RoutedNotifier
 from dispatch.matching.offers import OfferEngine, WebsocketNotifier
 from dispatch.matching.recovery import watch_redis
+from dispatch.messaging.channel import OFF_MESSAGE as WHATSAPP_OFF
+from dispatch.messaging.channel import build_channel
 from dispatch.ops.maintenance import run_maintenance
 from dispatch.tracking.hub import TrackingHub
 from dispatch.tracking.pages.tracking import router as tracking_page_router
@@ -206,6 +210,14 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
                                                                       for t in done.tenants]),
                                     name="redis-recovery"),
             ]
+        # WhatsApp notifications (dispatch/messaging/channel.py): planned from the event topics
+        # and sent by the processes that dispatch; off without the Cloud API's credentials.
+        whatsapp = build_channel(engine, streams, db) if engine.whatsapp_enabled and engine.dispatcher else None
+        if not engine.whatsapp_enabled:
+            log.warning(WHATSAPP_OFF)   # warning: the level an engine shows by default
+        elif whatsapp is not None:
+            tasks += [asyncio.create_task(_forever(whatsapp.notifier.run), name="whatsapp-notifier"),
+                      asyncio.create_task(_forever(whatsapp.sender.run), name="whatsapp-sender")]
         stop_metrics = start_metrics_server(engine.metrics_port) if engine.metrics_port else None
         try:
             yield
@@ -213,6 +225,8 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
             for task in tasks:
                 task.cancel()
             await _bounded("background tasks", asyncio.gather(*tasks, return_exceptions=True))
+            if whatsapp is not None:
+                await _bounded("whatsapp client", whatsapp.close())
             for name, stop in (("driver notices", notices.stop), ("tracking hub", hub.stop),
                                ("user tokens", users.stop), ("offer notifier", notifier.stop),
                                ("driver tokens", auth.stop), ("tracker keys", trackers.stop),
@@ -230,8 +244,10 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
                   **docs_urls(engine.api_docs))
     app.include_router(ingest_router)
     app.include_router(trackers_router)
-    app.include_router(tracking_page_router)
+    app.include_router(tracking_page_router.for_settings(engine))   # a bad WAKALA_BASEMAP_* fails at start
     app.include_router(vendor_page_router)
+    app.include_router(whatsapp_router)
+    app.include_router(proofs_router)   # proof of delivery: drivers, customers, vendors, admins
     install_api(app)
     install_failure_handlers(app)
 

@@ -28,7 +28,13 @@ from dispatch.api.common import (
     reason_of,
 )
 from dispatch.api.idempotency import answer, once, request_of
-from dispatch.api.own_orders import party_cancel, party_order, party_orders, tracking_link_for
+from dispatch.api.own_orders import (
+    party_cancel,
+    party_order,
+    party_orders,
+    revoke_tracking_links,
+    tracking_link_for,
+)
 from dispatch.commerce.orders import input as order_input
 from dispatch.commerce.orders import placing, returns
 from dispatch.core.errors import UNKNOWN_FIELD, Refusal
@@ -76,6 +82,13 @@ async def cancel(request: Request, order_id: str) -> dict:
 async def tracking_link(request: Request, order_id: str) -> dict:
     user = await caller(request, "customer")
     return await tracking_link_for(request, user, order_id, customer_id=customer_of(user))
+
+
+@router.post("/v1/orders/{order_id}/tracking-link/revoke", tags=["customers"],
+             summary="Revoke every tracking link of the order (its open tracking pages close at once)",
+             responses={404: {"description": "not this customer's order"}})
+async def revoke_tracking_link(request: Request, order_id: str) -> Any:
+    return await revoke_tracking_links(request, "customer", order_id)
 
 
 @router.post("/v1/orders/{order_id}/return", tags=["customers"], openapi_extra=json_body_doc({

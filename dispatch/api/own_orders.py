@@ -1,15 +1,22 @@
-"""A party's own orders: the reads, the cancel and the tracking link that vendors and
-customers share.
+"""A party's own orders: the reads, the cancel and the tracking links (make one, revoke them)
+that vendors and customers share.
 
 The same handler serves both audiences; the role decides whose orders are in reach (a
 vendor's: ``vendor_id``, a customer's: ``customer_id``) and the domain query filters on it,
 so another vendor's or customer's order answers 404, exactly like one that does not exist.
-The cancel takes an ``Idempotency-Key`` (``dispatch.api.idempotency.once``); a tracking link
-is a secret shown once, so its key is only validated.
+The cancel and the revoke take an ``Idempotency-Key`` (``dispatch.api.idempotency.once``); a
+tracking link is a secret shown once, so its key is only validated.
+
+Revoking ends every tracking link of the order, whoever made it (``dispatch.tracking.links.
+revoke_order_links``): the customer or the vendor who sent a link to the wrong number makes a
+new one afterwards. It is idempotent by nature (a second revoke answers ``revoked: 0``), and
+each revoke is logged with the user, the order and the count: links carry no audit column, and
+the order's own history is about the order, not about who watches it.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import Request
@@ -31,7 +38,9 @@ from dispatch.commerce.orders import transitions as order_transitions
 from dispatch.identity.users import AuthUser
 from dispatch.tracking import links as tracking_links
 
-__all__ = ["party_cancel", "party_order", "party_orders", "tracking_link_for"]
+__all__ = ["party_cancel", "party_order", "party_orders", "revoke_tracking_links", "tracking_link_for"]
+
+log = logging.getLogger(__name__)
 
 
 def _party(user: AuthUser, role: str) -> dict[str, str]:
@@ -77,3 +86,19 @@ async def tracking_link_for(request: Request, user: AuthUser, order_id: str, **o
     issued = await call(tracking_links.issue_link(state.db, user.tenant_id, path_id(order_id, "order_id"),
                                                   grace_s=state.engine.tracking_link_grace_s, **owner))
     return {"token": issued.token, "url": issued.url, "delivery_id": issued.delivery_id}
+
+
+async def revoke_tracking_links(request: Request, role: str, order_id: str) -> Any:
+    """Revoke every tracking link of one of the caller's orders (a vendor's, or a customer's
+    own); their open tracking pages are closed at once. 404 for anyone else's order."""
+    user = await caller(request, role)
+    state = request.app.state
+    party = _party(user, role)
+
+    async def act() -> dict:
+        oid = path_id(order_id, "order_id")
+        revoked = await call(tracking_links.revoke_order_links(state.db, state.redis, user.tenant_id, oid, **party))
+        log.info("tracking links of order %s revoked by %s user %s: %d live", oid, role, actor(user), revoked)
+        return {"order_id": oid, "revoked": revoked}
+
+    return await once(request, user.tenant_id, user.user_id, act)

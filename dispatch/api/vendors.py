@@ -2,7 +2,8 @@
 and its orders from acceptance to ready. Each needs the ``vendor`` role and a user that acts
 for a vendor; another vendor's product or order answers 404. Every write takes an
 ``Idempotency-Key`` (``dispatch.api.idempotency.once``: claim, act, record); a tracking link
-is a secret shown once, so its key is only validated."""
+is a secret shown once, so its key is only validated. Revoking an order's tracking links is
+``dispatch.api.own_orders.revoke_tracking_links``, shared with the order's customer."""
 
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ from dispatch.api.common import (
     vendor_of,
 )
 from dispatch.api.idempotency import once
-from dispatch.api.own_orders import party_cancel, party_order, party_orders, tracking_link_for
+from dispatch.api.own_orders import (
+    party_cancel,
+    party_order,
+    party_orders,
+    revoke_tracking_links,
+    tracking_link_for,
+)
 from dispatch.commerce.catalogue import reads as catalogue_reads
 from dispatch.commerce.catalogue import writes as catalogue_writes
 from dispatch.commerce.orders import transitions as order_transitions
@@ -165,3 +172,10 @@ async def vendor_cancel(request: Request, order_id: str) -> Any:
 async def vendor_tracking_link(request: Request, order_id: str) -> dict:
     user = await caller(request, "vendor")
     return await tracking_link_for(request, user, order_id, vendor_id=vendor_of(user))
+
+
+@router.post("/v1/vendor/orders/{order_id}/tracking-link/revoke", tags=["vendors"],
+             summary="Revoke every tracking link of the order (its open tracking pages close at once)",
+             responses={404: {"description": "not this vendor's order"}})
+async def vendor_revoke_tracking_links(request: Request, order_id: str) -> Any:
+    return await revoke_tracking_links(request, "vendor", order_id)

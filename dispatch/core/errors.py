@@ -66,6 +66,12 @@ NOT_READY = "not_ready"                   # no tracking link before the order is
 TRACKING_ENDED = "tracking_ended"         # the link's grace after delivery is over
 TOO_SLOW = "too_slow"                     # a socket that does not keep up is closed
 IMPLAUSIBLE_JUMP = "implausible_jump"     # a fix too far from the last one to be driven: not stored
+# Proof of delivery.
+PROOF_REQUIRED = "proof_required"         # delivered refused: a proof the tenant requires is missing (field names it)
+WRONG_PIN = "wrong_pin"                   # a delivery PIN that does not match (the attempt is counted)
+PIN_LOCKED = "pin_locked"                 # too many wrong PINs: a reset by the vendor, or fail the delivery
+INVALID_IMAGE = "invalid_image"           # bytes that are not a whole, well-formed image of the declared type
+UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"   # a Content-Type the route does not take (415)
 # The engine itself.
 UNAVAILABLE = "unavailable"               # a service the engine needs is down: retry later (503)
 INTERNAL_ERROR = "internal_error"         # an unhandled error on our side (500)

@@ -31,6 +31,14 @@ API_SECONDS = Histogram(
 )
 ORDERS_PLACED = Counter("wakala_orders_placed_total", "Orders placed (committed)")
 PAYMENTS = Counter("wakala_payments_total", "Payment callbacks recorded, by the payment's status", ["status"])
+# WhatsApp's inbound webhook (dispatch.messaging.inbound, dispatch.api.whatsapp).
+WHATSAPP_INBOUND = Counter("wakala_whatsapp_inbound_total",
+                           "Inbound WhatsApp messages, by outcome (recorded, duplicate, unknown_sender)", ["outcome"])
+WHATSAPP_RECEIPTS = Counter("wakala_whatsapp_receipts_total",
+                            "WhatsApp status receipts, by status and outcome (applied, kept, unknown)",
+                            ["status", "outcome"])
+WHATSAPP_WEBHOOK_REFUSED = Counter("wakala_whatsapp_webhook_refused_total",
+                                   "WhatsApp webhook requests or items refused, by reason", ["reason"])
 DELIVERY_TRANSITIONS = Counter(
     "wakala_delivery_transitions_total",
     "Delivery state changes committed, by event (offer, accept, decline, offer_timeout, give_up, ...) and new state",
@@ -88,6 +96,18 @@ REGISTRY.register(_POOLS)
 def watch_pools(source) -> None:
     """Report ``source.pool_stats()`` (a ``TenantDatabase``) in ``wakala_db_pool_connections``."""
     _POOLS.sources.add(source)
+
+
+# -- WhatsApp (dispatch/messaging) -------------------------------------------------------------
+
+WHATSAPP_SENDS = Counter("wakala_whatsapp_sends_total",
+                         "WhatsApp messages by template and outcome: sent, retry (an attempt that will be "
+                         "retried), failed (given up), suppressed (no consent, no number, link ended)",
+                         ["template", "outcome"])
+WHATSAPP_EVENTS = Counter("wakala_whatsapp_events_total",
+                          "Order and delivery events read by the WhatsApp notifier, by what came of them: "
+                          "planned (notifications inserted), duplicate (already planned, or its order is gone), stale, bad, "
+                          "dropped (a failure retried until given up)", ["outcome"])
 
 
 # -- the outbox relays' backlog ----------------------------------------------------------------

@@ -11,6 +11,7 @@ naming its variable (``ConfigError``); nothing half-applies.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -194,6 +195,11 @@ class MessagingSettings:
     whatsapp_timeout_s: int = 10         # one Graph API request
     whatsapp_max_attempts: int = 6       # sends of one message before it is recorded failed
     whatsapp_send_per_s: int = 20        # the sender's own pace (Meta's per-number throughput)
+    whatsapp_retry_base_s: float = 2.0   # first retry's backoff; doubles per attempt (jittered, capped)
+    whatsapp_max_event_age_s: int = 3600  # an event older than this when read is not messaged about
+    # The engine's address as customers reach it: links in messages are <public_url>/t/<token>.
+    # "" = http://<WAKALA_HTTP_HOST>:<WAKALA_HTTP_PORT> (fine on a laptop, wrong behind a proxy).
+    public_url: str = ""
 
     @property
     def whatsapp_enabled(self) -> bool:
@@ -211,6 +217,10 @@ class MessagingSettings:
             whatsapp_timeout_s=_int(env, "WAKALA_WHATSAPP_TIMEOUT_S", d.whatsapp_timeout_s, 1, 120),
             whatsapp_max_attempts=_int(env, "WAKALA_WHATSAPP_MAX_ATTEMPTS", d.whatsapp_max_attempts, 1, 100),
             whatsapp_send_per_s=_int(env, "WAKALA_WHATSAPP_SEND_PER_S", d.whatsapp_send_per_s, 1, 10_000),
+            whatsapp_retry_base_s=_num(env, "WAKALA_WHATSAPP_RETRY_BASE_S", d.whatsapp_retry_base_s, 0.01, 600),
+            whatsapp_max_event_age_s=_int(env, "WAKALA_WHATSAPP_MAX_EVENT_AGE_S", d.whatsapp_max_event_age_s,
+                                          10, 7 * 86_400),
+            public_url=_public_url(env.get("WAKALA_PUBLIC_URL", "")),
         )
 
 
@@ -229,6 +239,15 @@ class EngineSettings(MessagingSettings, TrackingSettings, CommerceSettings, ApiS
         for concern in CONCERNS:
             values.update(concern._from_env(env))
         return cls(**values)
+
+
+def _public_url(value: str) -> str:
+    """An http(s) origin with an optional path prefix, without a trailing slash ("" = unset)."""
+    value = value.strip().rstrip("/")
+    if value and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~\-/]*)?", value):
+        raise ConfigError(f"WAKALA_PUBLIC_URL must be an http:// or https:// URL like "
+                          f"https://track.example.co.za, got {value!r}")
+    return value
 
 
 def _mode(value: str) -> str:

@@ -11,8 +11,15 @@ Events are not sent to Kafka here. A relay publishes unpublished outbox rows to 
 event is published if and only if its transition committed (at least once: consumers
 deduplicate on the outbox row's id).
 
-Lock order: the delivery row, then its driver's row, then its order row. Code that locks
-more than one of them must do the same.
+Lock order: the delivery row, then its driver's row, then its order row (and the delivery's
+``delivery_proofs`` row after the delivery's). Code that locks more than one of them must do
+the same.
+
+Proof of delivery: a new delivery gets its proofs row (and PIN) in the transaction that
+inserts it, when the tenant requires any proof (``proof_store.open_proofs``); ``deliver``
+reads the proofs under the delivery row's lock and refuses (``ProofRequired``, 409
+``proof_required``, nothing written) while a required one is missing, else stores them under
+``proof_of_delivery.evidence`` beside what the driver reported.
 
 The database is the guard of a driver's capacity. Redis holds the claims that make matching
 fast (``dispatch.matching.claims``), but Redis can lose them (a restart, a failover), and a
@@ -29,6 +36,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +52,7 @@ from dispatch.core.cache_keys import inventory_tag
 from dispatch.core.errors import INVALID_REQUEST, Refusal
 from dispatch.core.ids import InvalidId, canonical_uuid, parse_uuid
 from dispatch.core.metrics import DELIVERY_TRANSITIONS
+from dispatch.deliveries.proof_store import evidence_at_delivery, open_proofs
 from dispatch.deliveries.state import (
     DeliveryEvent,
     DeliverySnapshot,
@@ -288,6 +297,8 @@ async def transition(
         new, step = apply(_snapshot(row), event, at=when, actor=actor, reason=reason, **facts)
         if step.event in _TAKES_DRIVER and new.driver_id is not None:
             await _check_capacity(tx, new.driver_id, delivery_uuid, capacity)
+        if step.event is DeliveryEvent.DELIVER:
+            new = replace(new, proof_of_delivery=await _with_evidence(tx, delivery_uuid, new.proof_of_delivery))
 
         entered = step.to_state
         try:
@@ -355,6 +366,19 @@ async def transition(
     return new
 
 
+async def _with_evidence(tx: asyncpg.Connection, delivery_uuid: uuid.UUID,
+                         reported: dict[str, Any] | None) -> dict[str, Any]:
+    """The proof of delivery as stored: what the driver reported, and under ``evidence`` what
+    the engine holds (PIN verified, photo, signature: ``proof_store.evidence_at_delivery``,
+    which refuses with ``ProofRequired`` while a proof the tenant requires is missing). A
+    reported ``evidence`` key is dropped: only the engine writes it."""
+    proof = {k: v for k, v in (reported or {}).items() if k != "evidence"}
+    evidence = await evidence_at_delivery(tx, delivery_uuid)
+    if evidence:
+        proof["evidence"] = evidence
+    return proof
+
+
 async def _check_capacity(tx: asyncpg.Connection, driver_id: str, delivery_uuid: uuid.UUID,
                           capacity: int) -> None:
     try:
@@ -410,6 +434,8 @@ async def insert_delivery(
         )
     except asyncpg.ForeignKeyViolationError:
         raise UnknownOrder(f"no order {order_uuid} in tenant {tenant_id}") from None
+    # Its PIN (and the proofs it will need) exist before any driver can reach the door.
+    await open_proofs(tx, row["id"])
     # The matcher learns of new deliveries from this event (dispatch.dispatcher).
     await tx.execute(INSERT_OUTBOX_SQL, row["id"], CREATED_EVENT, json.dumps({
         "delivery_id": str(row["id"]), "order_id": str(row["order_id"]), "event": CREATED_EVENT,

@@ -75,6 +75,8 @@ USER_OF = {
     "user": "SELECT id FROM users WHERE id = $1",
 }
 _CUSTOMER_ORDERS = "order_id IN (SELECT id FROM orders WHERE customer_id = $1)"
+_CUSTOMER_DELIVERIES = ("delivery_id IN (SELECT id FROM deliveries WHERE "
+                        "order_id IN (SELECT id FROM orders WHERE customer_id = $1))")
 _USER_PHONE = "(SELECT phone_number FROM users WHERE id = $1)"
 # (table, condition on $1 = subject id, registry subject types that are this person's)
 _USER_ROWS = (
@@ -90,6 +92,7 @@ SUBJECT_ROWS: dict[str, tuple[tuple[str, str, tuple[str, ...]], ...]] = {
         ("order_items", _CUSTOMER_ORDERS, ("customer",)),
         ("order_status_history", _CUSTOMER_ORDERS, ("user",)),
         ("deliveries", _CUSTOMER_ORDERS, ("customer",)),
+        ("delivery_proof_images", _CUSTOMER_DELIVERIES, ("customer",)),
     ),
     "driver": (
         ("drivers", "id = $1", ("driver",)),

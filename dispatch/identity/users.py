@@ -12,6 +12,7 @@ tenant, and every query runs in that tenant's schema under RLS.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import uuid
@@ -46,6 +47,8 @@ from schema.errors import WakalaError
 
 __all__ = ["ROLES", "AuthUser", "InvalidUser", "UserAuthenticator", "create_user", "create_vendor",
            "issue_user_token", "parse_user_token"]
+
+log = logging.getLogger(__name__)
 
 # ``support``: the tenant's support agents: they read orders, customers, drivers and consents
 # (each read logged with its purpose, ``dispatch.identity.access``) and change nothing.
@@ -84,6 +87,11 @@ GRANT_SQL = """
 INSERT INTO user_roles (user_id, role_id, granted_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
 """
 CREATE_USER_SQL = "INSERT INTO users (phone_number, name, role) VALUES ($1, $2, $3) RETURNING id"
+# The control plane's directory of who belongs to which tenant (inbound WhatsApp is routed by it).
+DIRECTORY_SQL = """
+INSERT INTO tenant_users (tenant_id, user_id, phone_number, role) VALUES ($1, $2, $3, $4)
+ON CONFLICT (tenant_id, user_id) DO UPDATE SET phone_number = EXCLUDED.phone_number, role = EXCLUDED.role
+"""
 CREATE_CUSTOMER_SQL = "INSERT INTO customers (user_id, first_name) VALUES ($1, $2) RETURNING id"
 LINK_VENDOR_SQL = "UPDATE vendors SET user_id = $2, updated_at = now() WHERE id = $1 AND user_id IS NULL RETURNING id"
 CREATE_VENDOR_SQL = """
@@ -246,6 +254,14 @@ async def create_user(db: TenantDatabase, tenant_id: object, body: Any, *, grant
                 raise InvalidUser("vendor_id", "no vendor without a user has this id", status=404,
                                   reason=UNKNOWN_VENDOR)
             out["vendor_id"] = str(vendor_id)
+    # After the commit, in the control database (no transaction spans both): a directory row
+    # missing because the control plane was away costs only the routing of that person's
+    # WhatsApp replies, so the user still stands and the failure is logged.
+    try:
+        await db.control_fetch(DIRECTORY_SQL, parse_uuid(str(tenant_id), "tenant_id"), user_id, phone, role)
+    except Exception as exc:  # noqa: BLE001 - the user is committed; see above
+        log.warning("user %s of tenant %s is not in the tenant_users directory (%s: %s)", user_id, tenant_id,
+                    exc.__class__.__name__, exc)
     return out
 
 

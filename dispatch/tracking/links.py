@@ -17,6 +17,15 @@ invalid_token`` for anything malformed, unknown, revoked or of a tenant that doe
 (one answer, so a guesser learns nothing), ``4410 expired_token`` once the grace is over. A
 link that cannot be made is a 409 (``not_ready`` before the order's delivery exists,
 ``tracking_ended`` after the grace); an order that is not the caller's a 404.
+
+Revoking (``revoke_order_links``: the order's customer or vendor over REST) sets
+``revoked_at`` on every link of every delivery of the order, whoever made it: links carry no
+maker, and a link sent to the wrong number is the order's problem, not one link's. Postgres
+decides at once (``resolve_link`` reads it on every connection; tracking links are never
+cached), and the token hashes go out on ``tracking:revocations`` so every engine's hub closes
+the open sockets of those links (4401 ``revoked_token``). The publish repeats the hashes of
+the order's links revoked before too: a retry after a failed publish (Redis away: 503) closes
+what the first attempt could not, and revoking again is harmless.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ __all__ = [
     "parse_tracking_token",
     "resolve_link",
     "revoke_links",
+    "revoke_order_links",
 ]
 
 TOKEN_RE = token_pattern("wkt")
@@ -85,6 +95,26 @@ SELECT l.id, l.delivery_id, l.revoked_at,
                 CASE WHEN d.status IN ('delivered', 'failed', 'cancelled') THEN d.updated_at END) AS ended_at
 FROM tracking_links l JOIN deliveries d ON d.id = l.delivery_id
 WHERE l.token_hash = $1
+"""
+# Revoke every live link of the order's deliveries if the caller owns the order ($2 customer /
+# $3 vendor; NULL: not checked). found: 0 when the order is not the caller's; fresh: the hashes
+# revoked now; earlier: those revoked before (published again, see the module's docstring).
+REVOKE_ORDER_SQL = """
+WITH target AS (
+    SELECT o.id FROM orders o
+    WHERE o.id = $1 AND ($2::uuid IS NULL OR o.customer_id = $2) AND ($3::uuid IS NULL OR o.vendor_id = $3)
+), earlier AS (
+    SELECT l.token_hash FROM tracking_links l JOIN deliveries d ON d.id = l.delivery_id
+    WHERE d.order_id IN (SELECT id FROM target) AND l.revoked_at IS NOT NULL
+), fresh AS (
+    UPDATE tracking_links l SET revoked_at = now()
+    FROM deliveries d
+    WHERE d.id = l.delivery_id AND d.order_id IN (SELECT id FROM target) AND l.revoked_at IS NULL
+    RETURNING l.token_hash
+)
+SELECT (SELECT count(*) FROM target) AS found,
+       array(SELECT token_hash FROM fresh) AS fresh,
+       array(SELECT token_hash FROM earlier) AS earlier
 """
 REVOKE_SQL = """
 UPDATE tracking_links SET revoked_at = now()
@@ -189,3 +219,25 @@ async def revoke_links(db: TenantDatabase, redis: Redis | None, tenant_id: objec
         for token_hash in hashes:
             await redis.publish(LINK_REVOCATIONS_CHANNEL, token_hash)
     return len(hashes)
+
+
+async def revoke_order_links(db: TenantDatabase, redis: Redis | None, tenant_id: object, order_id: object, *,
+                             customer_id: object | None = None, vendor_id: object | None = None) -> int:
+    """Revoke every live link of the order's deliveries, for its customer (``customer_id``) or
+    its vendor (``vendor_id``); neither: staff. Returns how many were live (0 when already
+    revoked, or before any link was made). OrderNotFound (404) when the order is not the
+    caller's. Every engine closes the open sockets of the order's revoked links."""
+    try:
+        oid = parse_uuid(str(order_id), "order_id")
+    except InvalidId:
+        raise OrderNotFound(order_id) from None
+    customer = optional_uuid(None if customer_id is None else str(customer_id), "customer_id")
+    vendor = optional_uuid(None if vendor_id is None else str(vendor_id), "vendor_id")
+    async with db.tenant_transaction(tenant_id) as tx:
+        row = await tx.fetchrow(REVOKE_ORDER_SQL, oid, customer, vendor)
+    if not row["found"]:
+        raise OrderNotFound(oid)
+    if redis is not None:
+        for token_hash in [*row["fresh"], *row["earlier"]]:
+            await redis.publish(LINK_REVOCATIONS_CHANNEL, token_hash.strip())
+    return len(row["fresh"])

@@ -6,6 +6,11 @@ driver's position and the live ETAs come from ``delivery:tracking:{id}`` (writte
 location worker on every ping, TTL 60 s) when the delivery is active. ``snapshot_frame`` is
 pure: the database row and the tracking document in, the frame out.
 
+The frame carries ``delivery_pin`` when the delivery has a PIN still to be entered and is
+under way (``dispatch.deliveries.proof``): the link holder is the customer, who tells it to
+the driver at the door. The PIN is derived from the tenant's key and the delivery's nonce,
+never stored; the field is absent otherwise.
+
 The ids of the delivery's events already in the outbox come back too: the hub drops those
 events when Kafka brings them again, so the timeline and the status frames never repeat.
 """
@@ -19,6 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from dispatch.core.ids import parse_uuid
+from dispatch.deliveries.proof import shown_pin
 from dispatch.matching.active import TRACKED_STATUSES
 from geo import covering_grid
 from schema.db import TenantDatabase
@@ -34,10 +40,13 @@ SELECT d.status, o.order_number, v.business_name,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(e.id::text, e.payload->>'to_state',
                                                     coalesce(e.payload->>'at', e.created_at::text))
                                   ORDER BY e.seq), '[]'::jsonb)
-        FROM delivery_events_outbox e WHERE e.delivery_id = d.id) AS events
+        FROM delivery_events_outbox e WHERE e.delivery_id = d.id) AS events,
+       p.pin_nonce, p.pin_digits, p.pin_verified_at, s.pin_key
 FROM deliveries d
 JOIN orders o ON o.id = d.order_id
 JOIN vendors v ON v.id = o.vendor_id
+LEFT JOIN delivery_proofs p ON p.delivery_id = d.id
+LEFT JOIN proof_settings s ON p.pin_nonce IS NOT NULL
 WHERE d.id = $1
 """
 
@@ -87,6 +96,10 @@ def snapshot_frame(delivery_id: str, row: Any, document: dict[str, Any] | None, 
         "updated_at": live.get("updated_at", now) if live is not None else round(now, 3),
         "cells": cells,
     }
+    pin = shown_pin(delivery_id, status, row.get("pin_key"), row.get("pin_nonce"), row.get("pin_digits"),
+                    row.get("pin_verified_at"))
+    if pin is not None:   # only while there is a PIN to tell the driver (the page shows it when present)
+        frame["delivery_pin"] = pin
     return Snapshot(frame, frozenset(event_id for event_id, _s, _a in events))
 
 

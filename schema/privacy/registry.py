@@ -41,6 +41,9 @@ NOT_PERSONAL: dict[str, str] = {
     "schema_migrations.name": "a migration file's name",
     "backup_log.location": "a backup file's path",
     "restore_log.location": "the path of the backup file restored",
+    "delivery_proof_images.content_type": "the stored image's media type (image/jpeg or image/png)",
+    "proof_settings.require_photo": "a tenant setting: whether deliveries need a photo",
+    "proof_settings.require_signature": "a tenant setting: whether deliveries need a signature",
 }
 
 

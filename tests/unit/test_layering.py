@@ -28,7 +28,7 @@ ALLOWED = {
 # Rooms of dispatch, lowest first. Commerce sits below identity: creating a vendor user checks
 # its payment methods against the order vocabulary, and nothing in commerce needs a token.
 ROOMS = ["core", "web", "commerce", "identity", "deliveries", "matching", "tracking", "gateway",
-         "api", "ops"]
+         "messaging", "api", "ops"]
 ROOTS = {"dispatch.app", "dispatch.cli", "dispatch"}
 # Composition roots and the demo may drive the load generator (it is how the demo replays a city).
 MAY_IMPORT_LOADTEST = {"dispatch.cli", "dispatch.ops.demo"}
@@ -177,7 +177,8 @@ PURE = ["dispatch.deliveries.state", "dispatch.commerce.orders.lifecycle",
         "schema.moves.balance", "schema.retention.policies", "schema.backups.container",
         "schema.backups.retention", "schema.privacy.registry", "dispatch.identity.subjects",
         "dispatch.identity.consent", "dispatch.identity.access", "dispatch.identity.subject_archive",
-        "dispatch.gateway.osmand"]
+        "dispatch.gateway.osmand", "dispatch.messaging.templates", "dispatch.messaging.graph",
+        "dispatch.messaging.webhook", "dispatch.deliveries.proof", "dispatch.tracking.pages.basemap"]
 IO_LIBRARIES = ("asyncpg", "redis", "aiokafka", "faust", "fastapi", "starlette", "websockets",
                 "uvicorn", "httpx", "socket", "subprocess")
 

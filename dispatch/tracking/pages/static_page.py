@@ -6,6 +6,10 @@ credential in their URL (path or fragment), hence ``Referrer-Policy: no-referrer
 ``Cache-Control: no-store``. The Content-Security-Policy allows the page's own inline script
 and style by their SHA-256 (``'unsafe-inline'`` is there only as the fallback of CSP 1
 browsers; browsers that know hashes ignore it) and connections to the page's own origin only.
+Images come from ``data:`` URLs only, unless a page is built with ``img_origin``: the tracking
+page's optional basemap adds exactly its tile server's origin (``dispatch.tracking.pages.
+basemap``), and ``head`` (already escaped HTML, outside the script and the style, so their
+hashes hold) tells the page's script where the tiles are.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from fastapi import Request, Response
 __all__ = ["COMMON_HEADERS", "HTML", "StaticPage", "accepts_gzip"]
 
 HTML = "text/html; charset=utf-8"
+ORIGIN = re.compile(r"https?://[a-z0-9.-]+(?::[0-9]{1,5})?")
 COMMON_HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -44,15 +49,22 @@ def accepts_gzip(accept_encoding: str) -> bool:
 
 
 class StaticPage:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, head: str = "", img_origin: str = "") -> None:
         self.name = name
-        self.raw: bytes = resources.files("dispatch.tracking.pages").joinpath(f"static/{name}").read_bytes()
+        if img_origin and ORIGIN.fullmatch(img_origin) is None:   # it goes into a header
+            raise ValueError(f"not an origin: {img_origin!r}")
+        raw = resources.files("dispatch.tracking.pages").joinpath(f"static/{name}").read_bytes()
+        if head:
+            if raw.count(b"</head>") != 1:
+                raise RuntimeError(f"{name} must hold exactly one </head>")
+            raw = raw.replace(b"</head>", head.encode() + b"</head>")
+        self.raw: bytes = raw
         self.gzip: bytes = gzip.compress(self.raw, compresslevel=9, mtime=0)
         self.content_security_policy = (
             "default-src 'none'; "
             f"script-src {self._inline_hash('script')} 'unsafe-inline'; "
             f"style-src {self._inline_hash('style')} 'unsafe-inline'; "
-            "connect-src 'self'; img-src data:; "
+            f"connect-src 'self'; img-src data:{' ' + img_origin if img_origin else ''}; "
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
         )
         self.headers = {**COMMON_HEADERS, "Content-Security-Policy": self.content_security_policy,

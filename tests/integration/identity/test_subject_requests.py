@@ -18,6 +18,7 @@ from dispatch.identity.access_log import subject_log
 from dispatch.identity.auth import TokenRejected
 from dispatch.identity.consent import parse_change
 from dispatch.identity.consent_store import record_consent
+from dispatch.identity.drivers import NewDriver, create_driver
 from dispatch.identity.subject_requests import get_request, submit
 from dispatch.identity.subjects import parse_request
 from dispatch.identity.users import UserAuthenticator, create_user, create_vendor, issue_user_token
@@ -63,6 +64,8 @@ async def _customer_with_history(db, platform, tenant, redis):
     vendor = await create_vendor(db, tenant.id, VENDOR)
     buyer = await create_user(db, tenant.id, {"phone": number, "name": "Thandi Zulu-Secret", "role": "customer"})
     cid, uid = buyer["customer_id"], buyer["user_id"]
+    rider = await create_driver(db, tenant.id, NewDriver("Sipho", "Rider", phone(), f"LIC-{uuid.uuid4().hex[:8]}",
+                                                         "motorbike", "GP 1"))
     async with db.tenant_transaction(tenant.id) as tx:
         await tx.execute("UPDATE customers SET first_name = 'Thandi', last_name = 'Zulu-Secret', "
                          "addresses = $2::jsonb, date_of_birth = '1990-01-02' WHERE id = $1",
@@ -80,6 +83,9 @@ async def _customer_with_history(db, platform, tenant, redis):
             "ST_SetSRID(ST_MakePoint(27.9101, -26.2401), 4326)::geography, 'thanks Sipho', now()) RETURNING id",
             order_id, json.dumps({"street": street}))
         await tx.execute("UPDATE vendors SET total_orders = 1 WHERE id = $1", uuid.UUID(vendor))
+        await tx.execute("INSERT INTO delivery_proof_images (delivery_id, kind, image, content_type, sha256, "
+                         "size_bytes, width, height, uploaded_by) VALUES ($1, 'photo', $2::bytea, 'image/jpeg', $3, "
+                         "octet_length($2::bytea), 4, 3, $4)", delivery_id, PHOTO, "0" * 64, rider)
         await tx.execute("INSERT INTO whatsapp_messages (message_id, conversation_id, from_number, to_number, "
                          "direction, type, content) VALUES ($1, 'c1', $2, '+27110000000', 'inbound', 'text', $3::jsonb)",
                          uuid.uuid4().hex, number, json.dumps({"text": f"deliver to {street}"}))
@@ -88,9 +94,9 @@ async def _customer_with_history(db, platform, tenant, redis):
         await tx.execute("INSERT INTO user_sessions (user_id, session_token, ip_address, expires_at) "
                          "VALUES ($1, $2, '10.1.2.3', now() + interval '1 day')", uuid.UUID(uid), uuid.uuid4().hex)
     control = await asyncpg.connect(platform.control.url())
-    try:
-        await control.execute("INSERT INTO tenant_users (tenant_id, user_id, phone_number) VALUES ($1, $2, $3)",
-                               tenant.id, uuid.UUID(uid), number)
+    try:   # create_user listed the person in the directory
+        assert await control.fetchval("SELECT phone_number FROM tenant_users WHERE tenant_id = $1 AND user_id = $2",
+                                      tenant.id, uuid.UUID(uid)) == number
     finally:
         await control.close()
     link = await issue_link(db, tenant.id, order_id, grace_s=3600)
@@ -99,8 +105,11 @@ async def _customer_with_history(db, platform, tenant, redis):
     await redis.set(order_key(str(tenant.id), str(order_id)), json.dumps({"street": street}), ex=60)
     return {"customer_id": cid, "user_id": uid, "vendor_id": vendor, "order_id": str(order_id),
             "delivery_id": str(delivery_id), "link": link, "token": token,
-            "secrets": [number, number[1:], "Zulu-Secret", street, "thandi@example.org", "gate code",
+            "secrets": [number, number[1:], PHOTO.hex(), "Zulu-Secret", street, "thandi@example.org", "gate code",
                         "ring twice", "thanks Sipho", "10.1.2.3", "27.9101"]}
+
+
+PHOTO = b"the door of Thandi's house"   # a proof-of-delivery photo's bytes (its hex in a dump)
 
 
 async def _everything_in_the_tenant(db, tenant_id) -> str:
@@ -134,7 +143,7 @@ async def test_an_erased_customer_leaves_no_trace_while_sales_still_add_up(world
         "given": True, "version": "2026-12", "channel": "paper", "note": "signed at the counter"}),
         ip_address="198.51.100.23")
     dump = await _everything_in_the_tenant(db, tenant.id)
-    assert all(s in dump for s in c["secrets"][:9])   # the scan below can find them
+    assert all(s in dump for s in c["secrets"][:10])   # the scan below can find them
     first = await submit(db, redis, tenant.id, parse_request(body("access", "customer", c["customer_id"])),
                          requested_by=admin, via="test", hooks=HOOKS)
     seen = json.dumps(first["export"], default=str)
