@@ -6,6 +6,7 @@ import argparse
 
 from dispatch.cli import moves
 from loadtest.backup import add_parser as add_backup_bench
+from loadtest.mdrp.report import add_parser as add_mdrp_bench
 
 
 async def _bench(args: argparse.Namespace) -> int:
@@ -102,6 +103,7 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     orders.set_defaults(handler=_orders_on_uvloop, sync=True)
     moves.add_bench(bsub)
     add_backup_bench(bsub)
+    add_mdrp_bench(bsub)
     track = bsub.add_parser("tracking", help="watchers on the tracking websocket while drivers ping: latency, frames/s")
     track.add_argument("--watchers", type=int, default=5_000)
     track.add_argument("--deliveries", type=int, default=100, help="active deliveries (one pinging driver each)")

@@ -9,6 +9,10 @@ eligibility rules of ``dispatch.ranking.feasibility``; ineligible pairs cost ``i
 * ``assign_greedy`` takes jobs in arrival order and gives each the feasible free driver
   with the smallest pickup ETA — what per-order dispatch does today, and the baseline the
   batch mode is measured against.
+
+The two solves are also public over a cost matrix the caller built (``solve_batch``,
+``solve_greedy``): a simulation with its own travel-time model (``loadtest.mdrp``) injects
+its pickup times there and keeps the engine's decision rules unchanged.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ __all__ = [
     "assign_batch",
     "assign_greedy",
     "cost_matrix",
+    "solve_batch",
+    "solve_greedy",
 ]
 
 # Cost of an ineligible pair: ~32 years, far above any real pickup ETA, finite so the
@@ -98,12 +104,27 @@ def assign_batch(jobs: Sequence[Job], candidates: Sequence[Candidate], *, at: da
     costs, feasible = _costs(jobs, candidates, at=at, circuity=circuity,
                              infeasible=infeasible, calibration=calibration,
                              excludes=excludes, overhead_s=overhead_s)
+    return solve_batch(costs, feasible, [c.driver_id for c in candidates], infeasible=infeasible,
+                       waited_s=waited_s, wait_weight=wait_weight)
+
+
+def solve_batch(costs: NDArray[np.float64], feasible: NDArray[np.bool_], driver_ids: Sequence[str], *,
+                infeasible: float = INFEASIBLE_S, waited_s: Sequence[float] | None = None,
+                wait_weight: float = 1.0) -> list[Assignment]:
+    """``assign_batch``'s solve over a jobs × drivers cost matrix the caller built.
+
+    ``costs[i, j]`` is driver j's pickup cost for job i in any one unit (``waited_s`` in the
+    same unit), ``feasible`` the eligibility mask, ``driver_ids`` one id per column.
+    """
+    if costs.shape != feasible.shape or costs.shape[1:] != (len(driver_ids),):
+        raise ValueError(f"costs {costs.shape}, feasible {feasible.shape} and {len(driver_ids)} "
+                         "driver ids do not match")
     if not feasible.any():
         return []
     solve_costs = costs
     if waited_s is not None:
         waited = np.asarray(waited_s, dtype=np.float64)
-        if waited.shape != (len(jobs),) or not np.all(waited >= 0) or not np.all(np.isfinite(waited)):
+        if waited.shape != (costs.shape[0],) or not np.all(waited >= 0) or not np.all(np.isfinite(waited)):
             raise ValueError("waited_s must hold one non-negative finite number per job")
         if not (wait_weight >= 0 and math.isfinite(wait_weight)):
             raise ValueError(f"wait_weight must be a non-negative finite number, got {wait_weight}")
@@ -118,7 +139,7 @@ def assign_batch(jobs: Sequence[Job], candidates: Sequence[Candidate], *, at: da
         raise ValueError(f"infeasible={infeasible:g} must exceed {worst_total:g} (largest "
                          "feasible cost × min(jobs, drivers)) for matches to come first")
     rows, cols = linear_sum_assignment(solve_costs)
-    return [Assignment(r, candidates[c].driver_id, float(costs[r, c]))
+    return [Assignment(r, driver_ids[c], float(costs[r, c]))
             for r, c in zip(rows.tolist(), cols.tolist(), strict=True) if feasible[r, c]]
 
 
@@ -134,15 +155,25 @@ def assign_greedy(jobs: Sequence[Job], candidates: Sequence[Candidate], *, at: d
     costs, feasible = _costs(jobs, candidates, at=at, circuity=circuity,
                              infeasible=INFEASIBLE_S, calibration=calibration,
                              excludes=excludes, overhead_s=overhead_s)
+    return solve_greedy(costs, feasible, [c.driver_id for c in candidates])
+
+
+def solve_greedy(costs: NDArray[np.float64], feasible: NDArray[np.bool_],
+                 driver_ids: Sequence[str]) -> list[Assignment]:
+    """``assign_greedy``'s rule over a jobs × drivers cost matrix the caller built (rows in
+    arrival order, ``driver_ids`` one id per column)."""
+    if costs.shape != feasible.shape or costs.shape[1:] != (len(driver_ids),):
+        raise ValueError(f"costs {costs.shape}, feasible {feasible.shape} and {len(driver_ids)} "
+                         "driver ids do not match")
     # Columns in driver_id order, so argmin's first-minimum rule is the driver_id tie-break.
-    by_id = sorted(range(len(candidates)), key=lambda j: candidates[j].driver_id)
+    by_id = sorted(range(len(driver_ids)), key=lambda j: driver_ids[j])
     open_costs = np.where(feasible, costs, np.inf)[:, by_id]
     out: list[Assignment] = []
-    for i in range(len(jobs)):
+    for i in range(costs.shape[0]):
         j = int(np.argmin(open_costs[i]))
         if open_costs[i, j] == np.inf:
             continue
         open_costs[:, j] = np.inf  # the driver is taken
         driver = by_id[j]
-        out.append(Assignment(i, candidates[driver].driver_id, float(costs[i, driver])))
+        out.append(Assignment(i, driver_ids[driver], float(costs[i, driver])))
     return out
