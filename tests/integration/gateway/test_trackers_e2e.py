@@ -2,9 +2,12 @@
 Client 9's JSON for one driver, OsmAnd query requests for another. The driver's app stays
 connected for offers (Traccar Client cannot show one) but never sends a position: the worker
 lands the tracker's fixes, matching finds the driver, the pickup and dropoff fences fire, and
-the customer's tracking entry follows the driver."""
+the customer's tracking page follows the driver. The tenant requires a PIN and a photo: the
+customer's page shows the PIN, and delivered is refused until the driver's app gives both."""
 
 import asyncio
+import contextlib
+import io
 import json
 import time
 import uuid
@@ -12,9 +15,14 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+import websockets
+from PIL import Image
 
+from dispatch.deliveries.proof import ProofRequirements
+from dispatch.deliveries.proof_store import set_requirements
 from dispatch.deliveries.store import create_delivery
 from dispatch.identity.trackers import issue_tracker_key
+from dispatch.tracking.links import issue_link
 from geo import destination, distance_m
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
@@ -76,6 +84,7 @@ async def _trip(platform, engine, shape: str) -> None:
     store = LocationStore(redis, settings)
     async with TenantDatabase(platform) as db, httpx.AsyncClient(base_url=f"http://{addr}", timeout=30) as http:
         world = await _world(db, tenant.id)
+        await set_requirements(db, str(tenant.id), ProofRequirements(pin=True, photo=True), actor="test")
         async with db.tenant_transaction(tenant.id) as tx:
             await tx.execute("UPDATE orders SET delivery_location = ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography "
                              "WHERE id = $3", *NEAR_DOOR, world["order"])
@@ -92,6 +101,10 @@ async def _trip(platform, engine, shape: str) -> None:
 
             await eventually(available, within=15)
             delivery = str(await create_delivery(db, tenant.id, world["order"], VENDOR, NEAR_DOOR))
+            link = await issue_link(db, tenant.id, world["order"], grace_s=3600)
+            page = await websockets.connect(f"ws://{addr}/v1/track/{link.token}")   # the customer's page
+            frames: list[dict] = []
+            reader = asyncio.create_task(_read(page, frames))
             offer = await asyncio.wait_for(app.offers.get(), 30)
             assert offer["delivery_id"] == delivery
             assert (await app.send({"type": "offer_reply", "delivery_id": delivery, "accept": True}))[
@@ -119,8 +132,45 @@ async def _trip(platform, engine, shape: str) -> None:
                 return where["id"] == driver and distance_m(where["lat"], where["lng"], *NEAR_DOOR) < 200
 
             await eventually(tracked_near_the_door, within=20)
-            resp = await http.post(f"/v1/drivers/deliveries/{delivery}/events",
-                                   json={"event": "deliver", "proof_of_delivery": PROOF},
-                                   headers={"Authorization": f"Bearer {token}"})
+
+            async def page_shows_the_driver_near_the_door():
+                return any(f["type"] == "position" and distance_m(f["lat"], f["lng"], *NEAR_DOOR) < 200
+                           for f in frames)
+
+            await eventually(page_shows_the_driver_near_the_door, within=20)
+            snapshot = frames[0]
+            assert snapshot["type"] == "snapshot" and snapshot["delivery_id"] == delivery
+            pin = snapshot["delivery_pin"]   # what the customer reads out at the door
+
+            driver_app = {"Authorization": f"Bearer {token}"}
+            deliver = {"event": "deliver", "proof_of_delivery": PROOF}
+            resp = await http.post(f"/v1/drivers/deliveries/{delivery}/events", json=deliver, headers=driver_app)
+            assert resp.status_code == 409 and resp.json()["error"]["reason"] == "proof_required", resp.text
+            resp = await http.post(f"/v1/drivers/deliveries/{delivery}/pin", json={"pin": pin}, headers=driver_app)
+            assert resp.status_code == 200 and resp.json()["pin"] == "verified", resp.text
+            resp = await http.put(f"/v1/drivers/deliveries/{delivery}/proof/photo", content=_door_photo(),
+                                  headers={**driver_app, "Content-Type": "image/jpeg"})
+            assert resp.status_code == 200, resp.text
+            resp = await http.post(f"/v1/drivers/deliveries/{delivery}/events", json=deliver, headers=driver_app)
             assert resp.status_code == 200 and resp.json()["status"] == "delivered", resp.text
+
+            async def page_shows_delivered():
+                return any(f["type"] == "status" and f.get("status") == "delivered" for f in frames)
+
+            await eventually(page_shows_delivered, within=20)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                await reader
+            await page.close()
         assert not [f for f in app.frames if f.get("type") == "ack"]   # the app sent no position
+
+
+async def _read(page, frames: list[dict]) -> None:
+    async for raw in page:
+        frames.append(json.loads(raw))
+
+
+def _door_photo() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), (90, 140, 60)).save(out, "JPEG")
+    return out.getvalue()
