@@ -7,6 +7,12 @@ and drives an accepted job along a street path: to the shop, waits for the hando
 to the customer, delivers (or, rarely, fails: nobody home). The engine's geofence sees it
 arrive; nothing here tells the engine where the driver "is" except the fixes themselves.
 
+A driver given a ``tracker`` (``loadtest.tracker_phone``: a request shape and a tracker key)
+reports its fixes through ``/v1/trackers/osmand`` instead, whether or not the app's socket is
+up (a tracker is another device), and sends no ping over the websocket, which it keeps for
+the shift and offers. Pings are counted per channel (``pings_ws``, ``pings_osmand``) and in
+``pings_sent``; refusals by reason alike for both.
+
 Time: movement and delays are simulated seconds (``SimClock``); fix timestamps are the wall
 clock, as a phone's would be.
 """
@@ -33,6 +39,7 @@ from loadtest.city_report import ReplayMetrics
 from loadtest.provision import ApiCaller, ApiFailed
 from loadtest.reconnect import PERMANENT_CLOSE_CODES, Backoff
 from loadtest.sim_clock import SimClock
+from loadtest.tracker_phone import OSMAND_PATH, send_fix, tracker_request
 
 __all__ = ["CityDriver", "Job"]
 
@@ -61,12 +68,17 @@ class CityDriver:
     def __init__(self, spec: dict, driver_id: str, token: str, *, addr: str, api: ApiCaller,
                  clock: SimClock, metrics: ReplayMetrics, readied: dict[str, tuple[str, float]],
                  on_job_end: Callable[[str, str], None], resolution: int = 8,
-                 window_s: float = math.inf) -> None:
+                 window_s: float = math.inf, tracker: tuple[str, str] | None = None,
+                 http: httpx.AsyncClient | None = None) -> None:
         self.spec, self.driver_id, self.token = spec, driver_id, token
         self.addr, self.api, self.clock, self.metrics = addr, api, clock, metrics
         self.readied = readied            # delivery id -> (order key, monotonic time it was marked ready)
         self.on_job_end = on_job_end      # (delivery id, outcome)
         self.resolution = resolution
+        if tracker is not None and http is None:
+            raise ValueError("a driver with a tracker needs an HTTP client for its fixes")
+        self.tracker, self.http = tracker, http   # (request shape, tracker key): fixes go over OsmAnd
+        self.channel = "ws" if tracker is None else "osmand"
         # A shift that lasts to the end of the scenario's window lasts to the end of the replay:
         # orders readied late still need drivers while the replay drains.
         self.shift_end_s = spec["shift_end_s"] if spec["shift_end_s"] < window_s else math.inf
@@ -106,15 +118,21 @@ class CityDriver:
             while not clock.stop.is_set():
                 if self.job is None and clock.now() >= self.shift_end_s:
                     break
+                began = clock.now()
                 self._move()
-                if self.connected.is_set():
+                if self.tracker is not None:   # the tracker reports whether the app is connected or not
+                    await self._ping()
+                elif self.connected.is_set():
                     try:
                         await self._ping()
                     except websockets.ConnectionClosed:
                         self._lost()
-                elif time.monotonic() >= self._next_attempt and not await self._reconnect():
+                if not self.connected.is_set() and time.monotonic() >= self._next_attempt \
+                        and not await self._reconnect():
                     break
-                if not await clock.sleep(spec["ping_interval_s"]):
+                # on the phone's timer: the time a fix took to send (an HTTP round trip for a
+                # tracker) comes off the wait, so both channels report at the same cadence
+                if not await clock.sleep(max(0.0, spec["ping_interval_s"] - (clock.now() - began))):
                     break
         except (ApiFailed, httpx.HTTPError, TimeoutError) as exc:
             self.metrics.counters[f"driver_lost:{type(exc).__name__}"] += 1
@@ -190,13 +208,12 @@ class CityDriver:
                     self._spawn(self._answer(frame))
                 elif kind == "ack":
                     if not frame.get("accepted", 1):
-                        self.metrics.counters["pings_refused"] += 1
+                        self._refused(None)
                 elif (waiter := self._waiting.pop(frame.get("seq"), None)) is not None:
                     if not waiter.done():
                         waiter.set_result(frame)
                 elif kind == "error":
-                    self.metrics.counters["pings_refused"] += 1
-                    self.metrics.counters[f"refused:{frame.get('reason')}"] += 1
+                    self._refused(frame.get("reason"))
         except websockets.ConnectionClosed:
             pass
         finally:
@@ -271,13 +288,41 @@ class CityDriver:
             self.metrics.counters["pings_dropped_out"] += 1
             return
         lat, lng, accuracy = movement.gps_fix(*self.position, self.rng)
-        moving = self.path is not None
-        await self._ws.send(json.dumps({
-            "type": "ping", "seq": next(self._seq), "driver_id": self.driver_id, "lat": lat, "lng": lng,
-            "accuracy": round(accuracy, 1), "speed": round(self.path.speed_mps if moving else 0.0, 2),
-            "heading": round(self.heading, 1), "timestamp": time.time()}))
+        speed = self.path.speed_mps if self.path is not None else 0.0
+        if self.tracker is not None:
+            if not await self._report(lat, lng, accuracy, speed):
+                return
+        else:
+            await self._ws.send(json.dumps({
+                "type": "ping", "seq": next(self._seq), "driver_id": self.driver_id, "lat": lat, "lng": lng,
+                "accuracy": round(accuracy, 1), "speed": round(speed, 2),
+                "heading": round(self.heading, 1), "timestamp": time.time()}))
         self.metrics.counters["pings_sent"] += 1
+        self.metrics.counters[f"pings_{self.channel}"] += 1
         self.metrics.supply_cells[h3.latlng_to_cell(lat, lng, self.resolution)] += 1
+
+    async def _report(self, lat: float, lng: float, accuracy: float, speed: float) -> bool:
+        """One fix through the OsmAnd route; False if it never reached the engine (counted)."""
+        shape, key = self.tracker
+        request = tracker_request(shape, key, lat=lat, lng=lng, accuracy_m=accuracy, speed_mps=speed,
+                                  heading=self.heading, timestamp=time.time(),
+                                  battery=max(0.05, 0.95 - 0.1 * self.clock.now() / 3600))
+        try:
+            accepted, reason, ms = await asyncio.wait_for(send_fix(self.http, request), 10)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            self.metrics.counters[f"tracker_fix_lost:{type(exc).__name__}"] += 1
+            return False
+        self.metrics.record_api(f"{request.method} {OSMAND_PATH}", ms)
+        if not accepted:
+            self._refused(reason)
+        return True
+
+    def _refused(self, reason: str | None) -> None:
+        """A fix the engine did not take (the channel's own reply), by reason when it gave one."""
+        self.metrics.counters["pings_refused"] += 1
+        self.metrics.counters[f"pings_refused_{self.channel}"] += 1
+        if reason is not None:
+            self.metrics.counters[f"refused:{reason}"] += 1
 
     # -- offers and jobs --------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from matplotlib.figure import Figure
 
 from dispatch.core.console import format_table
 from loadtest.report import percentiles_ms
+from loadtest.whatsapp_figures import render_whatsapp, whatsapp_figures
 
 ORDER_EVENTS = ("placed", "assigned", "picked_up", "delivered", "failed", "cancelled", "refused")
 ETA_TOLERANCE_S = 120.0  # "within 2 min": what a customer still calls on time
@@ -53,7 +54,7 @@ _COUNTER_FIGURES = (
     "orders_planned", "orders_placed", "orders_refused", "orders_accepted_by_vendor",
     "orders_ready", "orders_delivered", "orders_failed", "orders_failed_at_door", "orders_cancelled",
     "offers", "offers_accepted", "offers_declined", "offers_ignored",
-    "pings_sent", "pings_refused", "pings_dropped_out",
+    "pings_sent", "pings_refused", "pings_dropped_out", "osmand_drivers",
     "watchers", "tracking_frames", "tracking_positions", "api_errors",
     # how the apps rode out an engine that went away (loadtest.reconnect)
     "api_retries", "driver_reconnects", "watcher_reconnects",
@@ -91,6 +92,8 @@ class ReplayMetrics:
     broker_lag: list[tuple[float, str, int]] = field(default_factory=list)
     demand_cells: Counter[str] = field(default_factory=Counter)
     supply_cells: Counter[str] = field(default_factory=Counter)
+    # --whatsapp: {"database": {template: {status: n}}, "fake": counters, "settled"} (whatsapp_figures)
+    whatsapp: dict[str, Any] | None = None
 
     def t(self) -> float:
         """Wall seconds since the replay started."""
@@ -183,6 +186,11 @@ def summarize(metrics: ReplayMetrics) -> dict[str, Any]:
     figures["refusal_reasons"] = {
         key.split(":", 1)[1]: int(n) for key, n in sorted(c.items()) if key.startswith("refused:")
     }
+    # the driver app's websocket, or the OsmAnd route (--osmand-share)
+    figures["pings_by_channel"] = {channel: int(c[f"pings_{channel}"]) for channel in ("ws", "osmand")}
+    figures["pings_refused_by_channel"] = {channel: int(c[f"pings_refused_{channel}"])
+                                           for channel in ("ws", "osmand")}
+    figures.update(whatsapp_figures(metrics.whatsapp))
 
     assigned = len({key for _, key, event in metrics.orders if event == "assigned"})
     figures["orders_assigned"] = assigned
@@ -294,6 +302,10 @@ def render(summary: dict[str, Any]) -> str:
          f"{_show(s['offers_accepted'])} / {_show(s['offers_declined'])} / "
          f"{_show(s['offers_ignored'])} (accept rate {_share(s['offer_accept_rate'])})"),
         ("pings sent (per wall s)", f"{_show(s['pings_sent'])} ({_show(s['pings_per_s'])}/s)"),
+        ("pings sent / refused over websocket",
+         _pair(s["pings_by_channel"]["ws"], s["pings_refused_by_channel"]["ws"], "")),
+        (f"pings sent / refused over OsmAnd ({_show(s['osmand_drivers'])} drivers)",
+         _pair(s["pings_by_channel"]["osmand"], s["pings_refused_by_channel"]["osmand"], "")),
         ("pings refused / not sent (dropout)",
          _pair(s["pings_refused"], s["pings_dropped_out"], "")),
         ("watchers / tracking frames / positions",
@@ -313,6 +325,7 @@ def render(summary: dict[str, Any]) -> str:
     lag = [("all", _show(s["broker_lag_p99_messages"]), _show(s["broker_lag_max_messages"])),
            *((f"  {label}", "", _show(n))
              for label, n in s["broker_lag_max_by_label_messages"].items())]
+    whatsapp = render_whatsapp(s)
     return "\n\n".join([
         title,
         "Orders\n" + format_table(["measure", "value"], orders),
@@ -321,6 +334,7 @@ def render(summary: dict[str, Any]) -> str:
         "Drivers, offers, tracking\n" + format_table(["measure", "value"], drivers),
         "Latency (ms)\n" + format_table(["what", "count", "p50", "p90", "p99", "max"], latency),
         "Broker lag (messages behind)\n" + format_table(["topic / consumer", "p99", "max"], lag),
+        *([whatsapp] if whatsapp else []),
         f"API errors: {_show(s['api_errors'])}; retries: {_show(s['api_retries'])}; reconnects: "
         f"drivers {_show(s['driver_reconnects'])}, watchers {_show(s['watcher_reconnects'])}",
     ])
@@ -355,6 +369,7 @@ def _report_document(metrics: ReplayMetrics, summary: dict[str, Any]) -> dict[st
         "series": {name: _columns(name, getattr(metrics, name)) for name in _SERIES_COLUMNS},
         "demand_cells": dict(metrics.demand_cells.most_common()),
         "supply_cells": dict(metrics.supply_cells.most_common()),
+        "whatsapp": metrics.whatsapp,
     }
 
 
@@ -367,7 +382,8 @@ def read_metrics(path: str | Path) -> ReplayMetrics:
                             interrupted=run["interrupted"],
                             counters=Counter(document["counters"]),
                             demand_cells=Counter(document["demand_cells"]),
-                            supply_cells=Counter(document["supply_cells"]))
+                            supply_cells=Counter(document["supply_cells"]),
+                            whatsapp=document.get("whatsapp"))
     for name, columns in _SERIES_COLUMNS.items():
         series = document["series"][name]
         rows = zip(*(series[column] for column in columns), strict=True)

@@ -10,6 +10,9 @@ Every run makes its own people and shops (fresh phone numbers, licence numbers a
 a replay never collides with an earlier one; deliveries an interrupted earlier run left open
 in these tenants are cancelled first, as an operator would, so they are not offered to this
 run's drivers.
+
+Drivers named in ``trackers`` (``--osmand-share``) also get a tracker key, issued as
+``wakala driver token issue --tracker`` does: their fixes go through the OsmAnd route.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +29,7 @@ import httpx
 from dispatch.commerce.orders.placing import COLD_CHAIN_TAG
 from dispatch.identity.auth import issue_driver_token
 from dispatch.identity.drivers import NewDriver, create_driver
+from dispatch.identity.trackers import issue_tracker_key
 from dispatch.identity.users import create_user, issue_user_token
 from schema.db import TenantDatabase
 from schema.errors import TenantExists
@@ -100,6 +104,7 @@ class City:
     admins: dict[str, str] = field(default_factory=dict)                # tenant key -> admin token
     vendors: dict[str, ProvisionedVendor] = field(default_factory=dict)
     drivers: dict[str, tuple[str, str]] = field(default_factory=dict)   # key -> (driver id, token)
+    trackers: dict[str, str] = field(default_factory=dict)              # driver key -> tracker key (wkg_)
     customers: dict[str, str] = field(default_factory=dict)             # key -> customer token
 
 
@@ -113,9 +118,11 @@ async def _bounded(limit: int, jobs: list[Awaitable[Any]]) -> list[Any]:
 
 
 async def provision(scenario: Any, settings: PostgresSettings, api: ApiCaller, *,
-                    customers: set[str] | None = None, concurrency: int = 8) -> City:
-    """Tenants, admins, vendors with their catalogues, drivers and the customers named in
-    ``customers`` (default: every customer who orders in the scenario)."""
+                    customers: set[str] | None = None, trackers: Collection[str] = (),
+                    concurrency: int = 8) -> City:
+    """Tenants, admins, vendors with their catalogues, drivers (a tracker key as well for those
+    in ``trackers``) and the customers named in ``customers`` (default: every customer who
+    orders in the scenario)."""
     city = City()
     run = os.urandom(3).hex().upper()
     existing = {t.slug: t for t in await list_tenants(settings)}
@@ -143,6 +150,8 @@ async def provision(scenario: Any, settings: PostgresSettings, api: ApiCaller, *
             driver_id = await create_driver(db, tenant_id, new)
             token = (await issue_driver_token(db, tenant_id, driver_id, ttl_s=86400)).token
             city.drivers[spec["key"]] = (str(driver_id), token)
+            if spec["key"] in trackers:
+                city.trackers[spec["key"]] = (await issue_tracker_key(db, tenant_id, driver_id, ttl_s=86400)).token
         await _bounded(concurrency, [driver(d) for d in scenario.drivers])
 
     async def vendor(spec: dict) -> None:

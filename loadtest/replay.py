@@ -10,12 +10,18 @@ sets up the scenario's city (``loadtest.provision``), then plays the scenario's 
 - vendors accept after their delay and mark the order ready after their preparation time,
   which hands it to the matcher;
 - drivers (``loadtest.city_driver``) ping over the driver websocket, answer offers, drive,
-  pick up and deliver;
+  pick up and deliver; with ``osmand_share`` that share of them reports positions through the
+  OsmAnd route instead (``loadtest.tracker_phone``), keeping the websocket for offers;
 - a sampler reads the broker lag of the location worker and the dispatcher.
 
 When the scenario's window is over, deliveries still under way get ``drain_s`` wall seconds to
 finish; then everyone goes home and the report is written (``loadtest.city_report``). Ctrl-C
 stops at once, cleanly, with a partial report.
+
+With ``whatsapp`` the replay also starts a fake Graph API and turns the engine's WhatsApp
+channel on against it (``loadtest.whatsapp_tally``); the report counts the messages by
+template and status, from the tenants' notifications and from the fake. Only with an engine
+the replay starts: a running engine's settings are not the replay's to change.
 
 An engine the replay starts runs the simulated clock's way: ``WAKALA_SIM_TIME_SCALE`` (ETA
 calibration in simulated seconds), a speed limit on fixes raised by the same factor (a
@@ -43,18 +49,22 @@ import websockets
 from dispatch.api import SIGNATURE_HEADER, sign
 from dispatch.matching.keys import dispatcher_offsets_key
 from loadtest import city as city_scenario
+from loadtest import whatsapp_tally
 from loadtest.city_driver import CityDriver
 from loadtest.city_report import ReplayMetrics, print_report
-from loadtest.processes import free_port, spawn_wakala, stop, wait_healthy
+from loadtest.processes import free_port, spawn_wakala, stop, streams_env, wait_healthy
 from loadtest.provision import ApiCaller, ApiFailed, City, add_customer, provision
 from loadtest.reconnect import PERMANENT_CLOSE_CODES, Backoff, RetryingApi
 from loadtest.sim_clock import SimClock
+from loadtest.tracker_phone import parse_share, tracker_drivers
+from loadtest.whatsapp_tally import WHATSAPP_NEEDS_OWN_ENGINE
+from schema.db import TenantDatabase
 from schema.errors import WakalaError
 from schema.settings import PostgresSettings
 from streams.keys import ingest_offsets_key
 from streams.settings import StreamSettings
 
-__all__ = ["ReplayOptions", "parse_speed", "run_replay"]
+__all__ = ["WHATSAPP_NEEDS_OWN_ENGINE", "ReplayOptions", "parse_share", "parse_speed", "run_replay"]
 
 TERMINAL = ("delivered", "failed", "cancelled")
 LAG_SAMPLE_S = 2.0
@@ -84,16 +94,27 @@ class ReplayOptions:
     postgres: PostgresSettings | None = None   # default: WAKALA_* from the environment
     streams: StreamSettings | None = None      # default: WAKALA_* from the environment
     secret: str | None = None             # payment callback secret of a given engine (default: env)
+    osmand_share: float = 0.0             # share of the drivers whose fixes go through the OsmAnd route
+    whatsapp: bool = False                # a fake Graph API and the engine's WhatsApp channel on
+    whatsapp_receipts: bool = True        # the fake sends signed status webhooks back to the engine
+    whatsapp_settle_s: float = 30.0       # wall seconds the last messages get before they are counted
+
+    def __post_init__(self) -> None:
+        parse_share(self.osmand_share)    # a ValueError naming --osmand-share
 
 
 def engine_env(speed: float, port: int, secret: str, base: dict[str, str] | None = None,
-               postgres: PostgresSettings | None = None) -> dict[str, str]:
+               postgres: PostgresSettings | None = None, streams: StreamSettings | None = None,
+               extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of an engine that runs at the replay's clock (see the module doc), on
-    the databases of ``postgres`` when given."""
+    the databases of ``postgres`` and the broker, topics and group of ``streams`` when given,
+    with ``extra`` (the WhatsApp channel's settings) on top."""
     env = dict(os.environ if base is None else base)
     if postgres is not None:
         env["WAKALA_CONTROL_DSN"] = postgres.control.url()
         env["WAKALA_SHARD_DATABASES"] = ",".join(postgres.shard_databases)
+    if streams is not None:
+        env.update(streams_env(streams))
     env.update({
         "WAKALA_HTTP_PORT": str(port),
         "WAKALA_SIM_TIME_SCALE": f"{speed:g}",
@@ -106,6 +127,7 @@ def engine_env(speed: float, port: int, secret: str, base: dict[str, str] | None
         "WAKALA_PING_RATE_LIMIT": str(round(60 * max(speed, 1.0))),
         "WAKALA_DRIVER_ACTION_LIMIT": str(round(30 * max(speed, 1.0))),
     })
+    env.update(extra or {})
     return env
 
 
@@ -126,6 +148,7 @@ class Replay:
         self.city: City | None = None
         self.api: ApiCaller | None = None
         self.link_shown = False
+        self.ctrl_c = asyncio.Event()              # set by Ctrl-C (the clock's stop is also set at a normal end)
         self.acknowledged: list[tuple[str, str]] = []   # (tenant id, order id) the API confirmed
         self._tasks: set[asyncio.Task] = set()
 
@@ -356,7 +379,10 @@ class Replay:
         self.announce(f"Setting up the city: {len(scenario.tenants)} tenants, {len(scenario.vendors)} vendors, "
                       f"{len(scenario.drivers)} drivers, {len({o['customer'] for o in scenario.orders})} "
                       "customers who order ...")
-        self.city = await provision(scenario, pg, ApiCaller(http))
+        trackers = tracker_drivers([d["key"] for d in scenario.drivers], options.osmand_share,
+                                   int(scenario.header["seed"]))
+        self.metrics.counters["osmand_drivers"] = len(trackers)
+        self.city = await provision(scenario, pg, ApiCaller(http), trackers=trackers)
         self.api = RetryingApi(http, self.metrics.record_api, count=self._count, stop=self.clock.stop)
         busiest = max(self.city.vendors, key=lambda k: sum(o["vendor"] == k for o in scenario.orders))
         self.announce(f"Vendor order feed of {scenario.vendor(busiest)['name']}: "
@@ -366,10 +392,12 @@ class Replay:
         self.metrics.started_at = time.time()
         for spec in scenario.drivers:
             driver_id, token = self.city.drivers[spec["key"]]
+            shape = trackers.get(spec["key"])
             self.drivers.append(CityDriver(spec, driver_id, token, addr=self.addr, api=self.api, clock=self.clock,
                                            metrics=self.metrics, readied=self.readied,
                                            on_job_end=self.job_ended, resolution=self.resolution,
-                                           window_s=duration))
+                                           window_s=duration, http=http,
+                                           tracker=None if shape is None else (shape, self.city.trackers[spec["key"]])))
         actors = [self.spawn(d.run(), f"driver-{d.spec['key']}") for d in self.drivers]
         actors += [self.spawn(self.order(o), f"order-{i}") for i, o in enumerate(scenario.orders)]
         self.spawn(self.sample_lag(streams), "broker-lag")
@@ -397,6 +425,16 @@ class Replay:
     def _orders_in_flight(self) -> bool:
         return any(t.get_name().startswith("order-") and not t.done() for t in self._tasks)
 
+    async def count_whatsapp(self, pg: PostgresSettings, rig: whatsapp_tally.FakeRig) -> None:
+        """The messages of the orders placed, once settled (at once after Ctrl-C)."""
+        orders: dict[str, list[str]] = {}
+        for tenant_id, order_id in self.acknowledged:
+            orders.setdefault(tenant_id, []).append(order_id)
+        async with TenantDatabase(pg) as db:
+            self.metrics.whatsapp = await whatsapp_tally.settle(
+                db, orders, rig.fake, within_s=0.0 if self.metrics.interrupted else self.options.whatsapp_settle_s,
+                stop=self.ctrl_c)
+
 
 async def run_replay(options: ReplayOptions, announce: Callable[[str], None] | None = None, *,
                      observe: Callable[[Replay], None] | None = None) -> dict:
@@ -408,8 +446,10 @@ async def run_replay(options: ReplayOptions, announce: Callable[[str], None] | N
     scenario = city_scenario.read(options.scenario)
     pg, streams = options.postgres or PostgresSettings.from_env(), options.streams or StreamSettings.from_env()
     report_dir = options.report_dir or Path(".wakala", "reports", time.strftime("replay-%Y%m%d-%H%M%S"))
-    engine = None
+    engine = rig = None
     if options.engine:
+        if options.whatsapp:
+            raise WakalaError(WHATSAPP_NEEDS_OWN_ENGINE)
         addr = options.engine.removeprefix("http://").rstrip("/")
         secret = options.secret or os.environ.get("WAKALA_PAYMENT_WEBHOOK_SECRET")
         if not secret:
@@ -417,10 +457,20 @@ async def run_replay(options: ReplayOptions, announce: Callable[[str], None] | N
     else:
         port, secret = free_port(), os.urandom(16).hex()
         addr = f"127.0.0.1:{port}"
+        if options.whatsapp:
+            rig = await whatsapp_tally.start_fake(addr, receipts=options.whatsapp_receipts)
+            say(f"WhatsApp on, against a fake Graph API at {rig.fake.url} "
+                f"(status webhooks {'on' if options.whatsapp_receipts else 'off'})")
         log_path = os.path.join(".wakala", "replay-engine.log")
         say(f"Starting the engine on http://{addr} (log {log_path}) ...")
-        engine = spawn_wakala(["engine", "all"], engine_env(options.speed, port, secret, postgres=options.postgres),
-                              log_path)
+        try:
+            engine = spawn_wakala(["engine", "all"], engine_env(
+                options.speed, port, secret, postgres=options.postgres, streams=options.streams,
+                extra=None if rig is None else whatsapp_tally.whatsapp_env(rig)), log_path)
+        except BaseException:
+            if rig is not None:
+                await rig.fake.stop()
+            raise
     replay = Replay(scenario, options, addr, secret, say)
     if observe is not None:
         observe(replay)
@@ -429,6 +479,7 @@ async def run_replay(options: ReplayOptions, announce: Callable[[str], None] | N
     def interrupted() -> None:
         replay.metrics.interrupted = True
         replay.clock.stop.set()
+        replay.ctrl_c.set()
         say("Ctrl-C: stopping; the report covers what happened so far")
         loop.remove_signal_handler(signal.SIGINT)   # a second Ctrl-C stops at once
     loop.add_signal_handler(signal.SIGINT, interrupted)
@@ -439,10 +490,19 @@ async def run_replay(options: ReplayOptions, announce: Callable[[str], None] | N
                 raise WakalaError(f"the engine at {addr} did not answer /healthz"
                                    + ("" if engine is None else "; see .wakala/replay-engine.log"))
             await replay.run(http, pg, streams)
+            if rig is not None:
+                if not replay.metrics.interrupted:
+                    say("Counting the WhatsApp messages once the last ones are sent ...")
+                await replay.count_whatsapp(pg, rig)
     finally:
         with contextlib.suppress(Exception):
             loop.remove_signal_handler(signal.SIGINT)
-        if engine is not None:
+        if engine is not None and rig is not None:
+            # in a thread: the fake answers from this loop the posts the stopping engine finishes
+            await asyncio.to_thread(stop, engine)
+        elif engine is not None:
             stop(engine)
+        if rig is not None:   # after the engine: its posts in flight when it stops get their answers
+            await rig.fake.stop()
         replay.metrics.finish()
     return print_report(replay.metrics, report_dir)

@@ -236,6 +236,15 @@ def _speed(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _share(text: str) -> float:
+    from loadtest.tracker_phone import parse_share
+
+    try:
+        return parse_share(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 async def _loadtest(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -266,7 +275,8 @@ async def _loadtest(args: argparse.Namespace) -> int:
     try:
         summary = await run_replay(ReplayOptions(
             scenario=scenario, speed=args.speed, report_dir=args.report and Path(args.report),
-            engine=args.engine, drain_s=args.drain, progress=not args.no_progress, max_wall_s=args.max_wall))
+            engine=args.engine, drain_s=args.drain, progress=not args.no_progress, max_wall_s=args.max_wall,
+            osmand_share=args.osmand_share, whatsapp=args.whatsapp))
     except ScenarioError as exc:
         raise WakalaError(f"{exc}; make a new one with `wakala loadtest generate`") from None
     return 0 if summary.get("orders_placed") else 1
@@ -386,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--drain", type=float, default=90.0, help="wall seconds for deliveries under way at the end")
     rep.add_argument("--max-wall", type=float, help="stop after this many wall seconds (partial report)")
     rep.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    rep.add_argument("--osmand-share", type=_share, default=0.0,
+                     help="share of the drivers (0-1) whose fixes go through /v1/trackers/osmand")
+    rep.add_argument("--whatsapp", action="store_true",
+                     help="WhatsApp on against a fake Graph API; messages counted in the report")
     p.set_defaults(handler=_loadtest)
 
     p = sub.add_parser("demo", help="show the running system")

@@ -1,7 +1,10 @@
 """The city replay end to end: a small scenario through a real engine, its report, Ctrl-C.
 
 Against the real services (PostgreSQL/PostGIS, Redis, the broker); the replay starts its own
-engine (``wakala engine all``) as a user's ``wakala loadtest replay`` would.
+engine (``wakala engine all``) as a user's ``wakala loadtest replay`` would. The end-to-end
+run also sends three drivers in ten through the OsmAnd route (``--osmand-share 0.3``) and
+turns WhatsApp on against the fake Graph API (``--whatsapp``): one replay proves all three,
+as it is the suite's longest test.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ import pytest
 
 from dispatch.cli import build_parser, main
 from loadtest import city
-from loadtest.replay import ReplayOptions, engine_env, parse_speed, run_replay
+from loadtest.replay import (
+    WHATSAPP_NEEDS_OWN_ENGINE,
+    ReplayOptions,
+    engine_env,
+    parse_speed,
+    run_replay,
+)
+from loadtest.whatsapp_figures import SENT_STATUSES
 from schema.db import TenantDatabase
 from schema.tenants import list_tenants
 
@@ -58,11 +68,34 @@ def test_an_engine_started_by_the_replay_runs_at_the_replays_clock():
     ["loadtest", "generate", "--start", "noon"],
     ["loadtest", "replay", "x.jsonl", "--speed", "fast"],
     ["loadtest", "replay", "x.jsonl", "--speed", "1000x"],
+    ["loadtest", "replay", "x.jsonl", "--osmand-share", "nan"],
+    ["loadtest", "replay", "x.jsonl", "--osmand-share", "1.5"],
+    ["loadtest", "replay", "x.jsonl", "--osmand-share", "-0.1"],
+    ["loadtest", "replay", "x.jsonl", "--osmand-share", "30%"],
 ])
 def test_hostile_command_lines_are_refused_by_the_parser(argv, capsys):
     with pytest.raises(SystemExit) as refused:
         build_parser().parse_args(argv)
-    assert refused.value.code == 2 and "error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "error" in err
+    if "--osmand-share" in argv:
+        assert "argument --osmand-share: --osmand-share must be a number between 0 and 1" in err
+
+
+def test_whatsapp_against_an_engine_the_replay_did_not_start_is_refused_saying_why(tmp_path, capsys):
+    scenario = tmp_path / "c.jsonl"
+    city.write(city.generate(small_city(3)), scenario)
+    assert main(["loadtest", "replay", str(scenario), "--engine", "127.0.0.1:1", "--whatsapp"]) == 2
+    err = capsys.readouterr().err
+    assert WHATSAPP_NEEDS_OWN_ENGINE in err and "WAKALA_WHATSAPP_GRAPH_URL" in err
+
+
+def test_an_engine_started_by_the_replay_uses_the_replays_streams_and_whatsapp_settings(stream_settings):
+    env = engine_env(10.0, 1, "s", base={}, streams=stream_settings,
+                     extra={"WAKALA_WHATSAPP_GRAPH_URL": "http://127.0.0.1:9/v21.0"})
+    assert env["WAKALA_APP_ID"] == stream_settings.app_id
+    assert env["WAKALA_ORDER_EVENTS_TOPIC"] == stream_settings.order_events_topic
+    assert env["WAKALA_WHATSAPP_GRAPH_URL"] == "http://127.0.0.1:9/v21.0"
 
 
 @pytest.mark.parametrize("flag, value", [("--drivers", "-1"), ("--tenants", "0"), ("--vendors", "-3"),
@@ -92,7 +125,7 @@ def test_replaying_a_missing_or_corrupt_scenario_says_what_to_do(tmp_path, capsy
     assert "line 1" in capsys.readouterr().err
 
 
-async def test_a_small_city_replays_end_to_end_and_writes_its_report(platform, tmp_path, capsys):
+async def test_a_small_city_replays_end_to_end_and_writes_its_report(platform, stream_settings, tmp_path, capsys):
     scenario_path = tmp_path / "small.jsonl"
     scenario = city.generate(small_city())
     for vendor in scenario.vendors:   # quick kitchens: the orders end within the drain, not minutes after
@@ -101,8 +134,11 @@ async def test_a_small_city_replays_end_to_end_and_writes_its_report(platform, t
     city.write(scenario, scenario_path)
     started = time.time()
     report = tmp_path / "report"
+    replays = []
     summary = await run_replay(ReplayOptions(scenario=scenario_path, speed=20.0, report_dir=report, drain_s=90,
-                                             progress=False, max_wall_s=300, postgres=platform))
+                                             progress=False, max_wall_s=300, postgres=platform,
+                                             streams=stream_settings, osmand_share=0.3, whatsapp=True),
+                               observe=replays.append)
     printed = capsys.readouterr().out.strip().splitlines()
 
     planned = len(scenario.orders)
@@ -111,16 +147,45 @@ async def test_a_small_city_replays_end_to_end_and_writes_its_report(platform, t
     assert summary["orders_refused"] == 0 and summary["api_errors"] == 0
     assert summary["orders_delivered"] >= 1 and summary["interrupted"] is False
     assert summary["pings_sent"] > 0 and summary["offers"] >= summary["orders_delivered"]
+    # three drivers in ten on the OsmAnd route, the others on the websocket; the engine took their fixes
+    channels = summary["pings_by_channel"]
+    assert summary["osmand_drivers"] == 3 and channels["osmand"] > 0 and channels["ws"] > 0
+    assert channels["ws"] + channels["osmand"] == summary["pings_sent"]
+    assert summary["pings_refused_by_channel"]["osmand"] <= 0.05 * channels["osmand"], summary["refusal_reasons"]
+    assert len(replays[0].city.trackers) == 3
+    assert all(key.startswith("wkg_") for key in replays[0].city.trackers.values())
     # what the replay counted is what the shards hold
     slugs = {t["slug"] for t in scenario.tenants}
-    delivered = 0
+    delivered, templates_of, stored = 0, {}, {}
     async with TenantDatabase(platform) as db:
         for tenant in (t for t in await list_tenants(platform) if t.slug in slugs):
             async with db.tenant_transaction(tenant.id, readonly=True) as tx:
-                delivered += await tx.fetchval(
-                    "SELECT count(*) FROM deliveries WHERE status = 'delivered' AND delivered_at >= to_timestamp($1)",
-                    started)
+                orders = [r["order_id"] for r in await tx.fetch(
+                    "SELECT order_id FROM deliveries WHERE status = 'delivered' AND delivered_at >= to_timestamp($1)",
+                    started)]
+                delivered += len(orders)
+                for row in await tx.fetch("SELECT order_id, template, status FROM notifications "
+                                          "WHERE order_id = ANY($1::uuid[])", orders):
+                    templates_of.setdefault(row["order_id"], {})[row["template"]] = row["status"]
+                for row in await tx.fetch("SELECT template, status, count(*)::int AS n FROM notifications "
+                                          "WHERE created_at >= to_timestamp($1) GROUP BY 1, 2", started):
+                    by_status = stored.setdefault(row["template"], {})
+                    by_status[row["status"]] = by_status.get(row["status"], 0) + row["n"]
     assert delivered == summary["orders_delivered"]
+    # WhatsApp: each delivered order's customer was told at each step, and the shop of each order
+    assert len(templates_of) == delivered
+    for order_id, templates in templates_of.items():
+        for template in ("order_confirmed", "vendor_new_order", "driver_assigned", "order_delivered"):
+            assert templates.get(template) in SENT_STATUSES, (order_id, templates)
+    # the report's counts are the database's, and they equal what reached the fake Graph API
+    assert summary["whatsapp_by_template_status"] == stored
+    assert summary["whatsapp_settled"] is True and summary["whatsapp_counts_match"] is True
+    fake = summary["whatsapp_fake_by_template"]
+    for template, by_status in stored.items():
+        assert fake.get(template, {}).get("accepted", 0) == sum(by_status.get(s, 0) for s in SENT_STATUSES)
+    assert summary["whatsapp_sent"] == summary["whatsapp_fake_accepted"] >= 4 * delivered
+    assert summary["whatsapp_failed"] == 0 and summary["whatsapp_pending"] == 0
+    assert summary["whatsapp_delivered"] >= 1   # the fake's signed receipts reached the engine's webhook
     # the report: files, JSON for machines, and the last printed line is the figures
     names = sorted(p.name for p in report.iterdir())
     assert names == ["eta_error.png", "latency_over_time.png", "orders_over_time.png", "report.json",
@@ -129,6 +194,7 @@ async def test_a_small_city_replays_end_to_end_and_writes_its_report(platform, t
     assert json.loads((report / "report.json").read_text())["summary"] == summary
     assert json.loads(printed[-1]) == summary
     assert any(line.startswith("Vendor order feed of ") and "/vendor#wku_" in line for line in printed)
+    assert any(line.startswith("WhatsApp messages (database and fake agree") for line in printed)
 
 
 def test_ctrl_c_stops_the_replay_cleanly_with_a_partial_report(platform, tmp_path):
