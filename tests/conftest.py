@@ -328,21 +328,17 @@ async def _migrated_template(pg_base: DSN, _session_cleanup: DatabaseGraveyard) 
     return template
 
 
-@pytest.fixture
-async def platform(fresh_settings: PostgresSettings,
-                   _migrated_template: PostgresSettings) -> PostgresSettings:
-    """A migrated control plane with two empty shards.
-
-    Cloned from the session's template, then made what ``migrate`` would have left: the
-    control plane's shard map names this test's shards, and the application role may connect
-    to each database (a database-level grant is not part of what a clone copies).
-    """
+async def clone_platform(settings: PostgresSettings, template: PostgresSettings) -> PostgresSettings:
+    """Make ``settings``' databases clones of the migrated ``template``, then what ``migrate``
+    would have left: the control plane's shard map names these shards, and the application
+    role may connect to each database (a database-level grant is not part of what a clone
+    copies)."""
     pairs = list(zip(
-        (_migrated_template.control.database, *_migrated_template.shard_databases),
-        (fresh_settings.control.database, *fresh_settings.shard_databases),
+        (template.control.database, *template.shard_databases),
+        (settings.control.database, *settings.shard_databases),
         strict=True,
     ))
-    admin = await asyncpg.connect(fresh_settings.control.with_database("postgres").url())
+    admin = await asyncpg.connect(settings.control.with_database("postgres").url())
     try:
         for source, target in pairs:
             src = await admin.fetchval("SELECT quote_ident($1)", source)
@@ -350,18 +346,44 @@ async def platform(fresh_settings: PostgresSettings,
             # WAL_LOG: FILE_COPY would wait for two checkpoints; a clone accepts connections
             # (ALLOW_CONNECTIONS is not copied from the template).
             await admin.execute(f"CREATE DATABASE {dst} TEMPLATE {src} STRATEGY WAL_LOG")
-            role = await admin.fetchval("SELECT quote_ident($1)", fresh_settings.app_role)
+            role = await admin.fetchval("SELECT quote_ident($1)", settings.app_role)
             await admin.execute(f"GRANT CONNECT ON DATABASE {dst} TO {role}")
     finally:
         await admin.close()
-    control = await asyncpg.connect(fresh_settings.control.url())
+    control = await asyncpg.connect(settings.control.url())
     try:
-        for shard_id, database in enumerate(fresh_settings.shard_databases):
+        for shard_id, database in enumerate(settings.shard_databases):
             await control.execute("UPDATE shard_map SET database_name = $1 WHERE shard_id = $2",
                                   database, shard_id)
     finally:
         await control.close()
-    return fresh_settings
+    return settings
+
+
+@pytest.fixture
+async def platform(fresh_settings: PostgresSettings,
+                   _migrated_template: PostgresSettings) -> PostgresSettings:
+    """A migrated control plane with two empty shards, a clone of the session's template."""
+    return await clone_platform(fresh_settings, _migrated_template)
+
+
+@pytest.fixture(scope="module")
+async def module_platform(pg_base: DSN, _session_cleanup: DatabaseGraveyard, _redis_leftovers: RedisLeftovers,
+                          _migrated_template: PostgresSettings) -> AsyncIterator[PostgresSettings]:
+    """One platform for every test of a module, for modules whose tests each make their own
+    tenant (random names) and look only at it: a clone and its drop (a forced checkpoint)
+    cost a test seconds on a busy server, and most of a short test's time. A module that
+    overrides ``platform`` with this one says so in its docstring."""
+    prefix = f"{SESSION_PREFIX}_{uuid.uuid4().hex[:8]}"
+    settings = await clone_platform(_settings_under(pg_base, prefix), _migrated_template)
+    yield settings
+    await _redis_leftovers.note_ids_in(settings)
+    conn = await asyncpg.connect(pg_base.url())
+    try:
+        names = await _names_under(conn, prefix)
+    finally:
+        await conn.close()
+    await _session_cleanup.bury(names)
 
 
 @pytest.fixture(scope="session")
@@ -408,15 +430,12 @@ async def _test_topics(kafka_bootstrap: str) -> AsyncIterator[list[str]]:
         await asyncio.wait_for(admin.close(), 10)
 
 
-@pytest.fixture
-def stream_settings(redis_url: str, kafka_bootstrap: str, _test_topics: list[str],
-                    _redis_leftovers: RedisLeftovers):
-    """Stream settings with topic names and consumer group of this test only."""
+def _stream_settings(redis_url: str, kafka_bootstrap: str, topics: list[str], leftovers: RedisLeftovers):
     from streams.settings import StreamSettings
 
     suffix = uuid.uuid4().hex[:10]
-    _test_topics.append(suffix)
-    _redis_leftovers.suffixes.append(suffix)
+    topics.append(suffix)
+    leftovers.suffixes.append(suffix)
     return replace(
         StreamSettings.from_env(),
         kafka_bootstrap=kafka_bootstrap,
@@ -427,6 +446,20 @@ def stream_settings(redis_url: str, kafka_bootstrap: str, _test_topics: list[str
         order_events_topic=f"order-events-{suffix}",
         app_id=f"wakala-test-{suffix}",
     )
+
+
+@pytest.fixture
+def stream_settings(redis_url: str, kafka_bootstrap: str, _test_topics: list[str],
+                    _redis_leftovers: RedisLeftovers):
+    """Stream settings with topic names and consumer group of this test only."""
+    return _stream_settings(redis_url, kafka_bootstrap, _test_topics, _redis_leftovers)
+
+
+@pytest.fixture(scope="module")
+def module_stream_settings(redis_url: str, kafka_bootstrap: str, _test_topics: list[str],
+                           _redis_leftovers: RedisLeftovers):
+    """Stream settings shared by a module's tests (with ``module_platform``: one engine for them)."""
+    return _stream_settings(redis_url, kafka_bootstrap, _test_topics, _redis_leftovers)
 
 
 @pytest.fixture(scope="session", autouse=True)

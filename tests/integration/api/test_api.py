@@ -13,6 +13,13 @@ from schema.tenants import create_tenant
 from tests.integration.engine_helpers import running_app
 
 pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+async def platform(module_platform):
+    """One platform for the module: every test makes its own tenants (``module_platform``)."""
+    return module_platform
+
 SECRET = "test-webhook-secret"
 VENDOR = {"business_name": "Mama Thoko Spaza", "address": {"street": "1 Vilakazi St"}, "lat": -26.236,
           "lng": 27.909, "delivery_radius_m": 6000, "minimum_order_value": "10.00", "payment_methods": ["cash", "card"]}
@@ -68,9 +75,9 @@ async def _tenant_with_admin(platform) -> tuple:
     return tenant, token
 
 
-@pytest.fixture
-async def api(platform, stream_settings):
-    async with running_app(platform, stream_settings, payment_webhook_secret=SECRET) as (addr, state):
+@pytest.fixture(scope="module")
+async def api(platform, module_stream_settings):
+    async with running_app(platform, module_stream_settings, payment_webhook_secret=SECRET) as (addr, state):
         async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=30) as http:
             yield http, state
 

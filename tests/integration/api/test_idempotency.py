@@ -1,4 +1,7 @@
-"""Idempotency-Key on the REST API's unsafe routes, through the running engine: a retry acts once."""
+"""Idempotency-Key on the REST API's unsafe routes, through the running engine: a retry acts once.
+
+Every test makes its own tenant and looks only at it, so the module shares one platform and
+one engine (``module_platform``)."""
 
 import asyncio
 import uuid
@@ -14,9 +17,14 @@ from tests.integration.engine_helpers import running_app
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture
-async def api(platform, stream_settings):
-    async with running_app(platform, stream_settings, payment_webhook_secret=SECRET) as (addr, state):
+@pytest.fixture(scope="module")
+async def platform(module_platform):
+    return module_platform
+
+
+@pytest.fixture(scope="module")
+async def api(platform, module_stream_settings):
+    async with running_app(platform, module_stream_settings, payment_webhook_secret=SECRET) as (addr, state):
         async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=30) as http:
             yield http, state
 

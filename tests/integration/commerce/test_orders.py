@@ -41,6 +41,13 @@ from tests.integration.deliveries.test_outbox import _events as consume
 
 pytestmark = pytest.mark.timeout(180)
 
+
+@pytest.fixture(scope="module")
+async def platform(module_platform):
+    """One platform for the module: every test makes its own tenants (``module_platform``)."""
+    return module_platform
+
+
 VENDOR_AT = (-26.2360, 27.9090)                 # Orlando, Soweto
 HOME = destination(*VENDOR_AT, 90.0, 1500)      # 1.5 km east
 FAR = destination(*VENDOR_AT, 90.0, 8000)       # beyond the 5 km radius
@@ -132,7 +139,7 @@ async def build_shop(db: TenantDatabase, tenant_id: str, cache: Cache) -> Shop:
 
 @pytest.fixture
 async def shop(platform, redis_url):
-    tenant = await create_tenant(platform, "Orders Spaza")
+    tenant = await create_tenant(platform, f"Orders Spaza {uuid.uuid4().hex[:6]}")
     redis = aioredis.from_url(redis_url)
     async with TenantDatabase(platform) as db:
         yield await build_shop(db, str(tenant.id), Cache(redis))
@@ -542,7 +549,7 @@ async def test_a_vendor_or_customer_cannot_touch_anothers_order(shop):
 
 async def test_another_tenant_cannot_see_or_move_the_order(shop, platform):
     view = await place(shop, ("maize", 1), payment_method="card")
-    other = str((await create_tenant(platform, "Elsewhere Spaza")).id)
+    other = str((await create_tenant(platform, f"Elsewhere Spaza {uuid.uuid4().hex[:6]}")).id)
     before = await snapshot(shop)
     for attempt in (
         get_order(shop.db, other, view["id"]),

@@ -27,6 +27,13 @@ from schema.db import TenantDatabase
 from schema.migrate import load_migrations, migrate
 from schema.tenants import Tenant, create_tenant
 
+
+@pytest.fixture(scope="module")
+async def platform(module_platform):
+    """One platform for the module: every test makes its own tenants (``module_platform``)."""
+    return module_platform
+
+
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 PICKUP = (-26.2041, 28.0473)
 DROPOFF = (-26.1952, 28.0341)
@@ -66,7 +73,7 @@ async def _populate(db: TenantDatabase, tenant: Tenant) -> World:
 
 @pytest.fixture
 async def world(platform):
-    tenant = await create_tenant(platform, "Dispatch Spaza")
+    tenant = await create_tenant(platform, f"Dispatch Spaza {uuid.uuid4().hex[:6]}")
     async with TenantDatabase(platform) as db:
         yield db, await _populate(db, tenant)
 
@@ -247,7 +254,7 @@ async def test_cancel_from_offered_records_reason_and_cancels_the_order(world):
 
 async def test_another_tenant_cannot_see_or_transition_the_delivery(world, platform):
     db, w = world
-    other = await create_tenant(platform, "Other Spaza")
+    other = await create_tenant(platform, f"Other Spaza {uuid.uuid4().hex[:6]}")
     await transition(db, w.tenant.id, w.delivery_id, "offer", at=T0, driver_id=w.driver_id)
     before = await _tables(db, w)
     with pytest.raises(UnknownDelivery):
@@ -314,7 +321,7 @@ async def test_migrate_brings_a_tenant_created_before_0010_up_to_date(platform, 
     assert every[-1].version >= "0010"
     older = [m for m in every if m.version < "0010"]
     monkeypatch.setattr(migrate_module, "load_migrations", lambda kind, root=None: older)
-    tenant = await create_tenant(platform, "Early Spaza")
+    tenant = await create_tenant(platform, f"Early Spaza {uuid.uuid4().hex[:6]}")
     async with TenantDatabase(platform) as db:
         w = await _populate_pre_0010(db, tenant)
     monkeypatch.undo()

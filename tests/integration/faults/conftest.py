@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import SESSION_PREFIX, _names_under, _settings_under
+from tests.conftest import SESSION_PREFIX, _names_under, _settings_under, clone_platform
 from tests.integration.faults.rig import Rig, invariants, small_city
 
 
@@ -34,26 +34,7 @@ def _baseline_dir(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> P
 
 async def _clone_platform(pg_base, template):
     """Databases like the ``platform`` fixture's (a clone of the session's migrated template)."""
-    settings = _settings_under(pg_base, f"{SESSION_PREFIX}_{uuid.uuid4().hex[:8]}")
-    admin = await asyncpg.connect(pg_base.url())
-    try:
-        role = await admin.fetchval("SELECT quote_ident($1)", settings.app_role)
-        for source, target in zip((template.control.database, *template.shard_databases),
-                                  (settings.control.database, *settings.shard_databases), strict=True):
-            src = await admin.fetchval("SELECT quote_ident($1)", source)
-            dst = await admin.fetchval("SELECT quote_ident($1)", target)
-            await admin.execute(f"CREATE DATABASE {dst} TEMPLATE {src} STRATEGY WAL_LOG")
-            await admin.execute(f"GRANT CONNECT ON DATABASE {dst} TO {role}")
-    finally:
-        await admin.close()
-    control = await asyncpg.connect(settings.control.url())
-    try:
-        for shard_id, database in enumerate(settings.shard_databases):
-            await control.execute("UPDATE shard_map SET database_name = $1 WHERE shard_id = $2",
-                                  database, shard_id)
-    finally:
-        await control.close()
-    return settings
+    return await clone_platform(_settings_under(pg_base, f"{SESSION_PREFIX}_{uuid.uuid4().hex[:8]}"), template)
 
 
 class Baseline:

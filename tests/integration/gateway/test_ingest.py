@@ -23,6 +23,13 @@ from tests.integration.engine_helpers import running_engine
 
 pytestmark = pytest.mark.timeout(180)
 
+
+@pytest.fixture(scope="module")
+async def platform(module_platform):
+    """One platform for the module: every test makes its own tenants (``module_platform``)."""
+    return module_platform
+
+
 SOWETO = (-26.2485, 27.8540)
 
 
@@ -35,7 +42,7 @@ def ping(driver_id, /, **overrides):
 
 @pytest.fixture
 async def drivers(platform, redis_url):
-    tenant = await create_tenant(platform, "Gateway Spaza")
+    tenant = await create_tenant(platform, f"Gateway Spaza {uuid.uuid4().hex[:6]}")
     async with TenantDatabase(platform) as db:
         ids, tokens = [], []
         for i in range(2):
@@ -182,7 +189,7 @@ async def test_a_driver_cannot_report_another_drivers_position(platform, stream_
 
 async def test_a_token_from_another_tenant_cannot_report_for_this_tenants_driver(platform, stream_settings, drivers):
     _, ids, _ = drivers
-    other = await create_tenant(platform, "Other Tenant")
+    other = await create_tenant(platform, f"Other Tenant {uuid.uuid4().hex[:6]}")
     async with TenantDatabase(platform) as db:
         stranger = await create_driver(db, other.id, NewDriver("Thabo", "Other", "+27730000001", "LIC-X-1",
                                                                "car", "GP 999-111"))
@@ -310,7 +317,7 @@ async def test_openapi_document_describes_the_ingest_endpoints(platform, stream_
                                           ("first_name", "Robert'); DROP TABLE drivers;--"),
                                           ("vehicle_registration", "<script>")])
 async def test_invalid_driver_records_are_refused(platform, field, value):
-    tenant = await create_tenant(platform, "Driver Validation")
+    tenant = await create_tenant(platform, f"Driver Validation {uuid.uuid4().hex[:6]}")
     fields = dict(first_name="Lerato", last_name="M", phone_number="+27820000000", license_number="LIC-1",
                   vehicle_type="car", vehicle_registration="GP 123-456")
     fields[field] = value

@@ -19,6 +19,13 @@ from schema.tenants import create_tenant
 from tests.integration.engine_helpers import running_app
 
 pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+async def platform(module_platform):
+    """One platform for the module: every test makes its own tenants (``module_platform``)."""
+    return module_platform
+
 APP_SECRET = "meta-app-secret-for-tests-0123456789"
 VERIFY = "verify-token-for-tests"
 PATH = "/v1/whatsapp/webhook"
@@ -66,9 +73,9 @@ async def post(http: httpx.AsyncClient, raw: bytes, signature: str | None = "sig
     return await http.post(PATH, content=raw, headers=headers)
 
 
-@pytest.fixture
-async def api(platform, stream_settings):
-    async with running_app(platform, stream_settings, whatsapp_app_secret=APP_SECRET,
+@pytest.fixture(scope="module")
+async def api(platform, module_stream_settings):
+    async with running_app(platform, module_stream_settings, whatsapp_app_secret=APP_SECRET,
                            whatsapp_verify_token=VERIFY) as (addr, state):
         async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=30) as http:
             yield http
