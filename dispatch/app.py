@@ -56,6 +56,7 @@ from dispatch.matching.calibration import CalibrationStore
 from dispatch.matching.claims import DriverClaims
 from dispatch.matching.dispatcher import Dispatcher
 from dispatch.matching.fleet_replica import FleetReplica
+from dispatch.matching.keys import calibration_key
 from dispatch.matching.notify import RoutedNotifier
 from dispatch.matching.offers import OfferEngine, WebsocketNotifier
 from dispatch.matching.recovery import watch_redis
@@ -157,13 +158,14 @@ def create_app(engine: EngineSettings | None = None, streams: StreamSettings | N
         await notifier.start()
         app.state.notifier = notifier
         app.state.offers = OfferEngine(
-            DriverClaims(redis, offer_ttl_s=engine.offer_timeout_s), notifier, redis,
-            transitions=PostgresTransitions(db, cache), app_id=streams.app_id,
+            DriverClaims(redis, offer_ttl_s=engine.offer_timeout_s, capacity=engine.driver_capacity), notifier,
+            redis, transitions=PostgresTransitions(db, cache, capacity=engine.driver_capacity), app_id=streams.app_id,
             offer_timeout_s=engine.offer_timeout_s, max_attempts=engine.offer_max_attempts)
         app.state.dispatcher = Dispatcher(
             db, redis, app.state.locations, app.state.offers, mode=engine.matching_mode,
             window_s=engine.batch_window_ms / 1000, retry_interval_s=engine.retry_interval_s, cache=cache,
-            calibration=CalibrationStore(redis, time_scale=engine.sim_time_scale),
+            bundle_max_hold_s=engine.bundle_max_hold_ms / 1000,
+            calibration=CalibrationStore(redis, key=calibration_key(streams.app_id), time_scale=engine.sim_time_scale),
             replica=FleetReplica(redis, streams))   # nearest drivers from memory (fleet_replica)
         # The REST API (dispatch.api): users' tokens, per-caller limits, the cache.
         users = UserAuthenticator.from_settings(db, redis, engine, failures)

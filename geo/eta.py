@@ -9,8 +9,13 @@
 * ``calibration`` is a per-area correction learned from completed deliveries
   (``EtaCalibration``): the ratio actual/estimated, shrunk towards 1.0 while data is thin.
 
-Every constant below is an assumption to be replaced by measurement; ``EtaCalibration`` is
-how measurement flows back in. Pure: no clock, no I/O — the caller passes the time.
+Every constant below is an assumption to be replaced by measurement. This is the *prior*:
+the engine's offers and tracking use ``geo.eta_model.EtaModel``, which learns speed,
+circuity, a per-leg overhead and handovers from completed legs on top of it (by vehicle,
+hour and coarse cell) and equals this function until it has data. ``EtaCalibration`` (one
+factor per res-7 cell of actual ÷ whole estimate) was the earlier way back from measurement;
+``wakala bench matching`` still reports it beside the learned model. Pure: no clock, no I/O —
+the caller passes the time.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ __all__ = [
     "eta_seconds",
     "etas_seconds",
     "local_hour",
+    "seconds_per_m",
 ]
 
 # Road distance / great-circle distance. ASSUMPTION, not measured for Wakala: published
@@ -142,6 +148,12 @@ def _seconds_per_m(vehicle_type: str, congestion: float) -> float:
     except (KeyError, TypeError):
         raise UnknownVehicleType(vehicle_type) from None
     return 3.6 / speed_kmh * (1.0 + sensitivity * (congestion - 1.0))
+
+
+def seconds_per_m(vehicle_type: str, at: datetime) -> float:
+    """The prior's seconds per road metre for ``vehicle_type`` at ``at`` (speed and the
+    time-of-day congestion it feels); ``geo.eta_model`` learns corrections on top of it."""
+    return _seconds_per_m(vehicle_type, congestion_factor(local_hour(at)))
 
 
 def eta_seconds(distance_m: float, vehicle_type: str, at: datetime, *,

@@ -11,10 +11,14 @@ Scenario (``make_scenario``)
     ``radius_m × CIRCUITY`` (``radius_m`` is great-circle, as in ``bench nearest``).
   * Drivers start available at uniform random positions with the vehicle mix and cold-storage
     share of ``MatchingBench``.
-  * "Actual" travel time of a leg = the uncalibrated model estimate (``geo.eta``) × a hidden
-    true factor of the leg's destination H3 res-7 cell (lognormal around 1, σ 0.10; about one
-    cell in ten a slow "township congestion" cell at 1.3-1.6) × per-leg noise (lognormal,
-    σ 0.15). The noise is drawn per order up front, so both modes see the same draws.
+  * The truth (``truth``). "city" (default): the replay's drivers — a cruising speed per
+    driver (``movement.SPEED_BOUNDS_MPS``), a street circuity of 1.22-1.38 per leg, 30-150 s
+    at the counter and half that at the door, arrival at the point — times a hidden factor of
+    the leg's destination H3 res-7 cell (lognormal around 1, σ 0.10; one cell in ten a slow
+    "township congestion" cell at 1.3-1.6). "model": the prior's own estimate (``geo.eta``)
+    times that factor times per-leg noise (lognormal, σ 0.15): the earlier runs' truth,
+    unbiased for the prior by construction. Draws are made per order up front (own random
+    streams), so both modes and both truths see the same orders.
 
 Modes (``simulate``)
   * greedy: an order is offered on arrival with ``assign_greedy`` (one job, every free
@@ -33,11 +37,12 @@ Measured, per mode, over the orders that got a driver:
   * the same with the *actual* pickup drive time instead of the estimate (``actual_pickup``),
     so an estimate that flatters one mode would show.
   * improvement = (greedy − batch) / greedy × 100, for the mean and the p90 pickup ETA.
-ETA error, in the batch run, over every pickup and dropoff leg that started: |estimate −
-actual| with the uncalibrated model, and with ``EtaCalibration`` learned online (each leg is
-observed when it completes, as actual vs uncalibrated estimate, in its destination cell; a new
-leg is estimated with the current factor of its destination cell). MAE in seconds and the share
-of legs within 2 minutes.
+ETA error, in the batch run, over every pickup and dropoff leg that started, of the arrival
+estimate of three estimators learning online side by side from the legs that completed: the
+prior, the per-res-7-cell ``EtaCalibration`` (the earlier model), and the learned
+``geo.eta_model.EtaModel`` (the engine's). Per leg: mean absolute error, bias (actual −
+estimate) and the share within 2 minutes; the top-level ``pickup_eta_*``/``dropoff_eta_*``
+figures are the learned model's. Matching decisions still use the per-cell calibrated cost.
 
 Orders that never get a driver count in ``orders`` but not in ``assigned``, and not in the
 ETA figures. The pickup radius is fixed, as in the engine, so an order can be stranded (every
@@ -60,6 +65,8 @@ from dispatch.matching.assignment import assign_batch, assign_greedy
 from dispatch.matching.ranking import AVAILABLE, Candidate, Job
 from geo.distance import destination, distance_m
 from geo.eta import CIRCUITY, JOHANNESBURG_TZ, EtaCalibration, eta_seconds
+from geo.eta_model import EtaModel, handover_increments, travel_increments
+from loadtest.movement import SPEED_BOUNDS_MPS
 from loadtest.report import emit
 
 __all__ = [
@@ -74,6 +81,12 @@ __all__ = [
 ]
 
 Mode = Literal["greedy", "batch"]
+Truth = Literal["city", "model"]
+# The city replay's drivers (``loadtest.city_driver``, ``loadtest.movement``): street paths of
+# circuity 1.22-1.38 at one cruising speed per driver, 30-150 s at the shop counter and half
+# that at the door; arrival is at the point (no parking overhead in the truth).
+CITY_CIRCUITY = (1.22, 1.38)
+CITY_HANDOVER_S = (30.0, 150.0)
 TENANT = "bench-matching"
 WITHIN_S = 120.0  # "within 2 minutes"
 # After the last arrival the run drains the backlog; this caps it if some order can never
@@ -103,12 +116,18 @@ class MatchingBench:
     hotspots: int = 30
     # A weekday midday: the congestion multiplier of geo.eta applies along the clock.
     start: datetime = datetime(2024, 5, 15, 12, 0, tzinfo=JOHANNESBURG_TZ)
+    # "city": the replay's drivers (per-driver speed, street circuity, handovers) × the hidden
+    # per-cell factor; "model": the prior's own estimate × that factor × per-leg noise (the
+    # truth of earlier runs: unbiased for the prior by construction).
+    truth: Truth = "city"
 
     def __post_init__(self) -> None:
         if self.minutes <= 0 or self.orders_per_min <= 0 or self.drivers < 1:
             raise ValueError("minutes and orders_per_min must be positive, drivers at least 1")
         if not (self.window_s > 0 and math.isfinite(self.window_s)):
             raise ValueError(f"window_s must be a positive number, got {self.window_s}")
+        if self.truth not in ("city", "model"):
+            raise ValueError(f"truth must be city or model, got {self.truth!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +136,11 @@ class Order:
     job: Job
     pickup_noise: float  # actual/true-factor ratio of the pickup leg, whoever drives it
     dropoff_noise: float
+    # City truth: street circuity of each leg, seconds at the shop and at the door.
+    pickup_circuity: float = 1.3
+    dropoff_circuity: float = 1.3
+    shop_s: float = 0.0
+    door_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +150,7 @@ class Driver:
     lng: float
     vehicle_type: str
     has_cold_storage: bool
+    speed_mps: float = 10.0   # city truth: the driver's cruising speed
 
 
 class RoadTruth:
@@ -170,11 +195,17 @@ def make_scenario(bench: MatchingBench) -> Scenario:
 
     types = [v for v, _ in bench.vehicle_mix]
     shares = np.array([s for _, s in bench.vehicle_mix], dtype=np.float64)
-    fleet = tuple(
+    fleet = [
         Driver(f"d{i:05d}", float(rng.uniform(lat0, lat1)), float(rng.uniform(lng0, lng1)),
                types[int(rng.choice(len(types), p=shares / shares.sum()))],
                bool(rng.random() < bench.cold_storage_share))
-        for i in range(bench.drivers))
+        for i in range(bench.drivers)]
+    # City-truth draws come from streams of their own, so the orders and the fleet stay those
+    # of the same seed whatever the truth.
+    speeds = np.random.default_rng([bench.seed, 1])
+    fleet = tuple(Driver(d.driver_id, d.lat, d.lng, d.vehicle_type, d.has_cold_storage,
+                         float(speeds.triangular(*_bounds_mode(d.vehicle_type)))) for d in fleet)
+    city = np.random.default_rng([bench.seed, 2])
 
     hot_lat = rng.uniform(lat0 + 0.01, lat1 - 0.01, bench.hotspots)
     hot_lng = rng.uniform(lng0 + 0.01, lng1 - 0.01, bench.hotspots)
@@ -199,9 +230,16 @@ def make_scenario(bench: MatchingBench) -> Scenario:
         noise = rng.lognormal(0.0, 0.15, 2)
         job = Job(TENANT, float(p_lat), float(p_lng), d_lat, d_lng, None,
                   bool(rng.random() < bench.cold_jobs_share), max_pickup_m)
-        orders.append(Order(t, job, float(noise[0]), float(noise[1])))
+        circ, hand = city.uniform(*CITY_CIRCUITY, 2), city.uniform(*CITY_HANDOVER_S, 2)
+        orders.append(Order(t, job, float(noise[0]), float(noise[1]), float(circ[0]),
+                            float(circ[1]), float(hand[0]), float(hand[1]) / 2))
         t += float(rng.exponential(mean_gap_s))
     return Scenario(tuple(orders), fleet, RoadTruth(bench.seed))
+
+
+def _bounds_mode(vehicle_type: str) -> tuple[float, float, float]:
+    lo, hi = SPEED_BOUNDS_MPS[vehicle_type]
+    return lo, (lo + hi) / 2, hi   # movement.cruising_speed: triangular, mode mid-range
 
 
 @dataclass
@@ -217,6 +255,9 @@ class ModeOutcome:
     free_at_end: list[Candidate] = field(default_factory=list)  # to tell stranded from starved
     # Per leg started: (uncalibrated estimate, calibrated estimate, actual), seconds.
     legs: list[tuple[float, float, float]] = field(default_factory=list)
+    # Per leg started, arrival ETAs: (0 pickup | 1 dropoff, prior, per-cell calibration,
+    # learned model, actual), seconds.
+    eta_legs: list[tuple[int, float, float, float, float]] = field(default_factory=list)
 
 
 def simulate(bench: MatchingBench, scenario: Scenario, mode: Mode) -> ModeOutcome:
@@ -249,8 +290,37 @@ def simulate(bench: MatchingBench, scenario: Scenario, mode: Mode) -> ModeOutcom
         heapq.heappush(events, (t, kind, seq, payload))
         seq += 1
 
-    # In-flight legs: (uncalibrated estimate, actual) to observe on completion.
-    in_flight: dict[int, tuple[int, float, float]] = {}  # driver -> (order, raw est, actual)
+    # In-flight legs, to observe on completion: driver -> (order, prior estimate, actual
+    # travel, start point, start time, handover after the arrival).
+    in_flight: dict[int, tuple[int, float, float, tuple[float, float], float, float]] = {}
+    model = EtaModel()   # the learned model, online from completed legs as the engine does
+
+    def leg_truth(i: int, d: int, start: tuple[float, float], end: tuple[float, float],
+                  raw: float, pickup: bool) -> tuple[float, float]:
+        """(actual travel seconds, handover seconds after it) of one leg."""
+        o, factor = orders[i], truth.factor(cell(*end))
+        if bench.truth == "model":
+            return raw * factor * (o.pickup_noise if pickup else o.dropoff_noise), 0.0
+        circuity = o.pickup_circuity if pickup else o.dropoff_circuity
+        travel = distance_m(*start, *end) * circuity / fleet[d].speed_mps * factor
+        return travel, (o.shop_s if pickup else o.door_s)
+
+    def start_leg(t: float, i: int, d: int, start: tuple[float, float], end: tuple[float, float],
+                  raw: float, calibrated: float, pickup: bool) -> float:
+        actual, handover = leg_truth(i, d, start, end, raw, pickup)
+        learned = model.travel_s(distance_m(*start, *end), fleet[d].vehicle_type, at(t), end)
+        out.legs.append((raw, calibrated, actual))
+        out.eta_legs.append((0 if pickup else 1, raw, calibrated, learned, actual))
+        in_flight[d] = (i, raw, actual, start, t, handover)
+        return actual
+
+    def learn(d: int, end: tuple[float, float], kind: str) -> int:
+        i, raw, actual, start, t0, handover = in_flight.pop(d)
+        cal.observe(cell(*end), raw, actual)
+        model.add(travel_increments(start, end, fleet[d].vehicle_type, at(t0), actual))
+        if bench.truth == "city":
+            model.add(handover_increments(kind, handover))
+        return i
 
     def give(t: float, jobs: Sequence[int], assignments: Sequence[tuple[int, str, float]]) -> None:
         taken: set[int] = set()
@@ -259,13 +329,12 @@ def simulate(bench: MatchingBench, scenario: Scenario, mode: Mode) -> ModeOutcom
             job, cand = orders[i].job, free.pop(d)
             pickup_cell = cell(job.pickup_lat, job.pickup_lng)
             raw = cost_s / cal.factor(pickup_cell)
-            actual = raw * truth.factor(pickup_cell) * orders[i].pickup_noise
-            out.legs.append((raw, cost_s, actual))
+            actual = start_leg(t, i, d, (cand.lat, cand.lng), (job.pickup_lat, job.pickup_lng),
+                               raw, cost_s, pickup=True)
             out.assigned_at_s[i], out.driver_of[i] = t, cand.driver_id
             out.est_pickup_s[i], out.actual_pickup_s[i] = cost_s, actual
-            in_flight[d] = (i, raw, actual)
             out.assignments.append((i, cand.driver_id, t))
-            push(t + actual, _PICKED_UP, d)
+            push(t + actual + in_flight[d][5], _PICKED_UP, d)
             taken.add(i)
         if taken:
             pending[:] = [i for i in pending if i not in taken]
@@ -301,21 +370,17 @@ def simulate(bench: MatchingBench, scenario: Scenario, mode: Mode) -> ModeOutcom
                 match(t, [payload])
         elif kind == _PICKED_UP:
             d = payload
-            i, raw, actual = in_flight.pop(d)
-            job = orders[i].job
-            cal.observe(cell(job.pickup_lat, job.pickup_lng), raw, actual)
-            dropoff_cell = cell(job.dropoff_lat, job.dropoff_lng)
-            raw = eta_seconds(distance_m(job.pickup_lat, job.pickup_lng, job.dropoff_lat,
-                                         job.dropoff_lng), fleet[d].vehicle_type, at(t))
-            actual = raw * truth.factor(dropoff_cell) * orders[i].dropoff_noise
-            out.legs.append((raw, raw * cal.factor(dropoff_cell), actual))
-            in_flight[d] = (i, raw, actual)
-            push(t + actual, _FREE, d)
+            job = orders[in_flight[d][0]].job
+            pickup, dropoff = (job.pickup_lat, job.pickup_lng), (job.dropoff_lat, job.dropoff_lng)
+            i = learn(d, pickup, "shop")
+            raw = eta_seconds(distance_m(*pickup, *dropoff), fleet[d].vehicle_type, at(t))
+            actual = start_leg(t, i, d, pickup, dropoff, raw, raw * cal.factor(cell(*dropoff)),
+                               pickup=False)
+            push(t + actual + in_flight[d][5], _FREE, d)
         elif kind == _FREE:
             d = payload
-            i, raw, actual = in_flight.pop(d)
-            job = orders[i].job
-            cal.observe(cell(job.dropoff_lat, job.dropoff_lng), raw, actual)
+            job = orders[in_flight[d][0]].job
+            learn(d, (job.dropoff_lat, job.dropoff_lng), "door")
             free[d] = Candidate(fleet[d].driver_id, job.dropoff_lat, job.dropoff_lng,
                                 fleet[d].vehicle_type, fleet[d].has_cold_storage, AVAILABLE,
                                 TENANT, 0)
@@ -379,6 +444,30 @@ def _eta_error(legs: Sequence[tuple[float, float, float]]) -> dict[str, float | 
     }
 
 
+ESTIMATORS = ("prior", "per_cell_calibration", "learned")
+
+
+def _arrival_eta_figures(eta_legs: Sequence[tuple[int, float, float, float, float]]
+                         ) -> dict[str, dict[str, float | int | None]]:
+    """Per estimator, per leg: samples, mean absolute error, bias (actual − estimate: negative
+    when the estimate is too long, as in the replay's report) and share within 2 minutes."""
+    arr = np.asarray(eta_legs, dtype=np.float64).reshape(-1, 5)
+    out: dict[str, dict[str, float | int | None]] = {}
+    for column, name in enumerate(ESTIMATORS, start=1):
+        figures: dict[str, float | int | None] = {}
+        for kind, leg in enumerate(("pickup", "dropoff")):
+            rows = arr[arr[:, 0] == kind]
+            err = rows[:, 4] - rows[:, column]
+            empty = err.size == 0
+            figures[f"{leg}_eta_samples"] = int(err.size)
+            figures[f"{leg}_eta_mae_s"] = None if empty else round(float(np.abs(err).mean()), 1)
+            figures[f"{leg}_eta_bias_s"] = None if empty else round(float(err.mean()), 1)
+            figures[f"{leg}_eta_within_2min_share"] = (
+                None if empty else round(float((np.abs(err) <= WITHIN_S).mean()), 4))
+        out[name] = figures
+    return out
+
+
 def _improvement_pct(greedy: float | int | None, batch: float | int | None) -> float | None:
     if greedy is None or batch is None or greedy == 0:
         return None
@@ -404,6 +493,9 @@ def matching_figures(bench: MatchingBench) -> dict[str, object]:
         "improvement_mean_actual_pct": _improvement_pct(g["mean_actual_pickup_s"],
                                                         b["mean_actual_pickup_s"]),
         **_eta_error(batch.legs),
+        "truth": bench.truth,
+        **(etas := _arrival_eta_figures(batch.eta_legs))["learned"],
+        "eta_models": etas,
     }
 
 
@@ -437,5 +529,12 @@ async def run_matching_bench(bench: MatchingBench) -> dict[str, object]:
          f"{figures['share_within_2_min_uncalibrated']} / "
          f"{figures['share_within_2_min_calibrated']}"),
     ]
+    etas: dict[str, dict[str, object]] = figures["eta_models"]  # type: ignore[assignment]
+    for leg in ("pickup", "dropoff"):
+        for name in ESTIMATORS:
+            e = etas[name]
+            rows.append((f"{leg} arrival ETA, {name.replace('_', ' ')}: MAE / bias / within 2 min",
+                         f"{e[f'{leg}_eta_mae_s']} s / {e[f'{leg}_eta_bias_s']} s / "
+                         f"{e[f'{leg}_eta_within_2min_share']} ({e[f'{leg}_eta_samples']} legs)"))
     emit("wakala bench matching", rows, figures)
     return figures

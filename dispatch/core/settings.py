@@ -87,6 +87,8 @@ class MatchingSettings:
     dispatcher: bool = True              # match new deliveries in this process (WAKALA_DISPATCHER=0: gateway only)
     matching_mode: str = "greedy"        # greedy (each delivery at once) or batch (solved per window)
     batch_window_ms: int = 2000          # batch mode: how long deliveries gather before a solve
+    driver_capacity: int = 1             # active deliveries a driver may carry (2+: bundles in batch mode)
+    bundle_max_hold_ms: int = 60_000     # batch mode: longest a ready delivery waits for a bundle partner
     retry_interval_s: int = 10           # backstop retry of unassigned deliveries
     # Replays only (`wakala loadtest replay --speed 10x`): simulated seconds per wall second. A
     # leg's wall-clock duration times this is what the ETA calibration learns; 1 in production.
@@ -105,6 +107,8 @@ class MatchingSettings:
             dispatcher=_flag(env, "WAKALA_DISPATCHER", True),
             matching_mode=_mode(env.get("WAKALA_MATCHING_MODE") or d.matching_mode),
             batch_window_ms=_int(env, "WAKALA_BATCH_WINDOW_MS", d.batch_window_ms, 50, 60_000),
+            driver_capacity=_int(env, "WAKALA_DRIVER_CAPACITY", d.driver_capacity, 1, 10),
+            bundle_max_hold_ms=_int(env, "WAKALA_BUNDLE_MAX_HOLD_MS", d.bundle_max_hold_ms, 0, 600_000),
             retry_interval_s=_int(env, "WAKALA_RETRY_INTERVAL_S", d.retry_interval_s, 1, 3600),
             sim_time_scale=_num(env, "WAKALA_SIM_TIME_SCALE", d.sim_time_scale, 0.01, 1000),
             driver_action_limit=_int(env, "WAKALA_DRIVER_ACTION_LIMIT", d.driver_action_limit, 1, 1_000_000),

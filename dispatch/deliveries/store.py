@@ -79,6 +79,7 @@ __all__ = [
     "insert_delivery",
     "record_event",
     "transition",
+    "transition_together",
 ]
 
 
@@ -278,92 +279,115 @@ async def transition(
     DriverAtCapacity (nothing written) for a driver who already carries that many.
     """
     delivery_uuid = _uuid(delivery_id, "delivery_id")
+    when = at if at is not None else datetime.now(UTC)
+    async with db.tenant_transaction(tenant_id) as tx:
+        new, step, order_id, order_changed, stock_changed = await _transition_in(
+            tx, tenant_id, delivery_uuid, event, actor=actor, reason=reason, when=when,
+            driver_must_be=driver_must_be, capacity=capacity, facts=facts)
+    DELIVERY_TRANSITIONS.labels(step.event.value, step.to_state.value).inc()
+    if cache is not None and order_changed:
+        await cache.invalidate(str(tenant_id), [f"order:{order_id}",
+                                                *(inventory_tag(p) for p in stock_changed)])
+    return new
+
+
+SET_BUNDLE_SQL = "UPDATE deliveries SET bundle_id = $2, bundle_seq = $3, bundle_size = $4 WHERE id = $1"
+
+
+async def transition_together(
+    db: TenantDatabase, tenant_id: object, steps: list[tuple[str, DeliveryEvent, dict[str, Any]]], *,
+    actor: str | None = None, reason: str | None = None, bundle_id: uuid.UUID | None = None,
+    cache: Cache | None = None, capacity: int = DEFAULT_CAPACITY,
+) -> list[DeliverySnapshot]:
+    """Several transitions (delivery id, event, facts) in one tenant transaction, in order:
+    all commit or none does (a bundle's deliveries are offered, accepted and let go together).
+    With ``bundle_id`` each delivery also records it, its 1-based place in ``steps`` (the
+    drop-off order) and the bundle's size. Raises what ``transition`` raises, nothing written.
+    The capacity guard counts the deliveries accepted earlier in the same transaction."""
+    when = datetime.now(UTC)
+    done = []
+    async with db.tenant_transaction(tenant_id) as tx:
+        for seq, (delivery_id, event, facts) in enumerate(steps, start=1):
+            delivery_uuid = _uuid(delivery_id, "delivery_id")
+            done.append(await _transition_in(tx, tenant_id, delivery_uuid, event, actor=actor, reason=reason,
+                                             when=when, driver_must_be=None, capacity=capacity,
+                                             facts=dict(facts)))
+            if bundle_id is not None:
+                await tx.execute(SET_BUNDLE_SQL, delivery_uuid, bundle_id, seq, len(steps))
+    changed: list[str] = []
+    for _new, step, order_id, order_changed, stock_changed in done:
+        DELIVERY_TRANSITIONS.labels(step.event.value, step.to_state.value).inc()
+        if order_changed:
+            changed += [f"order:{order_id}", *(inventory_tag(p) for p in stock_changed)]
+    if cache is not None and changed:
+        await cache.invalidate(str(tenant_id), changed)
+    return [d[0] for d in done]
+
+
+async def _transition_in(tx: asyncpg.Connection, tenant_id: object, delivery_uuid: uuid.UUID,
+                         event: DeliveryEvent | str, *, actor: str | None, reason: str | None,
+                         when: datetime, driver_must_be: str | None, capacity: int,
+                         facts: dict[str, Any]) -> tuple[DeliverySnapshot, Transition, uuid.UUID, bool, list]:
+    """``transition``'s work on the caller's transaction: (snapshot, step, order id, whether
+    the order's status changed, the products whose stock changed)."""
     if isinstance(facts.get("driver_id"), str) and facts["driver_id"]:
         try:
             facts["driver_id"] = canonical_uuid(facts["driver_id"], "driver_id")
         except InvalidId:
             raise InvalidFact(f"driver_id must be a UUID, got {facts['driver_id']!r}") from None
-    when = at if at is not None else datetime.now(UTC)
-
     order_changed, stock_changed = False, []
-    async with db.tenant_transaction(tenant_id) as tx:
-        row = await tx.fetchrow(SNAPSHOT_SQL, delivery_uuid)
-        if row is None:
-            raise UnknownDelivery(f"no delivery {delivery_uuid} in tenant {tenant_id}")
-        if driver_must_be is not None and str(row["driver_id"]) != driver_must_be:
-            # the same answer as an absent delivery: a driver learns nothing of others' jobs
-            raise UnknownDelivery(f"no delivery {delivery_uuid} of driver {driver_must_be}")
-        order_id: uuid.UUID = row["order_id"]
-        new, step = apply(_snapshot(row), event, at=when, actor=actor, reason=reason, **facts)
-        if step.event in _TAKES_DRIVER and new.driver_id is not None:
-            await _check_capacity(tx, new.driver_id, delivery_uuid, capacity)
-        if step.event is DeliveryEvent.DELIVER:
-            new = replace(new, proof_of_delivery=await _with_evidence(tx, delivery_uuid, new.proof_of_delivery))
+    row = await tx.fetchrow(SNAPSHOT_SQL, delivery_uuid)
+    if row is None:
+        raise UnknownDelivery(f"no delivery {delivery_uuid} in tenant {tenant_id}")
+    if driver_must_be is not None and str(row["driver_id"]) != driver_must_be:
+        # the same answer as an absent delivery: a driver learns nothing of others' jobs
+        raise UnknownDelivery(f"no delivery {delivery_uuid} of driver {driver_must_be}")
+    order_id: uuid.UUID = row["order_id"]
+    new, step = apply(_snapshot(row), event, at=when, actor=actor, reason=reason, **facts)
+    if step.event in _TAKES_DRIVER and new.driver_id is not None:
+        await _check_capacity(tx, new.driver_id, delivery_uuid, capacity)
+    if step.event is DeliveryEvent.DELIVER:
+        new = replace(new, proof_of_delivery=await _with_evidence(tx, delivery_uuid, new.proof_of_delivery))
 
-        entered = step.to_state
-        try:
-            await tx.execute(
-                UPDATE_DELIVERY_SQL,
-                delivery_uuid,
-                entered.value,
-                new.driver_id,
-                new.offer_attempts,
-                new.assigned_at,
-                new.picked_up_at,
-                new.delivered_at,
-                new.failure_reason,
-                new.estimated_duration_s,
-                new.actual_duration_s,
-                new.distance_m,
-                None if new.proof_of_delivery is None else json.dumps(new.proof_of_delivery),
-                when if entered is DeliveryState.CANCELLED else None,
-                when if entered is DeliveryState.FAILED else None,
-            )
-        except asyncpg.ForeignKeyViolationError:
-            raise UnknownDriver(f"no driver {new.driver_id} in tenant {tenant_id}") from None
-
-        if entered is DeliveryState.DELIVERED and new.driver_id is not None:
-            # delivered is terminal and the row is locked: this runs once per delivery
-            await tx.execute(COUNT_DRIVER_DELIVERY_SQL, new.driver_id, order_id)
-
-        order_status = order_status_for(entered)
-        if order_status is not None:
-            order = await tx.fetchrow(ORDER_FOR_UPDATE_SQL, order_id)
-            if order["status"] != order_status:
-                delivered = order_status == "delivered"
-                await tx.execute(UPDATE_ORDER_SQL, order_id, order_status, when if delivered else None)
-                await tx.execute(
-                    INSERT_ORDER_HISTORY_SQL,
-                    order_id,
-                    order["status"],
-                    order_status,
-                    step.reason,
-                    as_user_id(actor),
-                    actor,
-                    json.dumps({"delivery_id": str(delivery_uuid), "event": step.event.value}),
-                )
-                if delivered:
-                    # once per order, even if an earlier delivery of it was also completed
-                    await tx.execute(COUNT_VENDOR_ORDER_SQL, order["vendor_id"])
-                # the order side: its stock sold or given back, its order-events row
-                stock_changed = await on_delivery_changed_order(
-                    tx, tenant_id, order_id, from_status=order["status"], to_status=order_status,
-                    delivery_id=delivery_uuid, picked_up=new.picked_up_at is not None, at=when,
-                    actor=actor, reason=step.reason)
-                order_changed = True
-
+    entered = step.to_state
+    try:
         await tx.execute(
-            INSERT_OUTBOX_SQL,
-            delivery_uuid,
-            step.event.value,
-            _outbox_payload(delivery_uuid, order_id, new, step),
-        )
-        await tx.execute(NOTIFY_OUTBOX_SQL, str(tenant_id))
-    DELIVERY_TRANSITIONS.labels(step.event.value, entered.value).inc()
-    if cache is not None and order_changed:
-        await cache.invalidate(str(tenant_id), [f"order:{order_id}",
-                                                *(inventory_tag(p) for p in stock_changed)])
-    return new
+            UPDATE_DELIVERY_SQL, delivery_uuid, entered.value, new.driver_id, new.offer_attempts,
+            new.assigned_at, new.picked_up_at, new.delivered_at, new.failure_reason,
+            new.estimated_duration_s, new.actual_duration_s, new.distance_m,
+            None if new.proof_of_delivery is None else json.dumps(new.proof_of_delivery),
+            when if entered is DeliveryState.CANCELLED else None,
+            when if entered is DeliveryState.FAILED else None)
+    except asyncpg.ForeignKeyViolationError:
+        raise UnknownDriver(f"no driver {new.driver_id} in tenant {tenant_id}") from None
+
+    if entered is DeliveryState.DELIVERED and new.driver_id is not None:
+        # delivered is terminal and the row is locked: this runs once per delivery
+        await tx.execute(COUNT_DRIVER_DELIVERY_SQL, new.driver_id, order_id)
+
+    order_status = order_status_for(entered)
+    if order_status is not None:
+        order = await tx.fetchrow(ORDER_FOR_UPDATE_SQL, order_id)
+        if order["status"] != order_status:
+            delivered = order_status == "delivered"
+            await tx.execute(UPDATE_ORDER_SQL, order_id, order_status, when if delivered else None)
+            await tx.execute(
+                INSERT_ORDER_HISTORY_SQL, order_id, order["status"], order_status, step.reason,
+                as_user_id(actor), actor, json.dumps({"delivery_id": str(delivery_uuid), "event": step.event.value}))
+            if delivered:
+                # once per order, even if an earlier delivery of it was also completed
+                await tx.execute(COUNT_VENDOR_ORDER_SQL, order["vendor_id"])
+            # the order side: its stock sold or given back, its order-events row
+            stock_changed = await on_delivery_changed_order(
+                tx, tenant_id, order_id, from_status=order["status"], to_status=order_status,
+                delivery_id=delivery_uuid, picked_up=new.picked_up_at is not None, at=when,
+                actor=actor, reason=step.reason)
+            order_changed = True
+
+    await tx.execute(INSERT_OUTBOX_SQL, delivery_uuid, step.event.value,
+                     _outbox_payload(delivery_uuid, order_id, new, step))
+    await tx.execute(NOTIFY_OUTBOX_SQL, str(tenant_id))
+    return new, step, order_id, order_changed, stock_changed
 
 
 async def _with_evidence(tx: asyncpg.Connection, delivery_uuid: uuid.UUID,

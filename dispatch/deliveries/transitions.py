@@ -9,11 +9,12 @@ instead; the location worker gets a ``PostgresTransitions`` from its composition
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Protocol
 
 from dispatch.core.cache import Cache
 from dispatch.deliveries.state import DeliveryEvent
-from dispatch.deliveries.store import DEFAULT_CAPACITY, transition
+from dispatch.deliveries.store import DEFAULT_CAPACITY, transition, transition_together
 from schema.db import TenantDatabase
 
 __all__ = ["DeliveryTransitions", "PostgresTransitions"]
@@ -41,3 +42,11 @@ class PostgresTransitions:
                        actor: str | None = None, reason: str | None = None, **facts: Any) -> object:
         return await transition(self.db, tenant_id, delivery_id, event, actor=actor, reason=reason,
                                 cache=self.cache, capacity=self.capacity, **facts)
+
+    async def together(self, tenant_id: str, steps: list[tuple[str, DeliveryEvent, dict[str, Any]]], *,
+                       actor: str | None = None, reason: str | None = None,
+                       bundle_id: str | None = None) -> object:
+        """Several transitions in one transaction (a bundle's deliveries): all or none."""
+        return await transition_together(self.db, tenant_id, steps, actor=actor, reason=reason,
+                                         bundle_id=None if bundle_id is None else uuid.UUID(bundle_id),
+                                         cache=self.cache, capacity=self.capacity)

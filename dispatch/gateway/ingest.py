@@ -398,22 +398,26 @@ async def _handle_frame(sender: DriverSender, ingest: Ingest, driver: AuthDriver
 
 
 async def _offer_reply(offers: OfferEngine | None, driver: AuthDriver, payload: dict[str, Any]) -> dict[str, Any]:
-    """``{"type": "offer_reply", "delivery_id": <uuid>, "accept": <bool>}`` -> the reply frame."""
+    """``{"type": "offer_reply", "delivery_id": <uuid>, "bundle_id"?: <uuid>, "accept": <bool>}``
+    -> the reply frame; a bundle's answer also carries ``bundle_id`` and ``delivery_ids``."""
     try:
         reply = parse_offer_reply(payload)
     except InvalidOfferReply as exc:
         raise Refusal(422, exc.reason, exc.message, exc.field) from None
+    field = "delivery_id" if reply.delivery_id is not None else "bundle_id"
     if offers is None:
-        raise Refusal(409, OFFER_NOT_HELD, "this engine makes no offers", "delivery_id")
+        raise Refusal(409, OFFER_NOT_HELD, "this engine makes no offers", field)
     try:
-        outcome = await offers.reply(driver.driver_id, reply.delivery_id, reply.accept)
+        outcome = await offers.reply(driver.driver_id, reply.delivery_id, reply.accept, bundle_id=reply.bundle_id)
     except OfferNotHeld as exc:
-        raise Refusal(409, OFFER_NOT_HELD, str(exc), "delivery_id") from None
+        raise Refusal(409, OFFER_NOT_HELD, str(exc), field) from None
     if reply.accept and outcome.status != "assigned":   # e.g. the delivery was cancelled meanwhile
-        raise Refusal(409, OFFER_WITHDRAWN, outcome.reason or "the delivery can no longer be assigned",
-                      "delivery_id")
-    return {"type": "offer_reply", "delivery_id": reply.delivery_id,
-            "status": "assigned" if reply.accept else "declined"}
+        raise Refusal(409, OFFER_WITHDRAWN, outcome.reason or "the delivery can no longer be assigned", field)
+    frame = {"type": "offer_reply", "delivery_id": reply.delivery_id or outcome.delivery_id,
+             "status": "assigned" if reply.accept else "declined"}
+    if outcome.bundle_id is not None:
+        frame.update(bundle_id=outcome.bundle_id, delivery_ids=list(outcome.delivery_ids))
+    return frame
 
 
 async def delivery_update(dispatcher: Dispatcher | None, driver: AuthDriver, payload: Any,

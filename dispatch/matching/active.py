@@ -11,8 +11,9 @@ Keys
 
 ``delivery:active:{delivery_id}`` HASH, TTL one day (refreshed on every write)
     ``tenant``, ``driver``, ``vehicle``, ``status`` (assigned | at_pickup | picked_up),
-    ``pickup_lat``, ``pickup_lng``, ``dropoff_lat``, ``dropoff_lng``, ``assigned_ms``, and,
-    set once by the tracker, ``arrived_pickup_ms`` / ``arrived_dropoff_ms``.
+    ``pickup_lat``, ``pickup_lng``, ``dropoff_lat``, ``dropoff_lng``, ``assigned_ms``, for a
+    delivery of a bundle ``bundle``, ``stop`` and ``stops`` (its place in the drop-off order),
+    and, set once by the tracker, ``arrived_pickup_ms`` / ``arrived_dropoff_ms``.
 ``driver:deliveries:{driver_id}`` SET (owned by ``dispatch.claims``)
     The driver's active delivery ids: the way from a ping to its deliveries.
 
@@ -58,6 +59,9 @@ class ActiveDelivery:
     assigned_ms: int = 0
     arrived_pickup_ms: int | None = None
     arrived_dropoff_ms: int | None = None
+    bundle_id: str | None = None    # a bundle's deliveries share it; stop k of stops, from 1
+    stop: int | None = None
+    stops: int | None = None
 
     @classmethod
     def from_hash(cls, delivery_id: str, raw: dict) -> ActiveDelivery | None:
@@ -71,6 +75,9 @@ class ActiveDelivery:
                 int(fields.get("assigned_ms", "0")),
                 int(fields["arrived_pickup_ms"]) if "arrived_pickup_ms" in fields else None,
                 int(fields["arrived_dropoff_ms"]) if "arrived_dropoff_ms" in fields else None,
+                fields.get("bundle"),
+                int(fields["stop"]) if "stop" in fields else None,
+                int(fields["stops"]) if "stops" in fields else None,
             )
         except (KeyError, ValueError):
             return None  # a half-written or foreign hash: not tracked, never a crash
@@ -85,6 +92,8 @@ async def write(redis: Redis, active: ActiveDelivery) -> None:
             "pickup_lat": repr(active.pickup[0]), "pickup_lng": repr(active.pickup[1]),
             "dropoff_lat": repr(active.dropoff[0]), "dropoff_lng": repr(active.dropoff[1]),
             "assigned_ms": str(active.assigned_ms),
+            **({} if active.bundle_id is None else {
+                "bundle": active.bundle_id, "stop": str(active.stop), "stops": str(active.stops)}),
         })
         pipe.expire(key, ACTIVE_TTL_S)
         await pipe.execute()

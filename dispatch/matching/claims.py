@@ -29,6 +29,12 @@ cell read from the location hash). The release that frees a slot of a ``busy`` d
 ping indexes it. A driver without a ``driver:state`` hash is ``offline`` by that contract and
 is never offered (unless ``require_shift=False``, for drivers not managed by LocationStore).
 
+Bundles (``offer_bundle``, ``accept_bundle``, ``decline_bundle``): one offer of several
+deliveries. The driver's offer key then holds ``bundle:{bundle_id}`` (``bundle_token``) and every
+delivery's offer key holds the driver; the accept claims every delivery of the bundle in one
+script, all or none, and capacity counts each delivery (a driver with one free slot cannot
+take a bundle of two). Releases stay per delivery: stops end one at a time.
+
 Offer timeouts: Redis expires both offer keys together; ``accept`` after that returns False.
 The engine's own timer (which records ``offer_timeout`` on the delivery) may call ``decline``:
 it returns False when the keys are already gone, so the two never conflict.
@@ -56,7 +62,14 @@ from streams.keys import location_key, state_key
 from streams.location_store import SET_STATUS_LUA
 from streams.replies import as_text
 
-__all__ = ["DriverClaims", "InvalidClaimSettings"]
+__all__ = ["BUNDLE_PREFIX", "DriverClaims", "InvalidClaimSettings", "bundle_token"]
+
+BUNDLE_PREFIX = "bundle:"
+
+
+def bundle_token(bundle_id: str) -> str:
+    """What the driver's offer key holds while it has an open offer of a bundle."""
+    return f"{BUNDLE_PREFIX}{bundle_id}"
 
 
 class InvalidClaimSettings(WakalaError, ValueError):
@@ -118,6 +131,66 @@ DECLINE_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+# KEYS: driver offer, driver deliveries, driver state, then per delivery: its offer, its driver.
+# ARGV: driver_id, bundle token, ttl_ms, capacity, '1' = no state is offline, delivery count.
+# The OFFER_SCRIPT checks for every delivery, and the room for all of them.
+OFFER_BUNDLE_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local n = tonumber(ARGV[6])
+if redis.call('SCARD', KEYS[2]) + n > tonumber(ARGV[4]) then return -1 end
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[2 + 2 * i]) == 1 then return -2 end
+  if redis.call('EXISTS', KEYS[3 + 2 * i]) == 1 then return -3 end
+end
+local status = redis.call('HGET', KEYS[3], 'status')
+if status then
+  if status ~= 'available' then return -4 end
+elseif ARGV[5] == '1' then
+  return -4
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+for i = 1, n do redis.call('SET', KEYS[2 + 2 * i], ARGV[1], 'PX', ARGV[3]) end
+return 1
+"""
+
+# KEYS: driver offer, driver deliveries, driver state, driver location, then per delivery:
+# its offer, its driver. ARGV: driver_id, bundle token, capacity, delivery ids...
+# All or none: every check runs before the first claim is written.
+ACCEPT_BUNDLE_SCRIPT = SET_STATUS_LUA + """
+local id, n = ARGV[1], #ARGV - 3
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 1, n do
+  if redis.call('GET', KEYS[3 + 2 * i]) == id then redis.call('DEL', KEYS[3 + 2 * i]) end
+end
+local st = redis.call('HMGET', KEYS[3], 'status', 'tenant')
+if st[1] == 'offline' then return -4 end
+for i = 1, n do
+  local holder = redis.call('GET', KEYS[4 + 2 * i])
+  if holder and holder ~= id then return -3 end
+end
+local capacity = tonumber(ARGV[3])
+if redis.call('SCARD', KEYS[2]) + n > capacity then return -1 end
+for i = 1, n do
+  redis.call('SADD', KEYS[2], ARGV[3 + i])
+  redis.call('SET', KEYS[4 + 2 * i], id)
+end
+if st[1] == 'available' and redis.call('SCARD', KEYS[2]) >= capacity then
+  set_status(id, 'busy', st[2])
+end
+return 1
+"""
+
+# KEYS: driver offer, then every delivery's offer. ARGV: driver_id, bundle token.
+DECLINE_BUNDLE_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 2, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
+end
 return 1
 """
 
@@ -203,6 +276,9 @@ class DriverClaims:
         self._decline = redis.register_script(DECLINE_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._restore = redis.register_script(RESTORE_SCRIPT)
+        self._offer_bundle = redis.register_script(OFFER_BUNDLE_SCRIPT)
+        self._accept_bundle = redis.register_script(ACCEPT_BUNDLE_SCRIPT)
+        self._decline_bundle = redis.register_script(DECLINE_BUNDLE_SCRIPT)
 
     async def offer(self, driver_id: str, delivery_id: str) -> bool:
         """Open an offer of the delivery to the driver, for offer_ttl_s.
@@ -258,6 +334,43 @@ class DriverClaims:
             args=[driver, delivery, self._capacity],
         )
         return int(code) > 0
+
+    async def offer_bundle(self, driver_id: str, bundle_id: str, delivery_ids: list[str]) -> bool:
+        """Open one offer of every delivery of a bundle to the driver (see ``offer``), refused
+        when any delivery is offered or active, or the driver has no room for all of them."""
+        driver, deliveries = self._bundle_ids(driver_id, delivery_ids)
+        per = [k for d in deliveries for k in (delivery_offer_key(d), delivery_driver_key(d))]
+        code = await self._offer_bundle(
+            keys=[offer_key(driver), deliveries_key(driver), state_key(driver), *per],
+            args=[driver, bundle_token(canonical_uuid(bundle_id, "bundle_id")), self._ttl_ms, self._capacity,
+                  self._require_shift, str(len(deliveries))])
+        return int(code) == OK
+
+    async def accept_bundle(self, driver_id: str, bundle_id: str, delivery_ids: list[str]) -> bool:
+        """The driver takes every delivery of the bundle it was offered, in one step: all of
+        them become its active deliveries, or none does (False; an offer that cannot be
+        honoured any more, e.g. no room left for all of them, is withdrawn)."""
+        driver, deliveries = self._bundle_ids(driver_id, delivery_ids)
+        per = [k for d in deliveries for k in (delivery_offer_key(d), delivery_driver_key(d))]
+        code = await self._accept_bundle(
+            keys=[offer_key(driver), deliveries_key(driver), state_key(driver), location_key(driver), *per],
+            args=[driver, bundle_token(canonical_uuid(bundle_id, "bundle_id")), self._capacity, *deliveries])
+        return int(code) == OK
+
+    async def decline_bundle(self, driver_id: str, bundle_id: str, delivery_ids: list[str]) -> bool:
+        """Withdraw the driver's open offer of the bundle; False when it is not open."""
+        driver, deliveries = self._bundle_ids(driver_id, delivery_ids)
+        code = await self._decline_bundle(
+            keys=[offer_key(driver), *(delivery_offer_key(d) for d in deliveries)],
+            args=[driver, bundle_token(canonical_uuid(bundle_id, "bundle_id"))])
+        return int(code) == OK
+
+    @staticmethod
+    def _bundle_ids(driver_id: str, delivery_ids: list[str]) -> tuple[str, list[str]]:
+        deliveries = [canonical_uuid(d, "delivery_id") for d in delivery_ids]
+        if not 1 <= len(deliveries) <= 10 or len(set(deliveries)) != len(deliveries):
+            raise InvalidClaimSettings(f"a bundle holds 1 to 10 distinct deliveries, got {len(deliveries)}")
+        return canonical_uuid(driver_id, "driver_id"), deliveries
 
     async def offer_of(self, driver_id: str) -> str | None:
         """The delivery id the driver has an open offer for, or None."""

@@ -10,13 +10,17 @@ Flow
    ``created`` starts matching:
    greedy (each delivery at once: ``nearest`` drivers, ETAs, an offer round) or batch (every
    ``window_s`` the window's deliveries of a tenant are solved together with
-   ``assign_batch``; each round then starts with its optimal driver).
+   ``assign_batch``; each round then starts with its optimal driver). Batch mode also
+   bundles: ready deliveries of one vendor going the same way are offered to one driver as
+   one offer (``bundle_dispatch``, ``bundle_policy``, ``bundle_offers``), and a delivery
+   may be held briefly for a partner about to be ready (never beyond ``bundle_max_hold_s``).
 3. Offers, accept/decline/timeout and giving up belong to ``dispatch.offers.OfferEngine``;
    an accept calls ``on_assigned`` here, which writes the ``dispatch.active`` hash the
    location stream tracks (geofence arrival at pickup, live ETAs: ``dispatch.tracking``).
 4. The driver confirms pick-up and delivery (``driver_update``, from the websocket or HTTP);
-   delivery or failure frees the driver (``claims.release``), records the leg in the ETA
-   calibration, and retries the tenant's unassigned deliveries.
+   delivery or failure frees the driver (``claims.release``), teaches the shared ETA model
+   the handover at the counter or the door (``calibration``; the location worker's tracker
+   teaches it the drives), and retries the tenant's unassigned deliveries.
 5. Unassigned deliveries are retried when a driver frees up (a ``deliver``/``fail``/
    ``cancel`` event on the topic, from any engine), when a driver starts a shift
    (``retry_soon``), and every ``retry_interval_s`` as a backstop.
@@ -44,6 +48,7 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -62,12 +67,17 @@ from dispatch.deliveries.store import CREATED_EVENT, UnknownDelivery, transition
 from dispatch.identity.drivers import VEHICLE_TYPES
 from dispatch.matching import active
 from dispatch.matching.assignment import assign_batch
+from dispatch.matching.bundle_dispatch import plan_window
+from dispatch.matching.bundle_offers import BundleLeg
+from dispatch.matching.bundle_policy import DEFAULT_RULES
+from dispatch.matching.bundles import BundleRules
 from dispatch.matching.calibration import CalibrationStore
 from dispatch.matching.claims import DriverClaims
 from dispatch.matching.consumer import EventConsumer
 from dispatch.matching.fleet_replica import FleetReplica
 from dispatch.matching.keys import (
     delivery_offer_key,
+    held_key,
     round_key,
     tried_key,
 )
@@ -75,7 +85,7 @@ from dispatch.matching.nearest import DriverFacts, load_driver_facts, nearest
 from dispatch.matching.offers import OfferEngine, RoundInProgress
 from dispatch.matching.ranking import Job, RankedCandidate
 from dispatch.matching.terms import OfferCandidate, RoundOutcome
-from geo import CIRCUITY, EtaCalibration, distance_m, eta_seconds
+from geo import CIRCUITY
 from schema.db import TenantDatabase
 from schema.errors import WakalaError
 from streams.keys import state_key
@@ -91,7 +101,8 @@ SELECT d.status, d.order_id,
        ST_Y(d.pickup_location::geometry) AS pickup_lat, ST_X(d.pickup_location::geometry) AS pickup_lng,
        ST_Y(d.dropoff_location::geometry) AS dropoff_lat, ST_X(d.dropoff_location::geometry) AS dropoff_lng,
        coalesce(o.delivery_fee, 0) AS pay, coalesce(o.metadata, '{}'::jsonb) AS order_metadata,
-       coalesce(v.delivery_radius, 5000) AS max_pickup_m
+       coalesce(v.delivery_radius, 5000) AS max_pickup_m, o.vendor_id::text AS vendor_id,
+       extract(epoch FROM o.created_at)::float8 AS placed_s, extract(epoch FROM d.created_at)::float8 AS ready_s
 FROM deliveries d JOIN orders o ON o.id = d.order_id JOIN vendors v ON v.id = o.vendor_id
 WHERE d.id = $1
 """
@@ -108,12 +119,6 @@ WHERE (status = 'pending' AND coalesce(updated_at, created_at) < now() - interva
    OR (status = 'offered' AND coalesce(updated_at, created_at) < now() - make_interval(secs => $1))
 ORDER BY created_at LIMIT 100
 """
-LEG_SQL = """
-SELECT estimated_duration_s, actual_duration_s,
-       ST_Y(dropoff_location::geometry) AS lat, ST_X(dropoff_location::geometry) AS lng
-FROM deliveries WHERE id = $1
-"""
-
 # Events on delivery-events after which a driver may be free again.
 _FREEING = frozenset({DeliveryEvent.DELIVER.value, DeliveryEvent.FAIL.value, DeliveryEvent.CANCEL.value})
 DRIVER_ACTOR = "driver:{}"
@@ -128,6 +133,9 @@ class DispatchJob:
     job: Job
     pay: Decimal
     status: str
+    vendor_id: str = ""
+    placed_s: float = 0.0     # epoch seconds: the order was placed
+    ready_s: float = 0.0      # epoch seconds: the delivery was created (the order was ready)
 
 
 def _vehicle_types(metadata: dict[str, Any]) -> frozenset[str] | None:
@@ -152,7 +160,8 @@ class Dispatcher:
                  mode: Literal["greedy", "batch"] = "greedy", window_s: float = 2.0, k: int = 10,
                  retry_interval_s: float = 10.0, calibration: CalibrationStore | None = None,
                  facts_ttl_s: float = 60.0, cache: Cache | None = None,
-                 replica: FleetReplica | None = None) -> None:
+                 replica: FleetReplica | None = None, bundle_max_hold_s: float = 60.0,
+                 bundle_rules: BundleRules = DEFAULT_RULES) -> None:
         if mode not in ("greedy", "batch"):
             raise ValueError(f"mode must be greedy or batch, got {mode!r}")
         self.db, self.redis, self.store, self.offers = db, redis, store, offers
@@ -166,7 +175,9 @@ class Dispatcher:
         self.replica = replica
         self._facts: dict[str, tuple[float, dict[str, DriverFacts]]] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.bundle_max_hold_s, self.bundle_rules = bundle_max_hold_s, bundle_rules
         offers.on_assigned = self.on_assigned
+        offers.on_dissolved = self._dissolved
 
     # -- matching -------------------------------------------------------------------------------
 
@@ -183,7 +194,8 @@ class Dispatcher:
         job = Job(str(tenant_id), row["pickup_lat"], row["pickup_lng"], row["dropoff_lat"], row["dropoff_lng"],
                   _vehicle_types(metadata), metadata.get("needs_cold_storage") is True,
                   float(row["max_pickup_m"]))
-        return DispatchJob(str(tenant_id), delivery_id, job, Decimal(row["pay"]), row["status"])
+        return DispatchJob(str(tenant_id), delivery_id, job, Decimal(row["pay"]), row["status"], row["vendor_id"],
+                           row["placed_s"] or 0.0, row["ready_s"] or 0.0)
 
     async def _driver_facts(self, tenant_id: str) -> dict[str, DriverFacts]:
         cached = self._facts.get(tenant_id)
@@ -202,20 +214,20 @@ class Dispatcher:
         return found.candidates
 
     async def offer_candidates(self, job: Job, ranked: Sequence[RankedCandidate]) -> list[OfferCandidate]:
-        """Pickup ETAs (road distance ÷ vehicle speed at this hour × the pickup cell's calibration)."""
+        """Pickup ETAs: arrival at the shop by the learned model (``geo.eta_model``)."""
         now = datetime.now(UTC)
-        factor = (await self.calibration.current()).factor(EtaCalibration.cell_for(job.pickup_lat, job.pickup_lng))
-        return [OfferCandidate(r.driver_id, round(eta_seconds(r.distance_m / CIRCUITY, r.candidate.vehicle_type,
-                                                               now, calibration=factor)))
+        model, pickup = await self.calibration.current(), (job.pickup_lat, job.pickup_lng)
+        return [OfferCandidate(r.driver_id, round(model.travel_s(r.distance_m / CIRCUITY, r.candidate.vehicle_type,
+                                                                 now, pickup)))
                 for r in ranked]
 
     async def candidates_for(self, job: Job) -> list[OfferCandidate]:
         return await self.offer_candidates(job, await self.ranked(job))
 
     async def dropoff_eta_s(self, job: Job, vehicle_type: str) -> int:
-        factor = (await self.calibration.current()).factor(EtaCalibration.cell_for(job.dropoff_lat, job.dropoff_lng))
-        return round(eta_seconds(distance_m(job.pickup_lat, job.pickup_lng, job.dropoff_lat, job.dropoff_lng),
-                                 vehicle_type, datetime.now(UTC), calibration=factor))
+        model = await self.calibration.current()
+        return round(model.leg_s((job.pickup_lat, job.pickup_lng), (job.dropoff_lat, job.dropoff_lng),
+                                 vehicle_type, datetime.now(UTC)))
 
     async def _start(self, dj: DispatchJob, candidates: list[OfferCandidate],
                      vehicle_type: str) -> RoundOutcome:
@@ -238,26 +250,56 @@ class Dispatcher:
 
     async def dispatch_batch(self, tenant_id: str, delivery_ids: Sequence[str]) -> list[RoundOutcome]:
         """Batch: solve the window's pending deliveries of a tenant together, then start each
-        round with its optimal driver followed by the rest of its own ranking."""
+        round with its optimal driver followed by the rest of its own ranking. With room for
+        more than one delivery per driver, a vendor's deliveries may go as one bundle (the
+        unit's first delivery stands for it in the solve: they share the pickup) or wait."""
         jobs = [dj for d in dict.fromkeys(delivery_ids)
                 if (dj := await self.job_for(tenant_id, d)) is not None and dj.status == DeliveryState.PENDING.value]
         if not jobs:
             return []
         rankings = [await self.ranked(dj.job) for dj in jobs]
+        units: list[tuple[int, ...]] = [(i,) for i in range(len(jobs))]
+        etas: dict[int, tuple[int, ...]] = {}
+        if self.claims.capacity >= 2:
+            units, etas = await plan_window(self, tenant_id, jobs, rankings)
         pool = {r.driver_id: r.candidate for ranking in rankings for r in ranking}
         chosen = {a.job_index: a.driver_id for a in assign_batch(
-            [dj.job for dj in jobs], list(pool.values()), at=datetime.now(UTC),
+            [jobs[u[0]].job for u in units], list(pool.values()), at=datetime.now(UTC),
             calibration=await self.calibration.current())}
         outcomes = []
-        for i, (dj, ranking) in enumerate(zip(jobs, rankings, strict=True)):
-            first = chosen.get(i)
-            ordered = sorted(ranking, key=lambda r: r.driver_id != first)   # stable: the rest keep their order
+        for k, unit in enumerate(units):
+            first = chosen.get(k)
+            ordered = sorted(rankings[unit[0]], key=lambda r: r.driver_id != first)   # stable: the rest keep their order
             vehicle = ordered[0].candidate.vehicle_type if ordered else "motorbike"
-            try:
-                outcomes.append(await self._start(dj, await self.offer_candidates(dj.job, ordered), vehicle))
-            except WakalaError as exc:
-                _not_dispatched(dj.delivery_id, exc)
+            candidates = await self.offer_candidates(jobs[unit[0]].job, ordered)
+            if len(unit) > 1:
+                legs = [BundleLeg(jobs[i].delivery_id, jobs[i].job, jobs[i].pay, eta)
+                        for i, eta in zip(unit, etas[k], strict=True)]
+                try:
+                    outcomes.append(await self.offers.start_bundle(str(uuid.uuid4()), legs, candidates))
+                    continue
+                except WakalaError as exc:   # one of them is in a round already: the others alone
+                    log.info("bundle of %d deliveries not started (%s); offering them alone", len(unit), exc)
+            for i in unit:
+                try:
+                    outcomes.append(await self._start(jobs[i], candidates if i == unit[0] else
+                                                      await self.offer_candidates(jobs[i].job, ordered), vehicle))
+                except WakalaError as exc:
+                    _not_dispatched(jobs[i].delivery_id, exc)
         return outcomes
+
+    def release_hold_later(self, tenant_id: str, delivery_id: str, wait_s: float) -> None:
+        """Decide again on a delivery held for a bundle partner when its hold ends."""
+        async def later() -> None:
+            await asyncio.sleep(wait_s)
+            await self.redis.delete(held_key(delivery_id))
+            await self.dispatch_batch(tenant_id, [delivery_id])
+        self._spawn(later(), f"held delivery {delivery_id}")
+
+    async def _dissolved(self, tenant_id: str, delivery_ids: tuple[str, ...]) -> None:
+        """A bundle found no taker or lost a delivery: offer the rest one by one, in the background."""
+        for d in delivery_ids:
+            self._spawn(self.dispatch(tenant_id, d), f"dispatch {d} after its bundle")
 
     async def retry(self, tenant_id: str) -> list[RoundOutcome]:
         """Offer the tenant's unassigned deliveries again, to the drivers available now."""
@@ -279,11 +321,15 @@ class Dispatcher:
 
     # -- after the accept -----------------------------------------------------------------------
 
-    async def on_assigned(self, tenant_id: str, delivery_id: str, driver_id: str, job: Job) -> None:
+    async def on_assigned(self, tenant_id: str, delivery_id: str, driver_id: str, job: Job, *,
+                          stop: tuple[str, int, int] | None = None) -> None:
+        """Write the hot copy the tracker follows; ``stop`` = (bundle id, k, n) for a bundle's."""
         vehicle = await self.redis.hget(state_key(driver_id), "vehicle")
+        bundle, k, n = stop if stop is not None else (None, None, None)
         await active.write(self.redis, active.ActiveDelivery(
             delivery_id, tenant_id, driver_id, as_text(vehicle) if vehicle else "motorbike", "assigned",
-            (job.pickup_lat, job.pickup_lng), (job.dropoff_lat, job.dropoff_lng), round(time.time() * 1000)))
+            (job.pickup_lat, job.pickup_lng), (job.dropoff_lat, job.dropoff_lng), round(time.time() * 1000),
+            bundle_id=bundle, stop=k, stops=n))
 
     async def driver_update(self, tenant_id: str, driver_id: str, update: DriverUpdate) -> DeliveryState:
         """A driver reports pick-up, delivery or failure of their own delivery.
@@ -318,11 +364,12 @@ class Dispatcher:
         state = snap.state
         if state is DeliveryState.PICKED_UP:
             await active.set_status(self.redis, delivery, state.value)
+            await self.calibration.handed_over(delivery, "shop", time.time())   # best effort
         else:   # delivered or failed: the job is over
             await active.delete(self.redis, delivery)
             await self.claims.release(driver_id, delivery)
             if state is DeliveryState.DELIVERED:
-                await self._learn(tenant_id, delivery)
+                await self.calibration.handed_over(delivery, "door", time.time())
             self.retry_soon(tenant_id)
         return state
 
@@ -338,13 +385,6 @@ class Dispatcher:
             await self.claims.decline(as_text(offered), delivery_id)
         await self.redis.delete(round_key(delivery_id), tried_key(delivery_id))
         await active.delete(self.redis, delivery_id)
-
-    async def _learn(self, tenant_id: str, delivery_id: str) -> None:
-        async with self.db.tenant_transaction(tenant_id, readonly=True) as tx:
-            leg = await tx.fetchrow(LEG_SQL, parse_uuid(delivery_id, "delivery_id"))
-        if leg is None or not leg["estimated_duration_s"] or leg["actual_duration_s"] is None:
-            return
-        await self.calibration.observe(leg["lat"], leg["lng"], leg["estimated_duration_s"], leg["actual_duration_s"])
 
     # -- the event loop -------------------------------------------------------------------------
 
@@ -448,8 +488,8 @@ class Dispatcher:
                             continue   # an offer is open: its deadline moves the round on
                         log.warning("delivery %s was pending with a round but no open offer; dispatching "
                                     "it afresh", delivery)
-                    elif not row["long_idle"]:
-                        continue
+                    elif not row["long_idle"] or await self.redis.exists(held_key(delivery)):
+                        continue   # just created, or held for a bundle partner (its timer decides)
                     if await self.dispatch(str(tenant_id), delivery) is not None:
                         started += 1
             except Exception as exc:   # noqa: BLE001 - one tenant's fault is not the others'

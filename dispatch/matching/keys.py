@@ -12,11 +12,14 @@ states, the availability index, tracking documents) are in ``streams/keys.py``.
 | ``delivery:driver:{delivery}`` | string | the driver a delivery is assigned to |
 | ``delivery:round:{delivery}`` | hash | the offer round (attempts, job, deadline) |
 | ``delivery:tried:{delivery}`` | set | drivers already offered this delivery |
+| ``bundle:round:{bundle}`` / ``bundle:tried:{bundle}`` | hash / set | a bundle's offer round and tried drivers |
+| ``delivery:held:{delivery}`` | string, TTL the hold | a ready delivery held for a bundle partner |
 | ``delivery:active:{delivery}`` | JSON, TTL 1 day | an assigned delivery the tracker follows |
 | ``offers:deadlines:{app}`` | sorted set | offer deadlines, popped by one sweeper |
 | ``deliveries:unassigned:{tenant}`` / ``deliveries:unassigned:tenants`` | set | retry queue |
 | ``driver:socket:{driver}`` | string | the engine process holding the driver's socket |
-| ``eta:calibration`` | hash | the learned ETA calibration all engines share |
+| ``eta:model:{app_id}`` | hash | the learned ETA model all engines of a deployment share (``geo.eta_model`` sums) |
+| ``eta:leg:{delivery}`` | hash, TTL 1 day | a delivery's leg starts and arrivals, for the ETA model |
 | ``dispatch:offsets:{group}:{topic}`` / ``dispatch:event:{group}:{id}`` | hash / string | the dispatcher's read position and event claims |
 | ``dispatch:parked:{group}`` | list, capped | delivery events that kept failing, for an operator |
 | ``dispatch:redis-epoch:{app}`` | string | set after a rebuild from Postgres; missing = Redis lost its data |
@@ -25,8 +28,17 @@ states, the availability index, tracking documents) are in ``streams/keys.py``.
 from __future__ import annotations
 
 ACTIVE_PREFIX = "delivery:active:"
-CALIBRATION_KEY = "eta:calibration"
+CALIBRATION_KEY = "eta:model"
+
+
+def calibration_key(app_id: str) -> str:
+    """A deployment's learned ETA model (its engines and workers share ``app_id``)."""
+    return f"{CALIBRATION_KEY}:{app_id}"
 UNASSIGNED_TENANTS_KEY = "deliveries:unassigned:tenants"
+
+
+def eta_leg_key(delivery_id: str) -> str:
+    return f"eta:leg:{delivery_id}"
 
 
 def offer_key(driver_id: str) -> str:
@@ -51,6 +63,18 @@ def round_key(delivery_id: str) -> str:
 
 def tried_key(delivery_id: str) -> str:
     return f"delivery:tried:{delivery_id}"
+
+
+def bundle_round_key(bundle_id: str) -> str:
+    return f"bundle:round:{bundle_id}"
+
+
+def bundle_tried_key(bundle_id: str) -> str:
+    return f"bundle:tried:{bundle_id}"
+
+
+def held_key(delivery_id: str) -> str:
+    return f"delivery:held:{delivery_id}"
 
 
 def active_key(delivery_id: str) -> str:

@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 
 from dispatch.matching.keys import socket_key
 from dispatch.matching.offers import WebsocketNotifier
-from dispatch.matching.terms import Offer
+from dispatch.matching.terms import BundleOffer, Offer
 from streams.replies import as_text
 
 __all__ = ["RoutedNotifier", "socket_key"]
@@ -70,7 +70,7 @@ class RoutedNotifier:
     async def unregister(self, driver_id: str) -> None:
         await self._forget(keys=[socket_key(driver_id)], args=[self.process_id])
 
-    async def send_offer(self, driver_id: str, offer: Offer) -> bool:
+    async def send_offer(self, driver_id: str, offer: Offer | BundleOffer) -> bool:
         frame = offer.frame()
         if await self.local.send_frame(driver_id, frame):
             return True

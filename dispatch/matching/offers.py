@@ -45,17 +45,17 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from dispatch.core.errors import OFFER_NOT_HELD
 from dispatch.deliveries.state import DeliveryEvent, IllegalTransition
 from dispatch.deliveries.store import DriverAtCapacity, UnknownDelivery, UnknownDriver
 from dispatch.deliveries.transitions import DeliveryTransitions
-from dispatch.matching.claims import DriverClaims
+from dispatch.matching.bundle_offers import BundleRounds, job_from_json, job_json
+from dispatch.matching.claims import BUNDLE_PREFIX, DriverClaims
 from dispatch.matching.keys import (
     UNASSIGNED_TENANTS_KEY,
     deadlines_key,
@@ -69,14 +69,16 @@ from dispatch.matching.offer_repairs import SYSTEM_ACTOR, OfferRepairs
 from dispatch.matching.offer_repairs import member as _member
 from dispatch.matching.ranking import Job
 from dispatch.matching.terms import (
+    BundleOffer,
     InvalidOffer,
     Offer,
     OfferCandidate,
+    OfferNotHeld,
+    RoundInProgress,
     RoundOutcome,
     eta_s,
     offer_id,
 )
-from schema.errors import WakalaError
 from streams.replies import as_text
 
 __all__ = [
@@ -96,8 +98,9 @@ DEFAULT_MAX_ATTEMPTS = 5
 ROUND_TTL_S = 86_400
 
 
-# Called once a driver's accept is recorded: (tenant_id, delivery_id, driver_id, job).
-OnAssigned = Callable[[str, str, str, Job], Awaitable[None]]
+# Called once a driver's accept is recorded: (tenant_id, delivery_id, driver_id, job), and for
+# each delivery of a bundle with ``stop=(bundle_id, k, n)`` (its place in the drop-off order).
+OnAssigned = Callable[..., Awaitable[None]]
 
 
 # KEYS: deadlines. ARGV: now (ms), max members. Read and remove in one step: a member is
@@ -117,16 +120,6 @@ return 0
 """
 
 
-class RoundInProgress(WakalaError):
-    """The delivery already has an open offer or a driver; a new round would burn candidates."""
-
-
-class OfferNotHeld(WakalaError):
-    """The driver has no open offer of this delivery (never made, someone else's, expired)."""
-
-    reason = OFFER_NOT_HELD
-
-
 @dataclass(frozen=True, slots=True)
 class _Round:
     tenant_id: str
@@ -137,24 +130,11 @@ class _Round:
     attempts: int
 
 
-def _job_json(job: Job) -> str:
-    fields = asdict(job)
-    fields["vehicle_types"] = None if job.vehicle_types is None else sorted(job.vehicle_types)
-    return json.dumps(fields)
-
-
-def _job_from_json(raw: str) -> Job:
-    fields = json.loads(raw)
-    types = fields["vehicle_types"]
-    fields["vehicle_types"] = None if types is None else frozenset(types)
-    return Job(**fields)
-
-
 # -- ports --------------------------------------------------------------------------------------
 
 
 class Notifier(Protocol):
-    async def send_offer(self, driver_id: str, offer: Offer) -> bool:
+    async def send_offer(self, driver_id: str, offer: Offer | BundleOffer) -> bool:
         """Deliver the offer; False when the driver is not connected here."""
 
 
@@ -167,7 +147,7 @@ class WebsocketNotifier:
     def __init__(self, state: Any) -> None:
         self.state = state
 
-    async def send_offer(self, driver_id: str, offer: Offer) -> bool:
+    async def send_offer(self, driver_id: str, offer: Offer | BundleOffer) -> bool:
         return await self.send_frame(driver_id, offer.frame())
 
     async def send_frame(self, driver_id: str, frame: dict[str, Any]) -> bool:
@@ -188,8 +168,9 @@ class WebsocketNotifier:
 _ABANDON = (IllegalTransition, UnknownDelivery, UnknownDriver)
 
 
-class OfferEngine(OfferRepairs):
-    """Runs offer rounds over ``DriverClaims``, a ``Notifier`` and the deliveries' transitions.
+class OfferEngine(OfferRepairs, BundleRounds):
+    """Runs offer rounds over ``DriverClaims``, a ``Notifier`` and the deliveries' transitions;
+    bundle rounds (several deliveries, one offer) are ``dispatch.matching.bundle_offers``.
 
     ``claims.offer_ttl_s`` must be at least ``offer_timeout_s``: the claim's own expiry is the
     backstop for a crashed deployment, the deadline here is the timeout drivers see.
@@ -238,7 +219,7 @@ class OfferEngine(OfferRepairs):
             raise RoundInProgress(f"delivery {delivery} already has an open offer or a driver")
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(round_key(delivery), mapping={
-                "tenant": tenant, "job": _job_json(job), "pay": str(pay),
+                "tenant": tenant, "job": job_json(job), "pay": str(pay),
                 "dropoff_eta_s": str(dropoff_eta_s),
                 "candidates": json.dumps([[c.driver_id, c.pickup_eta_s] for c in listed]),
             })
@@ -247,12 +228,21 @@ class OfferEngine(OfferRepairs):
             await pipe.execute()
         return await self._advance(delivery)
 
-    async def reply(self, driver_id: str, delivery_id: str, accept: bool) -> RoundOutcome:
+    async def reply(self, driver_id: str, delivery_id: str | None, accept: bool, *,
+                    bundle_id: str | None = None) -> RoundOutcome:
         """The driver's answer. Raises OfferNotHeld, changing nothing, when the driver has no
-        open offer of this delivery (or its deadline was just handled by a sweep)."""
+        open offer of this delivery (or its deadline was just handled by a sweep). An open
+        bundle offer is answered whole, named by ``bundle_id`` or any of its deliveries."""
         driver = offer_id(driver_id, "driver_id")
+        held = await self.claims.offer_of(driver)
+        if held is not None and held.startswith(BUNDLE_PREFIX):
+            return await self._bundle_reply(
+                driver, held[len(BUNDLE_PREFIX):], accept, named_bundle=bundle_id,
+                named_delivery=None if delivery_id is None else offer_id(delivery_id, "delivery_id"))
+        if delivery_id is None or bundle_id is not None:
+            raise OfferNotHeld(f"driver {driver} holds no offer of bundle {bundle_id}")
         delivery = offer_id(delivery_id, "delivery_id")
-        if await self.claims.offer_of(driver) != delivery:
+        if held != delivery:
             raise OfferNotHeld(f"driver {driver} holds no offer of delivery {delivery}")
         if not await self.redis.zrem(self.deadlines, _member(delivery, driver)):
             raise OfferNotHeld(f"the offer of delivery {delivery} has just timed out")
@@ -301,6 +291,9 @@ class OfferEngine(OfferRepairs):
         for raw in due:
             delivery, _, driver = as_text(raw).partition("|")
             try:
+                if delivery.startswith(BUNDLE_PREFIX):
+                    outcomes.append(await self._bundle_timeout(delivery[len(BUNDLE_PREFIX):], driver))
+                    continue
                 await self.claims.decline(driver, delivery)
                 await self._closed(delivery, driver, DeliveryEvent.OFFER_TIMEOUT)
                 outcomes.append(await self._advance(delivery))
@@ -322,7 +315,8 @@ class OfferEngine(OfferRepairs):
             await asyncio.sleep(interval_s)
 
     async def pending_deadlines(self) -> list[tuple[str, str, float]]:
-        """(delivery_id, driver_id, deadline epoch s) of every open offer, soonest first."""
+        """(delivery_id, driver_id, deadline epoch s) of every open offer, soonest first (a
+        bundle's as ``bundle:{bundle_id}``)."""
         rows = await self.redis.zrange(self.deadlines, 0, -1, withscores=True)
         out = []
         for member, score in rows:
@@ -486,7 +480,7 @@ class OfferEngine(OfferRepairs):
         fields = {as_text(k): as_text(v) for k, v in raw.items()}
         return _Round(
             tenant_id=fields["tenant"],
-            job=_job_from_json(fields["job"]),
+            job=job_from_json(fields["job"]),
             pay=Decimal(fields["pay"]),
             dropoff_eta_s=int(fields["dropoff_eta_s"]),
             candidates=tuple(OfferCandidate(d, int(eta)) for d, eta in json.loads(fields["candidates"])),

@@ -5,7 +5,8 @@ decision about *what* goes on the wire is made here, over plain dicts and string
 is tested without a service. The frames after the snapshot (``dispatch.tracking.snapshot``):
 
 * ``position``: the driver's position and the live ETAs, from the tracking document the
-  location worker publishes. The driver's id stays out: it is not the customer's business.
+  location worker publishes (and ``stop``/``stops`` for a bundle's delivery). The driver's id
+  stays out: it is not the customer's business.
 * ``status`` (``to_state`` of a ``delivery-events`` message) and ``arrived`` (the tracker's
   ``arrived_dropoff`` event, which changes no state).
 * ``order``: a vendor screen's order, as it stands after the event.
@@ -94,10 +95,13 @@ def position_frame(document: dict[str, Any]) -> dict[str, Any] | None:
     driver = document.get("driver")
     if not isinstance(driver, dict):
         return None
-    return {"type": "position", "lat": driver.get("lat"), "lng": driver.get("lng"),
-            "heading_deg": driver.get("heading_deg"), "speed_mps": driver.get("speed_mps"),
-            "ts": driver.get("ts"), "eta_pickup_s": document.get("eta_pickup_s"),
-            "eta_dropoff_s": document.get("eta_dropoff_s"), "received_at": document.get("received_at")}
+    frame = {"type": "position", "lat": driver.get("lat"), "lng": driver.get("lng"),
+             "heading_deg": driver.get("heading_deg"), "speed_mps": driver.get("speed_mps"),
+             "ts": driver.get("ts"), "eta_pickup_s": document.get("eta_pickup_s"),
+             "eta_dropoff_s": document.get("eta_dropoff_s"), "received_at": document.get("received_at")}
+    if isinstance(document.get("stop"), int) and isinstance(document.get("stops"), int):
+        frame["stop"], frame["stops"] = document["stop"], document["stops"]   # a bundle's stop k of n
+    return frame
 
 
 def published_position_frame(data: Any, tenant_id: str) -> dict[str, Any] | None:

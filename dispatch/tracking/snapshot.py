@@ -11,6 +11,10 @@ under way (``dispatch.deliveries.proof``): the link holder is the customer, who 
 the driver at the door. The PIN is derived from the tenant's key and the delivery's nonce,
 never stored; the field is absent otherwise.
 
+A delivery accepted as part of a bundle (``deliveries.bundle_seq``/``bundle_size``) carries
+``stop`` and ``stops``, its place in the driver's drop-off order; its ETA (from the tracker)
+already runs through the stops before it. Absent for a delivery on its own.
+
 The ids of the delivery's events already in the outbox come back too: the hub drops those
 events when Kafka brings them again, so the timeline and the status frames never repeat.
 """
@@ -34,7 +38,7 @@ __all__ = ["MAX_GRID_CELLS", "SNAPSHOT_SQL", "Snapshot", "load_snapshot", "snaps
 
 MAX_GRID_CELLS = 400
 SNAPSHOT_SQL = """
-SELECT d.status, o.order_number, v.business_name,
+SELECT d.status, o.order_number, v.business_name, d.bundle_seq, d.bundle_size,
        ST_Y(d.pickup_location::geometry) AS pickup_lat, ST_X(d.pickup_location::geometry) AS pickup_lng,
        ST_Y(d.dropoff_location::geometry) AS dropoff_lat, ST_X(d.dropoff_location::geometry) AS dropoff_lng,
        (SELECT coalesce(jsonb_agg(jsonb_build_array(e.id::text, e.payload->>'to_state',
@@ -100,6 +104,8 @@ def snapshot_frame(delivery_id: str, row: Any, document: dict[str, Any] | None, 
                     row.get("pin_verified_at"))
     if pin is not None:   # only while there is a PIN to tell the driver (the page shows it when present)
         frame["delivery_pin"] = pin
+    if row.get("bundle_seq") is not None:   # one stop of a bundle: "stop 2 of 3" on the page
+        frame["stop"], frame["stops"] = row["bundle_seq"], row["bundle_size"]
     return Snapshot(frame, frozenset(event_id for event_id, _s, _a in events))
 
 

@@ -23,14 +23,21 @@ plane, prepared), built once per delivery and leg and kept in a bounded cache: b
 costs ~45 µs, testing a point against a prepared one a few µs, so a batch only pays for the
 deliveries it has not seen before. Polygon fences (vendor premises) slot in at ``_fence``.
 
-ETAs use ``geo.eta.eta_seconds`` on great-circle distances (it applies circuity and the
-parking/walk-in overhead of each leg itself), times the calibration factor of the leg's
-destination cell (the worker passes the engines' shared ``dispatch.calibration`` store, so
+ETAs are arrivals (at the shop, at the door) from ``geo.eta_model.EtaModel``, the learned
+model every engine shares (the worker passes the ``dispatch.matching.calibration`` store, so
 customers see the ETAs the dispatcher offered on), at the current time of day:
 
-* ``assigned``: to pickup = leg(driver → pickup); to dropoff = that + leg(pickup → dropoff);
-* ``at_pickup``: to dropoff = leg(pickup → dropoff);
+* ``assigned``: to pickup = leg(driver → pickup); to dropoff = that + the shop handover
+  (``pickup_done_s``: the order is ready, a delivery opens only then) + leg(pickup → dropoff);
+* ``at_pickup``: to dropoff = what is left of the shop handover (its expectation less the time
+  since the fence saw the driver arrive) + leg(pickup → dropoff);
 * ``picked_up``: to dropoff = leg(driver → dropoff).
+
+The tracker also feeds the model: with a store, the first fix of a driver on each leg is
+queued as the leg's start (``CalibrationStore.queue_start``, in the batch's one pipeline; an
+in-process LRU keeps it to once per delivery and leg), timed no earlier than the assignment,
+and a fence arrival learns the leg (``CalibrationStore.arrived``; times are the gateway's
+receive times, see there).
 
 Cost, measured with a throwaway script (``on_pings`` over one batch of 1,000 pings of 1,000
 distinct drivers, local Redis 7, hiredis, 200 timed calls after 20 warm-up ones, three runs, on
@@ -53,7 +60,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
 from redis import exceptions as redis_errors
@@ -70,8 +77,8 @@ from dispatch.deliveries.transitions import DeliveryTransitions
 from dispatch.matching import active
 from dispatch.matching.active import ActiveDelivery
 from dispatch.matching.calibration import CalibrationStore
-from geo.distance import distance_m
-from geo.eta import EtaCalibration, eta_seconds
+from dispatch.matching.stops import earlier_stops, through_stops
+from geo.eta_model import EtaModel
 from geo.geofence import Geofence
 from schema.db import TenantDatabase
 from streams.keys import tracking_key
@@ -85,6 +92,9 @@ TRACKING_TTL_S = 60
 GEOFENCE_ACTOR = "system:geofence"
 DEFAULT_RADIUS_M = 75.0
 FENCE_CACHE = 20_000   # fences kept (two per active delivery); ~2 KB each
+STARTS_CACHE = 20_000  # (delivery, leg) starts already queued by this process
+_PRIOR = EtaModel()
+_LEG_OF = {"assigned": "pickup", "picked_up": "dropoff"}   # the leg a status drives
 _ARRIVED_PICKUP = "arrived_pickup_ms"
 _ARRIVED_DROPOFF = "arrived_dropoff_ms"
 
@@ -103,21 +113,24 @@ class TrackingOutcome:
 
 
 def remaining_etas(status: str, driver: tuple[float, float], delivery: ActiveDelivery,
-                   at: datetime, calibration: EtaCalibration | None = None,
+                   at: datetime, model: EtaModel | None = None, *, waited_at_shop_s: float = 0.0,
                    ) -> tuple[float | None, float]:
     """(seconds to pickup or None once at/after it, seconds to dropoff) for a delivery in
-    ``status`` whose driver is at ``driver`` (lat, lng). Pure; see the module docstring."""
+    ``status`` whose driver is at ``driver`` (lat, lng). ``model`` None is the prior.
+    ``waited_at_shop_s``: time since the pickup arrival (``at_pickup``). Pure; see the module
+    docstring."""
+    model = _PRIOR if model is None else model
     vehicle = delivery.vehicle_type
 
     def leg(start: tuple[float, float], end: tuple[float, float]) -> float:
-        factor = 1.0 if calibration is None else calibration.factor(EtaCalibration.cell_for(*end))
-        return eta_seconds(distance_m(*start, *end), vehicle, at, calibration=factor)
+        return model.leg_s(start, end, vehicle, at)
 
     if status == "assigned":
         to_pickup = leg(driver, delivery.pickup)
-        return to_pickup, to_pickup + leg(delivery.pickup, delivery.dropoff)
+        return to_pickup, model.pickup_done_s(to_pickup) + leg(delivery.pickup, delivery.dropoff)
     if status == "at_pickup":
-        return None, leg(delivery.pickup, delivery.dropoff)
+        return None, (model.pickup_done_s(0.0, waited_s=waited_at_shop_s)
+                      + leg(delivery.pickup, delivery.dropoff))
     if status == "picked_up":
         return None, leg(driver, delivery.dropoff)
     raise ValueError(f"status {status!r} is not tracked; expected one of "
@@ -144,7 +157,7 @@ class Tracker:
     def __init__(self, redis: Redis, transitions: DeliveryTransitions | None, *,
                  db: TenantDatabase | None, pickup_radius_m: float = DEFAULT_RADIUS_M,
                  dropoff_radius_m: float = DEFAULT_RADIUS_M,
-                 calibration: EtaCalibration | CalibrationStore | None = None,
+                 calibration: EtaModel | CalibrationStore | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.redis = redis
         self.transitions = transitions
@@ -154,6 +167,7 @@ class Tracker:
         self.calibration = calibration
         self.clock = clock
         self._fences: OrderedDict[tuple[str, str], Geofence] = OrderedDict()
+        self._started: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def _fence(self, delivery: ActiveDelivery, leg: str) -> Geofence:
         """The delivery's pickup or dropoff fence, built once (LRU of ``FENCE_CACHE`` fences)."""
@@ -181,10 +195,12 @@ class Tracker:
             return outcome
         now_s = self.clock()
         at = datetime.fromtimestamp(now_s, UTC)
-        calibration = self.calibration
-        if isinstance(calibration, CalibrationStore):
-            calibration = await calibration.current()
+        store = self.calibration if isinstance(self.calibration, CalibrationStore) else None
+        model = await store.current() if store is not None else self.calibration
+        scale = store.time_scale if store is not None else 1.0
         documents: list[tuple[str, str]] = []
+        starts: list[tuple[str, str, DriverPing, float]] = []
+        before = earlier_stops(deliveries)   # a bundle's open stops before each of its deliveries
         for delivery in deliveries:
             ping = newest.get(delivery.driver_id)
             if ping is None or ping.tenant_id != delivery.tenant_id:
@@ -194,7 +210,14 @@ class Tracker:
                 status = await self._arrivals(delivery, ping, int(now_s * 1000), outcome)
                 if status is not None:
                     documents.append((delivery.delivery_id,
-                                      _document(delivery, status, ping, at, now_s, calibration)))
+                                      _document(delivery, status, ping, at, now_s, model, scale,
+                                                before.get(delivery.delivery_id, ()))))
+                    if store is not None and status in _LEG_OF and self._first_start(
+                            delivery.delivery_id, _LEG_OF[status]):
+                        # a leg starts at the assignment (pickup) or its first fix if later;
+                        # the pick-up time bounds the dropoff leg (CalibrationStore.arrived)
+                        starts.append((delivery.delivery_id, _LEG_OF[status], ping, max(
+                            ping.received_at, delivery.assigned_ms / 1000 if status == "assigned" else 0.0)))
             except (redis_errors.ConnectionError, redis_errors.TimeoutError):
                 raise
             except ValueError as exc:   # bad data in the hash (an unknown vehicle type, ...)
@@ -204,15 +227,32 @@ class Tracker:
                 outcome.failed += 1
                 log.exception("tracking delivery %s of driver %s failed; going on",
                               delivery.delivery_id, delivery.driver_id)
-        if documents:
+        if documents or starts:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for delivery_id, body in documents:
                     key = tracking_key(delivery_id)
                     pipe.set(key, body, ex=TRACKING_TTL_S)
                     pipe.publish(key, body)
+                for delivery_id, leg, ping, started_at in starts:
+                    CalibrationStore.queue_start(pipe, delivery_id, leg, ping.lat, ping.lng, started_at)
                 await pipe.execute()
             outcome.etas_written = len(documents)
         return outcome
+
+    def _first_start(self, delivery_id: str, leg: str) -> bool:
+        """Whether this process has not yet queued the start of ``leg`` (then it now has)."""
+        key = (delivery_id, leg)
+        if key in self._started:
+            return False
+        self._started[key] = None
+        if len(self._started) > STARTS_CACHE:
+            self._started.popitem(last=False)
+        return True
+
+    async def _learn_arrival(self, delivery: ActiveDelivery, leg: str, ping: DriverPing) -> None:
+        if isinstance(self.calibration, CalibrationStore):
+            await self.calibration.arrived(delivery.delivery_id, leg, delivery.vehicle_type,
+                                           ping.lat, ping.lng, ping.received_at)
 
     async def _arrivals(self, delivery: ActiveDelivery, ping: DriverPing, now_ms: int,
                         outcome: TrackingOutcome) -> str | None:
@@ -227,6 +267,7 @@ class Tracker:
             if not await self._arrive_pickup(transitions, delivery):
                 return None
             outcome.arrived_pickup += 1
+            await self._learn_arrival(delivery, "pickup", ping)
             return "at_pickup"
         if (status == "picked_up" and delivery.arrived_dropoff_ms is None
                 and self._fence(delivery, "dropoff").contains(ping.lat, ping.lng)):
@@ -234,6 +275,7 @@ class Tracker:
                 if not await self._arrive_dropoff(delivery, ping):
                     return None
                 outcome.arrived_dropoff += 1
+                await self._learn_arrival(delivery, "dropoff", ping)
         return status
 
     async def _arrive_pickup(self, transitions: DeliveryTransitions,
@@ -275,8 +317,16 @@ class Tracker:
 
 
 def _document(delivery: ActiveDelivery, status: str, ping: DriverPing, at: datetime, now_s: float,
-              calibration: EtaCalibration | None) -> str:
-    eta_pickup, eta_dropoff = remaining_etas(status, (ping.lat, ping.lng), delivery, at, calibration)
+              model: EtaModel | None, time_scale: float = 1.0, before: Sequence[ActiveDelivery] = ()) -> str:
+    waited = 0.0
+    if status == "at_pickup" and delivery.arrived_pickup_ms is not None:
+        waited = max(now_s - delivery.arrived_pickup_ms / 1000, 0.0) * time_scale
+    eta_pickup, eta_dropoff = remaining_etas(status, (ping.lat, ping.lng), delivery, at, model,
+                                             waited_at_shop_s=waited)
+    if before:   # stop k of a bundle: through the open stops before it (dispatch.matching.stops)
+        eta_dropoff = through_stops(before, replace(delivery, status=status), (ping.lat, ping.lng),
+                                    lambda s, p, d: remaining_etas(s, p, d, at, model))
+    stop = {} if delivery.stop is None else {"stop": delivery.stop, "stops": delivery.stops}
     return json.dumps({
         "delivery_id": delivery.delivery_id,
         "tenant_id": delivery.tenant_id,
@@ -287,4 +337,5 @@ def _document(delivery: ActiveDelivery, status: str, ping: DriverPing, at: datet
         "eta_dropoff_s": round(eta_dropoff),
         "updated_at": round(now_s, 3),
         "received_at": ping.received_at,   # gateway accept time: the hub's end-to-end latency
+        **stop,
     }, separators=(",", ":"))

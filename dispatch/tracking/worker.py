@@ -21,9 +21,11 @@ import faust
 from redis.asyncio import Redis
 
 from dispatch.core.cache import Cache
+from dispatch.core.settings import EngineSettings
 from dispatch.deliveries.transitions import PostgresTransitions
 from dispatch.matching.calibration import CalibrationStore
 from dispatch.matching.fleet_replica import AvailabilityPublisher
+from dispatch.matching.keys import calibration_key
 from dispatch.tracking.tracker import Tracker, TrackingOutcome
 from schema.db import TenantDatabase
 from schema.settings import PostgresSettings
@@ -69,7 +71,9 @@ def tracker_factory(settings: StreamSettings) -> Callable[[Redis, TenantDatabase
         tracker = Tracker(redis, transitions, db=db,
                           pickup_radius_m=settings.geofence_pickup_m,
                           dropoff_radius_m=settings.geofence_dropoff_m,
-                          calibration=CalibrationStore(redis))   # the engines' shared calibration
+                          # the engines' shared ETA model, learning in simulated seconds in a replay
+                          calibration=CalibrationStore(redis, key=calibration_key(settings.app_id),
+                                                       time_scale=EngineSettings.from_env().sim_time_scale))
         return LandedBatch(AvailabilityPublisher(redis), tracker)
 
     return build

@@ -3,8 +3,8 @@
 Hostile driver updates (pure parsing, then over HTTP through a running engine, with the
 delivery row checked unchanged after each refusal); the batch matcher picking the optimal
 pairing where greedy would not; giving up and retrying; offers routed between engine
-processes through Redis; the outbox relay woken by NOTIFY rather than its sweep; and the
-shared ETA calibration surviving garbage in its hash. The only test double is the notifier
+processes through Redis; and the outbox relay woken by NOTIFY rather than its sweep (the
+shared ETA model: ``test_calibration.py``). The only test double is the notifier
 (``RecordingNotifier``) where a driver's phone is not the point.
 """
 
@@ -55,7 +55,7 @@ from dispatch.matching.keys import (
 from dispatch.matching.notify import RoutedNotifier
 from dispatch.matching.offers import OfferEngine, WebsocketNotifier
 from dispatch.matching.terms import Offer, RoundOutcome
-from geo import EtaCalibration, destination, distance_m
+from geo import destination, distance_m
 from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
@@ -531,78 +531,4 @@ async def test_the_relay_publishes_a_new_delivery_on_notify_not_at_the_next_swee
         await producer.stop()
 
 
-# -- 7. the shared ETA calibration ---------------------------------------------------------------------
-
-@pytest.fixture
-async def calibration(redis_url) -> AsyncIterator[tuple[aioredis.Redis, str]]:
-    redis = aioredis.from_url(redis_url)
-    key = f"eta:calibration:test:{uuid.uuid4().hex}"
-    try:
-        yield redis, key
-    finally:
-        await redis.delete(key)
-        await redis.aclose()
-
-
-LEGS = [(600, 900), (600, 1200), (300, 6000), (1000, 100), (450, 450)]   # (estimated, actual) s
-
-
-async def test_observed_legs_load_as_the_factor_eta_calibration_computes(calibration):
-    redis, key = calibration
-    store = CalibrationStore(redis, key=key)
-    point = destination(*DROPOFF, 10.0, 50)
-    cell = EtaCalibration.cell_for(*point)
-    model = EtaCalibration(store.model.prior_weight)
-    assert (await store.current()).factor(cell) == 1.0
-    for estimated, actual in LEGS:
-        assert await store.observe(*point, estimated, actual) == model.observe(cell, estimated, actual)
-    # clipped: 20x and 0.1x count as 4.0 and 0.25
-    assert model.factor(cell) == pytest.approx((20 + 1.5 + 2.0 + 4.0 + 0.25 + 1.0) / (20 + 5))
-
-    loaded = await store.current()            # an observation makes the next current() re-read
-    assert loaded.factor(cell) == pytest.approx(model.factor(cell), rel=1e-12)
-    assert loaded.observations(cell) == 5 and len(loaded) == 1
-    # another engine on the same hash learns the same
-    other = await CalibrationStore(redis, key=key).load()
-    assert other.factor(cell) == pytest.approx(model.factor(cell), rel=1e-12)
-
-
-async def test_a_replay_faster_than_real_time_calibrates_in_simulated_seconds(calibration):
-    redis, key = calibration
-    point = destination(*DROPOFF, 10.0, 50)
-    # At 10x a 900 s leg takes 90 s of wall clock: the model must learn 900 / 600, not 90 / 600.
-    replay = CalibrationStore(redis, key=key, time_scale=10.0)
-    assert await replay.observe(*point, 600, 90) == pytest.approx(1.5)
-    assert await CalibrationStore(redis, key=key).observe(*point, 600, 90) == pytest.approx(0.25)   # clipped 0.15
-
-
-async def test_garbage_in_the_calibration_hash_is_ignored(calibration):
-    redis, key = calibration
-    store = CalibrationStore(redis, key=key)
-    good = EtaCalibration.cell_for(*DROPOFF)
-    await store.observe(*DROPOFF, 600, 900)
-    others = [EtaCalibration.cell_for(*destination(*DROPOFF, 0.0, km * 5000)) for km in (1, 2, 3, 4, 5, 6)]
-    assert len({good, *others}) == 7
-    lonely, infinite, impossible, negative, nan, summed_only = others
-    await redis.hset(key, mapping={
-        "nonsense:n": "x", "nonsense:sum": "1",
-        "zzz:n": "2", "zzz:sum": "2",                      # numbers, but not a cell
-        "8928308280fffff:n": "1", "8928308280fffff:sum": "1",   # a res-9 cell, not res 7
-        "no-colon-at-all": "3", ":n": "1", "::": "",
-        f"{lonely}:n": "3",                                 # a valid cell's :n without :sum
-        f"{infinite}:n": "inf", f"{infinite}:sum": "3",
-        f"{impossible}:n": "1", f"{impossible}:sum": "100",
-        f"{negative}:n": "-2", f"{negative}:sum": "-2",
-        f"{nan}:n": "nan", f"{nan}:sum": "nan",
-        f"{summed_only}:sum": "2",
-        f"{good}:extra": "junk",
-    })
-
-    loaded = await store.load()
-
-    assert len(loaded) == 1 and loaded.observations(good) == 1
-    assert loaded.factor(good) == pytest.approx((20 + 1.5) / 21)
-    assert all(loaded.factor(c) == 1.0 for c in others)
-    # and the store goes on learning
-    await store.observe(*DROPOFF, 600, 600)
-    assert (await store.current()).observations(good) == 2
+# -- 7. the shared ETA model: tests/integration/matching/test_calibration.py

@@ -33,7 +33,8 @@ from dispatch.tracking.tracker import (
     remaining_etas,
 )
 from dispatch.tracking.worker import tracker_factory
-from geo import EtaCalibration, bearing_deg, destination, distance_m, eta_seconds
+from geo import bearing_deg, destination, distance_m, eta_seconds
+from geo.eta_model import HANDOVER_PRIOR_S, EtaModel, prior_travel_s, travel_increments
 from streams.keys import location_key, state_key, tracking_key
 from tests.integration.deliveries.test_store import DROPOFF, PICKUP, _tables, world  # noqa: F401 - the fixture
 from tests.integration.streams.harness import eventually, ping, raw
@@ -48,6 +49,7 @@ from tests.integration.streams.test_streams import (  # noqa: F401 - the fixture
 pytestmark = pytest.mark.timeout(120)
 
 NOW = time.time()
+SHOP = HANDOVER_PRIOR_S["shop"]   # the learned model's handover at the counter, before any data
 AT = datetime.fromtimestamp(NOW, UTC)
 TOWARDS_DROPOFF = bearing_deg(*DROPOFF, *PICKUP)   # from the dropoff, facing the pickup
 
@@ -108,35 +110,38 @@ def test_remaining_time_is_the_sum_of_the_legs_left_each_with_its_overhead():
     driver = destination(*PICKUP, 200.0, 3_000.0)
     to_pickup = eta_seconds(distance_m(*driver, *PICKUP), "car", AT)
     between = eta_seconds(distance_m(*PICKUP, *DROPOFF), "car", AT)
-    assert remaining_etas("assigned", driver, d, AT) == pytest.approx((to_pickup, to_pickup + between))
-    assert remaining_etas("at_pickup", driver, d, AT) == (None, pytest.approx(between))
+    # to the door while assigned: the drive, the expected handover at the counter, the drive
+    assert remaining_etas("assigned", driver, d, AT) == pytest.approx((to_pickup, to_pickup + SHOP + between))
+    assert remaining_etas("at_pickup", driver, d, AT) == (None, pytest.approx(SHOP + between))
+    assert remaining_etas("at_pickup", driver, d, AT, waited_at_shop_s=30.0) == (
+        None, pytest.approx(SHOP - 30.0 + between))
     assert remaining_etas("picked_up", driver, d, AT) == (
         None, pytest.approx(eta_seconds(distance_m(*driver, *DROPOFF), "car", AT)))
     with pytest.raises(ValueError, match="not tracked"):
         remaining_etas("delivered", driver, d, AT)
 
 
-def test_calibration_scales_each_leg_by_its_destination_cell():
+def test_the_learned_model_gives_the_legs_it_learned_longer_etas():
     d = ActiveDelivery("d", "t", "r", "car", "assigned", PICKUP, DROPOFF)
     driver = destination(*PICKUP, 200.0, 3_000.0)
-    slow_dropoff = EtaCalibration(prior_weight=1.0)
-    for _ in range(99):
-        slow_dropoff.observe(EtaCalibration.cell_for(*DROPOFF), 100.0, 200.0)
-    factor = slow_dropoff.factor(EtaCalibration.cell_for(*DROPOFF))
-    assert EtaCalibration.cell_for(*DROPOFF) != EtaCalibration.cell_for(*PICKUP)
-    assert factor == pytest.approx(1.99)
+    slow = EtaModel()
+    for _ in range(99):   # the drive into the dropoff's area takes three times the prior
+        slow.add(travel_increments(PICKUP, DROPOFF, "car", AT, 3 * prior_travel_s(
+            distance_m(*PICKUP, *DROPOFF), "car", AT)))
     plain = remaining_etas("assigned", driver, d, AT)
-    calibrated = remaining_etas("assigned", driver, d, AT, slow_dropoff)
-    assert calibrated[0] == pytest.approx(plain[0])       # the pickup's cell has no data
-    assert calibrated[1] - calibrated[0] == pytest.approx((plain[1] - plain[0]) * factor)
+    learned = remaining_etas("assigned", driver, d, AT, slow)
+    assert learned[1] - learned[0] > 2 * (plain[1] - plain[0])
+    assert learned[1] - learned[0] == pytest.approx(
+        slow.pickup_done_s(0.0) + slow.leg_s(PICKUP, DROPOFF, "car", AT))
 
 
 async def test_the_shared_calibration_store_scales_the_etas(tracked, redis):
     db, w, _ = tracked
-    store = CalibrationStore(redis, prior_weight=1.0, key=f"eta:calibration:test:{uuid.uuid4()}")
+    store = CalibrationStore(redis, key=f"eta:model:test:{uuid.uuid4()}")
+    x = prior_travel_s(distance_m(*PICKUP, *DROPOFF), "motorbike", AT)
     try:
         for _ in range(99):
-            await store.observe(*DROPOFF, 100.0, 300.0)
+            await store.observe_travel(PICKUP, DROPOFF, "motorbike", NOW, 3 * x)
         tracker = Tracker(redis, PostgresTransitions(db), db=db, calibration=store, clock=clock)
         driver = destination(*PICKUP, 0.0, 2_000.0)
         await tracker.on_pings(pings_at(w, driver))
@@ -145,9 +150,14 @@ async def test_the_shared_calibration_store_scales_the_etas(tracked, redis):
     doc = await document(redis, w)
     to_pickup = eta_seconds(distance_m(*driver, *PICKUP), "motorbike", AT)
     between = eta_seconds(distance_m(*PICKUP, *DROPOFF), "motorbike", AT)
-    assert doc["eta_pickup_s"] == round(to_pickup)    # no data for the pickup's cell
-    # (1 prior + 99 ratios of 3) / 100 on the leg into the dropoff's cell
-    assert doc["eta_dropoff_s"] == pytest.approx(to_pickup + between * 2.98, abs=1)
+    model = EtaModel()
+    for _ in range(99):
+        model.add(travel_increments(PICKUP, DROPOFF, "motorbike", AT, 3 * x))
+    assert doc["eta_pickup_s"] == round(model.leg_s(driver, PICKUP, "motorbike", AT))
+    assert doc["eta_dropoff_s"] > round(to_pickup + 2 * between)   # the learned drive is slower
+    assert doc["eta_dropoff_s"] == pytest.approx(
+        model.pickup_done_s(model.leg_s(driver, PICKUP, "motorbike", AT)) + model.leg_s(PICKUP, DROPOFF, "motorbike", AT),
+        abs=1)
 
 
 def test_radii_must_be_positive_and_finite():
@@ -173,7 +183,7 @@ async def test_a_far_ping_writes_and_publishes_an_eta_and_changes_no_state(track
     assert outcome == TrackingOutcome(tracked=1, etas_written=1)
     doc = await document(redis, w)
     to_pickup = eta_seconds(distance_m(*driver, *PICKUP), "motorbike", AT)
-    to_dropoff = to_pickup + eta_seconds(distance_m(*PICKUP, *DROPOFF), "motorbike", AT)
+    to_dropoff = to_pickup + SHOP + eta_seconds(distance_m(*PICKUP, *DROPOFF), "motorbike", AT)
     assert doc == {
         "delivery_id": str(w.delivery_id), "tenant_id": str(w.tenant.id), "status": "assigned",
         "driver": {"id": w.driver_id, "lat": driver[0], "lng": driver[1], "heading_deg": 20.0,
@@ -224,7 +234,7 @@ async def test_arriving_at_the_pickup_moves_the_delivery_once_for_many_pings_and
     assert hot.status == "at_pickup" and hot.arrived_pickup_ms == int(NOW * 1000)
     doc = await document(redis, w)
     assert doc["status"] == "at_pickup" and doc["eta_pickup_s"] is None
-    assert doc["eta_dropoff_s"] == round(eta_seconds(distance_m(*PICKUP, *DROPOFF), "motorbike", AT))
+    assert doc["eta_dropoff_s"] == round(SHOP + eta_seconds(distance_m(*PICKUP, *DROPOFF), "motorbike", AT))
 
     again = await tracker.on_pings(pings_at(w, *near(PICKUP, 10)))
     assert again == TrackingOutcome(tracked=1, etas_written=1)

@@ -80,3 +80,13 @@ def test_heartbeats_and_timestamps():
 
 def test_frame_text_is_compact_json():
     assert frame_text({"type": "status", "n": [1, 2]}) == '{"type":"status","n":[1,2]}'
+
+
+def test_a_bundled_delivery_s_position_carries_its_stop_and_a_lone_one_does_not():
+    from dispatch.tracking.frames import position_frame
+
+    doc = {"driver": {"lat": 1.0, "lng": 2.0, "ts": 3.0}, "eta_dropoff_s": 400, "stop": 2, "stops": 3}
+    frame = position_frame(doc)
+    assert (frame["stop"], frame["stops"], frame["eta_dropoff_s"]) == (2, 3, 400)
+    assert "stop" not in position_frame({"driver": {"lat": 1.0, "lng": 2.0}})
+    assert "stop" not in position_frame({**doc, "stop": "2"})   # only whole numbers pass
