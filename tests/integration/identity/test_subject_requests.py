@@ -29,6 +29,13 @@ from schema.errors import WakalaError
 from schema.tenants import create_tenant
 from streams.keys import location_key, state_key, tracking_key
 
+
+@pytest.fixture(scope="module")
+async def platform(module_platform):
+    """One platform for the module: every test makes its own tenants (``module_platform``)."""
+    return module_platform
+
+
 VENDOR = {"business_name": "Mama Thoko Spaza", "address": {"street": "1 Vilakazi St"}, "lat": -26.236,
           "lng": 27.909, "delivery_radius_m": 6000, "minimum_order_value": "30.00"}
 VERIFIED = {"method": "otp_registered_phone", "reference": "sms 4411"}

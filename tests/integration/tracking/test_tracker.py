@@ -48,6 +48,13 @@ from tests.integration.streams.test_streams import (  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.timeout(120)
 
+
+@pytest.fixture(scope="module")
+async def platform(module_platform):
+    """One platform for the module: every test makes its own tenants (``module_platform``)."""
+    return module_platform
+
+
 NOW = time.time()
 SHOP = HANDOVER_PRIOR_S["shop"]   # the learned model's handover at the counter, before any data
 AT = datetime.fromtimestamp(NOW, UTC)
