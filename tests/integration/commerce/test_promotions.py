@@ -23,6 +23,13 @@ shop = test_orders.shop   # the fixture: a tenant with a vendor, customers, prod
 
 pytestmark = pytest.mark.timeout(180)
 
+
+@pytest.fixture(scope="module")
+async def platform(module_platform):
+    """One platform for the module: every test makes its own tenants (``module_platform``)."""
+    return module_platform
+
+
 # -- against the database --------------------------------------------------------------------------
 
 

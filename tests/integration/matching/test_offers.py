@@ -41,6 +41,13 @@ from tests.integration.engine_helpers import running_app
 
 pytestmark = pytest.mark.timeout(120)
 
+
+@pytest.fixture(scope="module")
+async def platform(module_platform):
+    """One platform for the module: every test makes its own tenants (``module_platform``)."""
+    return module_platform
+
+
 PICKUP = (-26.2041, 28.0473)
 DROPOFF = (-26.1952, 28.0341)
 PAY = Decimal("45.50")
@@ -69,7 +76,7 @@ class World:
 @pytest.fixture
 async def world(platform, stream_settings) -> AsyncIterator[World]:
     """A tenant with six drivers on shift (with tokens) and three pending deliveries."""
-    tenant = await create_tenant(platform, "Offer Spaza")
+    tenant = await create_tenant(platform, f"Offer Spaza {uuid.uuid4().hex[:6]}")
     redis = aioredis.from_url(stream_settings.redis_url)
     store = LocationStore(redis, stream_settings)
     async with TenantDatabase(platform) as db:
