@@ -28,6 +28,7 @@ without a TTL (driver states, the availability index, assignments, dispatcher of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import re
@@ -288,16 +289,25 @@ async def _redis_leftovers(redis_url: str) -> AsyncIterator[RedisLeftovers]:
 async def fresh_settings(pg_base: DSN, _session_cleanup: DatabaseGraveyard,
                          _redis_leftovers: RedisLeftovers) -> AsyncIterator[PostgresSettings]:
     """Settings naming a control database and two shard databases that do not exist yet."""
+    async with _databases_of_a_test(pg_base, _session_cleanup, _redis_leftovers) as settings:
+        yield settings
+
+
+@contextlib.asynccontextmanager
+async def _databases_of_a_test(pg_base: DSN, graveyard: DatabaseGraveyard,
+                               leftovers: RedisLeftovers) -> AsyncIterator[PostgresSettings]:
+    """Settings under a fresh prefix; afterwards the Redis keys of the ids found in them and
+    every database under the prefix go (to the graveyard)."""
     prefix = f"{SESSION_PREFIX}_{uuid.uuid4().hex[:8]}"
     settings = _settings_under(pg_base, prefix)
     yield settings
-    await _redis_leftovers.note_ids_in(settings)
+    await leftovers.note_ids_in(settings)
     conn = await asyncpg.connect(pg_base.url())
     try:
         names = await _names_under(conn, prefix)
     finally:
         await conn.close()
-    await _session_cleanup.bury(names)
+    await graveyard.bury(names)
 
 
 def _settings_under(pg_base: DSN, prefix: str) -> PostgresSettings:
@@ -373,17 +383,9 @@ async def module_platform(pg_base: DSN, _session_cleanup: DatabaseGraveyard, _re
     """One platform for every test of a module, for modules whose tests each make their own
     tenant (random names) and look only at it: a clone and its drop (a forced checkpoint)
     cost a test seconds on a busy server, and most of a short test's time. A module that
-    overrides ``platform`` with this one says so in its docstring."""
-    prefix = f"{SESSION_PREFIX}_{uuid.uuid4().hex[:8]}"
-    settings = await clone_platform(_settings_under(pg_base, prefix), _migrated_template)
-    yield settings
-    await _redis_leftovers.note_ids_in(settings)
-    conn = await asyncpg.connect(pg_base.url())
-    try:
-        names = await _names_under(conn, prefix)
-    finally:
-        await conn.close()
-    await _session_cleanup.bury(names)
+    opts in with ``tests.integration.shared_platform``."""
+    async with _databases_of_a_test(pg_base, _session_cleanup, _redis_leftovers) as settings:
+        yield await clone_platform(settings, _migrated_template)
 
 
 @pytest.fixture(scope="session")

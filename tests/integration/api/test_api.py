@@ -11,14 +11,10 @@ from dispatch.identity.users import create_user, issue_user_token
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from tests.integration.engine_helpers import running_app
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 
 pytestmark = pytest.mark.timeout(180)
 
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    """One platform for the module: every test makes its own tenants (``module_platform``)."""
-    return module_platform
 
 SECRET = "test-webhook-secret"
 VENDOR = {"business_name": "Mama Thoko Spaza", "address": {"street": "1 Vilakazi St"}, "lat": -26.236,

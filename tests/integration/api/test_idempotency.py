@@ -13,13 +13,9 @@ from dispatch.commerce import idempotency
 from schema.db import TenantDatabase
 from tests.integration.api.test_api import SECRET, Shop, _counts, _pay, _tenant_with_admin, auth
 from tests.integration.engine_helpers import running_app
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    return module_platform
 
 
 @pytest.fixture(scope="module")

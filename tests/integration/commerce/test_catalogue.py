@@ -43,13 +43,7 @@ from schema.connect import connection
 from schema.db import SET_TENANT_SQL, TenantDatabase
 from schema.settings import PostgresSettings
 from schema.tenants import Tenant, create_tenant
-
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    """One platform for the module: every test makes its own tenants (``module_platform``)."""
-    return module_platform
-
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 
 
 @dataclass

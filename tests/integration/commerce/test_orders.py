@@ -38,14 +38,9 @@ from geo import destination
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from tests.integration.deliveries.test_outbox import _events as consume
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    """One platform for the module: every test makes its own tenants (``module_platform``)."""
-    return module_platform
 
 
 VENDOR_AT = (-26.2360, 27.9090)                 # Orlando, Soweto

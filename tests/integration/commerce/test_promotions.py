@@ -18,16 +18,11 @@ from dispatch.commerce.orders.transitions import cancel_order
 from dispatch.core.errors import Refusal
 from tests.integration.commerce import test_orders
 from tests.integration.commerce.test_orders import T0, place, snapshot, stock
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 
 shop = test_orders.shop   # the fixture: a tenant with a vendor, customers, products and stock
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    """One platform for the module: every test makes its own tenants (``module_platform``)."""
-    return module_platform
 
 
 # -- against the database --------------------------------------------------------------------------

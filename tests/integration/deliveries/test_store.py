@@ -26,13 +26,7 @@ from schema.connect import connection
 from schema.db import TenantDatabase
 from schema.migrate import load_migrations, migrate
 from schema.tenants import Tenant, create_tenant
-
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    """One platform for the module: every test makes its own tenants (``module_platform``)."""
-    return module_platform
-
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 PICKUP = (-26.2041, 28.0473)

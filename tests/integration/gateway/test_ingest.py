@@ -20,14 +20,9 @@ from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.bundles import partition_of
 from tests.integration.engine_helpers import running_engine
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    """One platform for the module: every test makes its own tenants (``module_platform``)."""
-    return module_platform
 
 
 SOWETO = (-26.2485, 27.8540)

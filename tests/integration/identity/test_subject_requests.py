@@ -28,13 +28,7 @@ from schema.db import TenantDatabase
 from schema.errors import WakalaError
 from schema.tenants import create_tenant
 from streams.keys import location_key, state_key, tracking_key
-
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    """One platform for the module: every test makes its own tenants (``module_platform``)."""
-    return module_platform
-
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 
 VENDOR = {"business_name": "Mama Thoko Spaza", "address": {"street": "1 Vilakazi St"}, "lat": -26.236,
           "lng": 27.909, "delivery_radius_m": 6000, "minimum_order_value": "30.00"}
@@ -302,7 +296,6 @@ async def test_unknown_and_foreign_subjects_are_refused_and_nothing_is_recorded(
     async with db.tenant_transaction(other.id, readonly=True) as tx:
         assert await tx.fetchval("SELECT first_name FROM customers WHERE id = $1",
                                  uuid.UUID(foreign["customer_id"])) == "Elsewhere"
-
 
 
 def _cli(*argv):

@@ -16,13 +16,7 @@ from dispatch.identity.users import (
 )
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
-
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    """One platform for the module: every test makes its own tenants (``module_platform``)."""
-    return module_platform
-
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 
 VENDOR = {"business_name": "Mama Thoko Spaza", "address": {"street": "1 Vilakazi St"}, "lat": -26.236,
           "lng": 27.909, "delivery_radius_m": 6000, "minimum_order_value": "30.00"}

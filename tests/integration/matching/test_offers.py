@@ -38,14 +38,9 @@ from schema.tenants import create_tenant
 from streams.keys import location_key, state_key
 from streams.location_store import LocationStore
 from tests.integration.engine_helpers import running_app
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    """One platform for the module: every test makes its own tenants (``module_platform``)."""
-    return module_platform
 
 
 PICKUP = (-26.2041, 28.0473)

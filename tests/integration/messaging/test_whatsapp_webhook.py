@@ -17,14 +17,10 @@ from dispatch.messaging.webhook import sign
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from tests.integration.engine_helpers import running_app
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 
 pytestmark = pytest.mark.timeout(180)
 
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    """One platform for the module: every test makes its own tenants (``module_platform``)."""
-    return module_platform
 
 APP_SECRET = "meta-app-secret-for-tests-0123456789"
 VERIFY = "verify-token-for-tests"

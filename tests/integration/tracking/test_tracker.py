@@ -37,6 +37,7 @@ from geo import bearing_deg, destination, distance_m, eta_seconds
 from geo.eta_model import HANDOVER_PRIOR_S, EtaModel, prior_travel_s, travel_increments
 from streams.keys import location_key, state_key, tracking_key
 from tests.integration.deliveries.test_store import DROPOFF, PICKUP, _tables, world  # noqa: F401 - the fixture
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 from tests.integration.streams.harness import eventually, ping, raw
 from tests.integration.streams.test_streams import (  # noqa: F401 - the fixture gives back the topics it created
     _delete_created_topics,
@@ -47,12 +48,6 @@ from tests.integration.streams.test_streams import (  # noqa: F401 - the fixture
 )
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    """One platform for the module: every test makes its own tenants (``module_platform``)."""
-    return module_platform
 
 
 NOW = time.time()

@@ -12,14 +12,9 @@ import time
 import pytest
 
 from tests.integration.engine_helpers import running_engine
+from tests.integration.shared_platform import shared_platform  # noqa: F401 - one platform for the module
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-async def platform(module_platform):
-    """One platform for the module: every test makes its own tenants (``module_platform``)."""
-    return module_platform
 
 
 UPGRADE = ("Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
