@@ -40,12 +40,13 @@ async def _bench(args: argparse.Namespace) -> int:
             clients=args.clients, workers=args.workers))
         return 0 if figures["watchers_connected"] == args.watchers and figures["p99_ms"] is not None else 1
     elif args.bench == "matching":
-        from loadtest.matching import MatchingBench, run_matching_bench
+        from loadtest.matching_report import run_matching_bench
+        from loadtest.matching_scenario import MatchingBench
 
         await run_matching_bench(MatchingBench(
             seed=args.seed, minutes=args.minutes, orders_per_min=args.orders_per_min,
             drivers=args.drivers, window_s=args.window, radius_m=args.radius,
-            wait_weight=args.wait_weight))
+            wait_weight=args.wait_weight, capacity=args.capacity, truth=args.truth))
     elif args.bench == "flood":
         from loadtest.flood import FloodBench, run_flood_bench
 
@@ -111,15 +112,18 @@ def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     track.add_argument("--duration", type=float, default=30.0, help="measured window, seconds")
     track.add_argument("--clients", type=int, default=2, help="watcher processes")
     track.add_argument("--workers", type=int, default=1, help="engine api processes (each runs a hub)")
-    match = bsub.add_parser("matching", help="batch assignment vs greedy nearest-first, simulated")
+    match = bsub.add_parser("matching", help="greedy nearest-first vs batch vs batch with bundles, simulated")
     match.add_argument("--seed", type=int, default=7)
     match.add_argument("--minutes", type=float, default=60.0, help="order arrival period")
     match.add_argument("--orders-per-min", type=float, default=40.0)
-    match.add_argument("--drivers", type=int, default=800)
+    match.add_argument("--drivers", type=int, default=800, help="fleet size (600: a driving load of about 1)")
     match.add_argument("--window", type=float, default=2.0, help="batch window, seconds")
     match.add_argument("--radius", type=float, default=5_000.0, help="pickup radius, great-circle metres")
     match.add_argument("--wait-weight", type=float, default=1.0,
                        help="batch: weight of time already waited in the cost (0 = pickup ETA only)")
+    match.add_argument("--capacity", type=int, default=3, help="bundle mode: deliveries one driver may carry")
+    match.add_argument("--truth", choices=("city", "model"), default="city",
+                       help="simulated travel times: the city replay's drivers, or the prior's own estimate x noise")
     flood = bsub.add_parser("flood", help="random tokens, oversized bodies and slow clients against an engine "
                                           "while customers and drivers go on: RSS, legit p99, refusals")
     flood.add_argument("--tokens", type=int, default=100_000, help="random well-formed bearer tokens sent")

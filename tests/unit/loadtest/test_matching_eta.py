@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from loadtest.matching import ESTIMATORS, MatchingBench, make_scenario, matching_figures
+from loadtest.matching import MatchingBench, make_scenario
+from loadtest.matching_report import ESTIMATORS, matching_figures
 
 BENCH = MatchingBench(minutes=30, orders_per_min=20, drivers=300)
 
