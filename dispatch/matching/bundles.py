@@ -31,6 +31,23 @@ Three steps:
    ready. Otherwise sending now gains nothing - the food is not ready - and holding keeps
    the courier free for something else and lets later orders join the bundle; the pair is
    re-decided next step.
+
+Who goes first when not every bundle can go (only with ``plan``'s ``coming``: the couriers
+not free now, with when and where each will be). The costs above prefer short trips when
+couriers are scarce (the courier weight grows with waiting orders per free courier). That
+is right while every order will still be carried, but on a day that ends overloaded a far
+order is then overtaken until the last shift ends, and lost, while newer near ones are
+delivered. Two rules, both solved before the rest with older bundles first (one minute of
+age outweighs any difference of cost):
+
+* a *critical* bundle - one no coming courier could pick up before its shift ends - has
+  only the couriers free now: it is matched first, so they are not all sent elsewhere;
+* when the couriers left in the day could not carry every waiting bundle, oldest first
+  (``_short``: each bundle in age order takes the courier that would pick it up first, a
+  courier staying where it is between trips), every bundle is matched oldest first: the
+  orders the day cannot carry are then the newest, not the farthest.
+
+Without ``coming`` neither rule applies (nothing is known of later couriers).
 """
 
 from __future__ import annotations
@@ -77,6 +94,7 @@ class BundleCourier:
     position: Point
     off_at: float                       # the last minute it may pick up
     covered_orders: float = math.inf    # more orders its guaranteed pay already covers
+    free_at: float = -math.inf          # when it can leave ``position`` (``plan``'s ``coming``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,10 +247,78 @@ def form_bundles(orders: Sequence[BundleOrder], *, now: float, lead_travel: floa
     return [g[0] for g in groups]
 
 
+def _critical(bundles: Sequence[tuple[int, Planned]], restaurants: Sequence[Point], coming: Sequence[BundleCourier],
+              travel: TravelMatrix, stops: Stops) -> NDArray[np.bool_]:
+    """Per bundle: whether no courier of ``coming`` could ever pick it up before its shift ends.
+
+    Such a bundle has only the couriers free now; once they are sent elsewhere it is lost.
+    """
+    out = np.ones(len(bundles), dtype=np.bool_)
+    if not coming or not bundles:
+        return out
+    to_counter = np.asarray(travel([c.position for c in coming], list(restaurants)), dtype=np.float64)
+    handover = np.array([c.free_at for c in coming], dtype=np.float64)[:, None] + to_counter + stops.pickup_before
+    off = np.array([c.off_at for c in coming], dtype=np.float64)
+    for i, (k, b) in enumerate(bundles):
+        out[i] = not bool((np.maximum(handover[:, k], b.ready_at) <= off).any())
+    return out
+
+
+def _short(now: float, bundles: Sequence[tuple[int, Planned]], restaurants: Sequence[Point],
+           couriers: Sequence[BundleCourier], coming: Sequence[BundleCourier], to_counter: NDArray[np.float64],
+           travel: TravelMatrix, stops: Stops) -> bool:
+    """Whether the couriers left in the day could not carry every waiting bundle, oldest first.
+
+    Each bundle in age order takes the courier (free now, or of ``coming``) that would pick
+    it up first, which is then busy until that trip ends; a courier keeps its position (where
+    a trip ends is not known before it is chosen). A bundle no courier could pick up before
+    its shift ends means some waiting orders will not be delivered.
+    """
+    avail = np.array([now] * len(couriers) + [c.free_at for c in coming], dtype=np.float64)
+    off = np.array([c.off_at for c in (*couriers, *coming)], dtype=np.float64)
+    reach = to_counter
+    if coming:
+        later = np.asarray(travel([c.position for c in coming], list(restaurants)), dtype=np.float64)
+        reach = np.vstack([to_counter, later + stops.pickup_before])
+    for k, b in sorted(bundles, key=lambda kb: min(o.placed_at for o in kb[1].orders)):
+        pickup = np.maximum(avail + reach[:, k], b.ready_at)
+        pickup[pickup > off] = np.inf
+        c = int(np.argmin(pickup))
+        if not math.isfinite(pickup[c]):
+            return True
+        avail[c] = pickup[c] + b.busy_after_pickup
+    return False
+
+
+def _priority(costs: NDArray[np.float64], feasible: NDArray[np.bool_], age: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Costs that rank older bundles first, then the pair cost: one minute of age outweighs
+    any difference of total pair cost over a whole matching."""
+    spread = float(costs[feasible].max() - costs[feasible].min()) + 1.0
+    weight = spread * min(costs.shape)
+    return costs + weight * (float(age.max()) - age)[:, None]
+
+
+def _solve(costs: NDArray[np.float64], feasible: NDArray[np.bool_], ids: Sequence[str]) -> list[tuple[int, int]]:
+    """``solve_batch`` on a sub-problem: (row, column) of each match."""
+    if not feasible.any():
+        return []
+    costs = costs - float(costs[feasible].min())    # a constant: the same optimum, and costs >= 0
+    infeasible = 2.0 * (float(costs[feasible].max()) + 1.0) * min(costs.shape) + 1.0
+    column = {d: j for j, d in enumerate(ids)}
+    found = solve_batch(np.where(feasible, costs, infeasible), feasible, ids, infeasible=infeasible)
+    return [(a.job_index, column[a.driver_id]) for a in found]
+
+
 def plan(now: float, orders: Sequence[BundleOrder], couriers: Sequence[BundleCourier], *,
-         travel: TravelMatrix, stops: Stops, rules: BundleRules = BundleRules()) -> list[Dispatch]:
+         travel: TravelMatrix, stops: Stops, rules: BundleRules = BundleRules(),
+         coming: Sequence[BundleCourier] | None = None) -> list[Dispatch]:
     """The dispatches to make now (see the module docstring). Orders must have distinct ids,
-    couriers distinct ids; the result gives each order and each courier at most once."""
+    couriers distinct ids; the result gives each order and each courier at most once.
+
+    ``coming``: the couriers not free now that will be, each from ``free_at`` at
+    ``position`` until ``off_at`` (busy ones from where their trip ends, ones whose shift
+    has not started from their start). ``None``: not known, and no bundle is critical.
+    """
     if not orders or not couriers:
         return []
     by_restaurant: dict[str, list[BundleOrder]] = {}
@@ -269,17 +355,32 @@ def plan(now: float, orders: Sequence[BundleOrder], couriers: Sequence[BundleCou
                     + rules.pay_weight * beyond)
     if not feasible.any():
         return []
-    costs = costs - float(costs[feasible].min())    # a constant: the same optimum, and costs >= 0
-    infeasible = 2.0 * (float(costs[feasible].max()) + 1.0) * min(costs.shape) + 1.0
-    costs = np.where(feasible, costs, infeasible)
     ids = [c.courier_id for c in couriers]
-    column = {d: j for j, d in enumerate(ids)}
+    matches: list[tuple[int, int]] = []
+    rows = np.arange(len(bundles))
+    cols = np.arange(len(couriers))
+    stages = [(rows, False)]
+    if coming is not None:
+        pickups_at = [by_restaurant[r][0].pickup for r in restaurants]
+        critical = _critical(bundles, pickups_at, coming, travel, stops)
+        short = _short(now, bundles, pickups_at, couriers, coming, to_counter, travel, stops)
+        stages = [(np.flatnonzero(critical), True), (np.flatnonzero(~critical), short)]
+    for rows, oldest_first in stages:
+        rows = rows[feasible[rows][:, cols].any(axis=1)] if cols.size else rows[:0]
+        if not rows.size:
+            continue
+        sub = feasible[np.ix_(rows, cols)]
+        sub_costs = costs[np.ix_(rows, cols)]
+        if oldest_first:
+            age = np.array([now - min(o.placed_at for o in bundles[i][1].orders) for i in rows])
+            sub_costs = _priority(sub_costs, sub, age)
+        found = _solve(sub_costs, sub, [ids[c] for c in cols])
+        matches += [(int(rows[r]), int(cols[c])) for r, c in found]
+        cols = np.setdiff1d(cols, [cols[c] for _, c in found])
     out = []
-    for a in solve_batch(costs, feasible, ids, infeasible=infeasible):
-        k, b = bundles[a.job_index]
-        j = column[a.driver_id]
+    for i, j in sorted(matches):
+        k, b = bundles[i]
         if now + to_counter[j, k] < b.ready_at - rules.commit_slack_min:
             continue   # the food would not be ready: decide again next step
-        out.append(Dispatch(a.driver_id, tuple(o.order_id for o in b.orders), float(pickups[a.job_index, j]),
-                            float(a.cost_s)))
+        out.append(Dispatch(ids[j], tuple(o.order_id for o in b.orders), float(pickups[i, j]), float(costs[i, j])))
     return out

@@ -25,7 +25,11 @@
 
 ``bundle`` is ``dispatch.matching.bundles.plan``: orders are visible from their placement
 with their announced ready times, bundled per restaurant, and sent when a courier leaving
-now would reach the counter as the food is ready.
+now would reach the counter as the food is ready. It is also shown the couriers still to
+come (busy ones with when and where their trip ends, ones whose shift has not started): a
+dispatcher knows both, from the trips it assigned and the shift schedule. ``plan`` uses them
+to send first the bundles no later courier could reach, and to go oldest first once the day
+cannot carry every waiting order.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ class BundlePolicy:
     """``bundle``: ``dispatch.matching.bundles.plan`` with the set's travel model and pay."""
 
     name = "bundle"
+    sees_coming = True
 
     def __init__(self, instance: Instance, rules: BundleRules | None = None) -> None:
         p = instance.params
@@ -114,16 +119,20 @@ class BundlePolicy:
         pa, pb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         return self.travel.matrix(pa[:, 0], pa[:, 1], pb[:, 0], pb[:, 1])
 
-    def decide(self, now: int, orders: Sequence[Order], couriers: Sequence[FreeCourier]
-               ) -> list[tuple[str, tuple[str, ...]]]:
+    def _courier(self, c: FreeCourier) -> BundleCourier:
+        return BundleCourier(c.courier.id, (c.x, c.y), c.courier.off_at, self.covered[c.courier.id] - c.delivered,
+                             c.free_at)
+
+    def decide(self, now: int, orders: Sequence[Order], couriers: Sequence[FreeCourier],
+               coming: Sequence[FreeCourier] | None = None) -> list[tuple[str, tuple[str, ...]]]:
         rs = self.instance.restaurants
         found = plan(
             now,
             [BundleOrder(o.id, o.restaurant, (rs[o.restaurant].x, rs[o.restaurant].y), (o.x, o.y),
                          o.placed_at, o.ready_at) for o in orders],
-            [BundleCourier(c.courier.id, (c.x, c.y), c.courier.off_at, self.covered[c.courier.id] - c.delivered)
-             for c in couriers],
-            travel=self._matrix, stops=self.stops, rules=self.rules)
+            [self._courier(c) for c in couriers],
+            travel=self._matrix, stops=self.stops, rules=self.rules,
+            coming=None if coming is None else [self._courier(c) for c in coming])
         return [(d.courier_id, d.order_ids) for d in found]
 
 

@@ -129,15 +129,19 @@ def run_all(folder: str, out: str | None) -> dict:
     per_family: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     covers = 0
     short: list[str] = []
+    misses: dict[str, list[str]] = {}
     for p in paths:
         instance = read_instance(p)
         results = run_instance(instance, POLICIES,
                                {n: Path(out) / instance.name / n for n in POLICIES} if out else None)
+        # Per instance: the orders greedy or batch delivered that bundle did not.
         others = set().union(*(results[n]["delivered_ids"] for n in POLICIES if n != "bundle"))
-        if others <= results["bundle"]["delivered_ids"]:
+        missed = others - results["bundle"]["delivered_ids"]
+        if not missed:
             covers += 1
         else:
             short.append(instance.name)
+            misses[instance.name] = sorted(missed)
         for name in POLICIES:
             per_policy[name].append(results[name])
             per_family[family(instance.name)][name].append(results[name])
@@ -152,6 +156,7 @@ def run_all(folder: str, out: str | None) -> dict:
     targets = {
         "bundle_delivers_all_others_deliver_instances": covers,
         "bundle_delivers_fewer_instances": short,
+        "bundle_misses_orders": misses,
         "bundle_click_to_door_mean_improvement_pct": _improvement_pct(g["click_to_door_mean_min"],
                                                                       b["click_to_door_mean_min"]),
         "bundle_payment_per_order_improvement_pct": _improvement_pct(g["courier_payment_per_order"],

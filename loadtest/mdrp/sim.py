@@ -5,7 +5,9 @@ skips the ones where nothing can be decided: at each step it shows the policy th
 placed by then and not yet assigned (with their announced ready times) and the couriers
 free then - on shift (on_time <= now < off_time) and back from their last trip - and
 carries out what the policy returns. Nothing after ``now`` is visible: an order placed at
-minute 500 exists for the policy from minute 500.
+minute 500 exists for the policy from minute 500. A policy that asks (``sees_coming``) is
+also shown the couriers not free now whose shift has not ended, with when and where each
+will be free: what the dispatches already made and the shift schedule fix.
 
 A dispatch at minute t of courier c to a bundle of restaurant r: c leaves where it stands
 at t and travels to r (the set's travel time), the hand-over is at max(arrival + the
@@ -46,6 +48,7 @@ class FreeCourier:
     x: float
     y: float
     delivered: int          # orders it has been given so far
+    free_at: int = 0        # for ``coming`` couriers: when it can leave (x, y); else <= now
 
 
 class Policy(Protocol):
@@ -53,7 +56,12 @@ class Policy(Protocol):
 
     def decide(self, now: int, orders: Sequence[Order], couriers: Sequence[FreeCourier]
                ) -> list[tuple[str, tuple[str, ...]]]:
-        """(courier id, order ids in drop-off order) to dispatch now."""
+        """(courier id, order ids in drop-off order) to dispatch now.
+
+        A policy with ``sees_coming = True`` is called with ``coming=`` as well: the couriers
+        not free now whose shift has not ended, with ``free_at`` the minute each is free
+        (back from its trip, or its shift starting) and (x, y) where it will be then.
+        """
 
 
 @dataclass
@@ -130,7 +138,13 @@ def simulate(instance: Instance, policy: Policy) -> Outcome:
             if free:
                 steps += 1
                 t0 = time.perf_counter()
-                decided = policy.decide(now, [waiting[k] for k in waiting], free)
+                if getattr(policy, "sees_coming", False):
+                    coming = [FreeCourier(s.courier, s.x, s.y, s.delivered, max(s.free_at, s.courier.on_at))
+                              for s in states.values()
+                              if now < s.courier.off_at and not (s.courier.on_at <= now and s.free_at <= now)]
+                    decided = policy.decide(now, [waiting[k] for k in waiting], free, coming=coming)
+                else:
+                    decided = policy.decide(now, [waiting[k] for k in waiting], free)
                 policy_s += time.perf_counter() - t0
                 for courier_id, order_ids in decided:
                     dispatch(courier_id, tuple(order_ids))

@@ -136,3 +136,33 @@ def test_directions_fit_in_an_arc(angles, ok):
 def test_rules_out_of_range_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         BundleRules(**{field: value})
+
+
+def test_a_bundle_only_the_free_courier_can_still_reach_is_not_left_to_be_lost():
+    # c1 could serve either; a is nearer, so on cost alone c1 takes a. c2 comes free at 20
+    # and its shift ends at 30: it can still reach a's counter (25), not b's (33). Sent to
+    # a, c1 would leave b to nobody.
+    a = order("a", (500, 0), ready=0)
+    b = order("b", (1500, 0), ready=0, restaurant="rB", pickup=(1000, 0))
+    c1 = courier("c1", at=(0, 300))
+    c2 = BundleCourier("c2", (0, -300), 30, math.inf, free_at=20)
+    assert [d.order_ids for d in plan(10, [a, b], [c1], travel=travel, stops=STOPS)] == [("a",)]
+    assert [d.order_ids for d in plan(10, [a, b], [c1], travel=travel, stops=STOPS, coming=[c2])] == [("b",)]
+
+
+def test_when_the_day_cannot_carry_every_waiting_order_the_oldest_go_first():
+    # Three orders, two courier trips left in the day (c1 now, c2 once at 60). On cost
+    # alone c1 takes the short new trip and the old, long one is overtaken; with the
+    # shortage known the oldest goes first. With two orders both trips suffice: cost decides.
+    old = order("old", (2500, 0), ready=50, placed=20)
+    mid = order("mid", (-300, 10), ready=50, placed=44)
+    new = order("new", (-300, 0), ready=50, placed=45)
+    c1 = courier("c1", at=(0, 100), off=60)
+    c2 = BundleCourier("c2", (0, 100), 70, math.inf, free_at=60)
+    rules = BundleRules(target_min=200, max_size=1)
+    sent = plan(50, [old, mid, new], [c1], travel=travel, stops=STOPS, rules=rules)
+    assert [d.order_ids for d in sent] == [("new",)]
+    sent = plan(50, [old, mid, new], [c1], travel=travel, stops=STOPS, rules=rules, coming=[c2])
+    assert [d.order_ids for d in sent] == [("old",)]
+    sent = plan(50, [old, new], [c1], travel=travel, stops=STOPS, rules=rules, coming=[c2])
+    assert [d.order_ids for d in sent] == [("new",)]

@@ -71,6 +71,29 @@ def test_decisions_before_a_minute_never_depend_on_later_orders(policy: str):
     assert check(full, a) == [] and check(early, b) == []
 
 
+def test_a_policy_that_asks_is_shown_the_couriers_still_to_come(tiny_dir: Path):
+    # c1 leaves for o1 at 0 (r1, 3 min away; ready 10) and is free at o1 at 10 + 2 + 5 + 2 +
+    # 2 = 21 (service 4 = 2 + 2); c2, never sent, stays free. A courier on shift later would
+    # appear from its on_time at its start.
+    instance = read_instance(tiny_dir)
+    seen: dict[int, list[tuple[str, int, float, float]]] = {}
+
+    class Watch:
+        name = "watch"
+        sees_coming = True
+
+        def decide(self, now, orders, couriers, coming):
+            seen[now] = [(c.courier.id, c.free_at, c.x, c.y) for c in coming]
+            if now == 0:
+                return [("c1", ("o1",))]
+            return []
+
+    simulate(instance, Watch())
+    assert seen[0] == []
+    assert seen[2] == [("c1", 21, 500.0, 0.0)]   # o2 is placed at 2: the next decision
+    assert all(c != "c2" for row in seen.values() for c, *_ in row)
+
+
 def test_a_policy_that_breaks_the_rules_is_stopped(tiny_dir: Path):
     instance = read_instance(tiny_dir)
 
