@@ -43,7 +43,7 @@ input (NaN, negative, unknown vehicle) raises ``ValueError`` naming the field.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import h3
@@ -350,12 +350,27 @@ class EtaModel:
 
     # -- the cost matrices of ``dispatch.matching.assignment`` ----------------------------------
 
-    def factors(self, cells: Iterable[str]) -> NDArray[np.float64]:
-        """A multiplier per job for the assignment cost matrix (which scales the prior's whole
-        estimate): the global slope. Vehicle, hour and cell corrections need the pair and the
-        hour; offers and tracking use ``travel_s``, which has them."""
-        k = self.line()[0]
-        return np.array([k for _ in cells], dtype=np.float64)
+    def travel_matrix(self, great_circle_m: NDArray[np.float64], vehicle_types: Sequence[str],
+                      at: datetime, ends: Sequence[LatLng]) -> NDArray[np.float64]:
+        """``travel_s`` for a jobs × drivers matrix: ``great_circle_m[i, j]`` from driver j to
+        job i's ``ends[i]`` (its pickup), driver j's ``vehicle_types[j]``, all leaving at ``at``.
+        Element by element what ``travel_s`` gives (up to float rounding), so a batch solve
+        ranks pairs by the same pickup ETAs the offers then carry."""
+        gc = np.asarray(great_circle_m, dtype=np.float64)
+        if gc.shape != (len(ends), len(vehicle_types)):
+            raise ValueError(f"great_circle_m {gc.shape} does not match {len(ends)} ends "
+                             f"× {len(vehicle_types)} vehicle types")
+        if not np.all(gc >= 0):
+            raise ValueError("great_circle_m must all be non-negative numbers")
+        hour = int(local_hour(at))
+        per_vehicle = {v: self.slope(v) * seconds_per_m(v, at) for v in dict.fromkeys(vehicle_types)}
+        columns = np.array([per_vehicle[v] for v in vehicle_types], dtype=np.float64)
+        rows = np.empty(len(ends), dtype=np.float64)
+        for i, (lat, lng) in enumerate(ends):
+            area = cell_of(lat, lng, AREA_RES)
+            rows[i] = (self.hour_factor(hour) * self.cell_factor(h3.cell_to_parent(area, TRAVEL_RES), hour)
+                       * self.area_factor(area))
+        return self.line()[1] + rows[:, None] * columns[None, :] * (gc * CIRCUITY)
 
 
 def _bound(value: float, bounds: tuple[float, float]) -> float:

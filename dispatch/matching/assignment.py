@@ -2,6 +2,9 @@
 
 Both modes work on the same jobs × drivers matrix of pickup ETAs (``cost_matrix``), with the
 eligibility rules of ``dispatch.ranking.feasibility``; ineligible pairs cost ``infeasible``.
+The engine passes its learned ETA model (``model``), so the solve weighs each pair by the
+pickup ETA its offer will carry (vehicle, hour, cell and area corrections included); the
+older per-cell ``calibration`` remains for the simulations that compare estimators.
 
 * ``assign_batch`` solves the rectangular assignment problem
   (``scipy.optimize.linear_sum_assignment``): it first maximises how many jobs get a
@@ -28,6 +31,7 @@ from scipy.optimize import linear_sum_assignment
 
 from dispatch.matching.ranking import Candidate, Job, feasibility
 from geo.eta import CIRCUITY, PARKING_OVERHEAD_S, EtaCalibration, etas_seconds
+from geo.eta_model import EtaModel
 
 __all__ = [
     "INFEASIBLE_S",
@@ -56,24 +60,32 @@ def cost_matrix(jobs: Sequence[Job], candidates: Sequence[Candidate], *, at: dat
                 circuity: float = CIRCUITY, infeasible: float = INFEASIBLE_S,
                 calibration: EtaCalibration | None = None,
                 excludes: Sequence[Collection[str]] | None = None,
-                overhead_s: float = PARKING_OVERHEAD_S) -> NDArray[np.float64]:
+                overhead_s: float = PARKING_OVERHEAD_S, model: EtaModel | None = None) -> NDArray[np.float64]:
     """Jobs × candidates pickup ETAs in seconds; ineligible pairs are ``infeasible``.
 
     ETA = great-circle distance × circuity ÷ the driver's vehicle speed at ``at`` (see
     ``geo.eta``), times the calibration factor of the job's pickup cell when
-    ``calibration`` is given. ``excludes``: per job, drivers who declined it.
+    ``calibration`` is given. With ``model`` (the engine's learned ``geo.eta_model``) it is
+    instead the model's arrival time at the pickup, the pickup ETA the offers carry; the two
+    are exclusive. ``excludes``: per job, drivers who declined it.
     """
     return _costs(jobs, candidates, at=at, circuity=circuity, infeasible=infeasible,
-                  calibration=calibration, excludes=excludes, overhead_s=overhead_s)[0]
+                  calibration=calibration, excludes=excludes, overhead_s=overhead_s, model=model)[0]
 
 
 def _costs(jobs: Sequence[Job], candidates: Sequence[Candidate], *, at: datetime,
            circuity: float, infeasible: float, calibration: EtaCalibration | None,
            excludes: Sequence[Collection[str]] | None,
-           overhead_s: float) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+           overhead_s: float, model: EtaModel | None = None) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
     if not (infeasible > 0 and math.isfinite(infeasible)):
         raise ValueError(f"infeasible must be a positive finite number, got {infeasible}")
+    if model is not None and calibration is not None:
+        raise ValueError("give calibration or model, not both")
     f = feasibility(jobs, candidates, circuity=circuity, excludes=excludes)
+    if model is not None:
+        etas = model.travel_matrix(f.great_circle_m, [c.vehicle_type for c in candidates], at,
+                                   [(jb.pickup_lat, jb.pickup_lng) for jb in jobs])
+        return np.where(f.feasible, np.maximum(etas, 0.0), infeasible), f.feasible
     factor: float | NDArray[np.float64] = 1.0
     if calibration is not None:
         factor = calibration.factors(EtaCalibration.cell_for(jb.pickup_lat, jb.pickup_lng)
@@ -89,7 +101,7 @@ def assign_batch(jobs: Sequence[Job], candidates: Sequence[Candidate], *, at: da
                  excludes: Sequence[Collection[str]] | None = None,
                  overhead_s: float = PARKING_OVERHEAD_S,
                  waited_s: Sequence[float] | None = None,
-                 wait_weight: float = 1.0) -> list[Assignment]:
+                 wait_weight: float = 1.0, model: EtaModel | None = None) -> list[Assignment]:
     """Optimal assignment: the most jobs matched, then the least total pickup ETA.
 
     Each driver gets at most one job and each job at most one driver; jobs with no eligible
@@ -103,7 +115,7 @@ def assign_batch(jobs: Sequence[Job], candidates: Sequence[Candidate], *, at: da
     """
     costs, feasible = _costs(jobs, candidates, at=at, circuity=circuity,
                              infeasible=infeasible, calibration=calibration,
-                             excludes=excludes, overhead_s=overhead_s)
+                             excludes=excludes, overhead_s=overhead_s, model=model)
     return solve_batch(costs, feasible, [c.driver_id for c in candidates], infeasible=infeasible,
                        waited_s=waited_s, wait_weight=wait_weight)
 

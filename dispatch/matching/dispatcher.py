@@ -265,7 +265,7 @@ class Dispatcher:
         pool = {r.driver_id: r.candidate for ranking in rankings for r in ranking}
         chosen = {a.job_index: a.driver_id for a in assign_batch(
             [jobs[u[0]].job for u in units], list(pool.values()), at=datetime.now(UTC),
-            calibration=await self.calibration.current())}
+            model=await self.calibration.current())}
         outcomes = []
         for k, unit in enumerate(units):
             first = chosen.get(k)

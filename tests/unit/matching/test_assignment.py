@@ -21,6 +21,7 @@ from dispatch.matching.assignment import (
 from dispatch.matching.ranking import Candidate, Job, feasibility
 from geo import destination, distance_m
 from geo.eta import JOHANNESBURG_TZ, EtaCalibration, eta_seconds
+from geo.eta_model import EtaModel, prior_travel_s, travel_increments
 
 AT = datetime(2024, 5, 15, 12, 30, tzinfo=JOHANNESBURG_TZ)
 ORIGIN = (-26.2041, 28.0473)  # Johannesburg CBD
@@ -97,6 +98,46 @@ def test_cost_matrix_applies_the_pickup_cells_calibration_per_job():
     assert calibrated[0].tolist() == plain[0].tolist()
     assert calibrated[1] == pytest.approx(plain[1] * cal.factor(slow_cell))
     assert cal.factor(slow_cell) > 1.3
+
+
+def test_with_the_learned_model_the_cost_is_the_offers_pickup_eta_per_pair():
+    """The batch solve and the offers use one ETA: a learned slow vehicle and a slow area
+    change the solve's costs exactly as they change ``EtaModel.travel_s``."""
+    jobs = [job_at(east(0)), job_at(east(8000))]
+    cands = [driver_at("a", east(2000)), driver_at("b", east(5000), vehicle_type="motorbike")]
+    model = EtaModel()
+    slow = (jobs[1].pickup_lat, jobs[1].pickup_lng)
+    for k in range(80):   # motorbikes 1.4x the prior into the slow job's area, cars as the prior
+        start = destination(*slow, 45.0 * (k % 8), 3_000.0 + 20 * k)
+        d = distance_m(*start, *slow)
+        model.add(travel_increments(start, slow, "motorbike", AT, 1.4 * prior_travel_s(d, "motorbike", AT) + 60))
+        start = destination(*ORIGIN, 45.0 * (k % 8), 3_000.0 + 20 * k)
+        d = distance_m(*start, *ORIGIN)
+        model.add(travel_increments(start, ORIGIN, "car", AT, prior_travel_s(d, "car", AT) + 60))
+    costs = cost_matrix(jobs, cands, at=AT, model=model)
+    for i, jb in enumerate(jobs):
+        for j, c in enumerate(cands):
+            expected = model.travel_s(distance_m(c.lat, c.lng, jb.pickup_lat, jb.pickup_lng), c.vehicle_type, AT,
+                                      (jb.pickup_lat, jb.pickup_lng))
+            assert costs[i, j] == pytest.approx(expected, rel=1e-9)
+    assert costs[1, 1] > cost_matrix(jobs, cands, at=AT, overhead_s=0.0)[1, 1] * 1.2   # learned, not the prior
+    found = assign_batch(jobs, cands, at=AT, model=model)
+    ids = [c.driver_id for c in cands]
+    assert len(found) == 2
+    for a in found:
+        assert a.cost_s == costs[a.job_index, ids.index(a.driver_id)]
+    with pytest.raises(ValueError, match="calibration or model"):
+        cost_matrix(jobs, cands, at=AT, model=model, calibration=EtaCalibration())
+
+
+def test_the_learned_models_matrix_refuses_shapes_and_distances_that_do_not_fit():
+    model = EtaModel()
+    with pytest.raises(ValueError, match="great_circle_m"):
+        model.travel_matrix(np.zeros((2, 2)), ["car"], AT, [ORIGIN, ORIGIN])
+    with pytest.raises(ValueError, match="non-negative"):
+        model.travel_matrix(np.array([[-1.0]]), ["car"], AT, [ORIGIN])
+    with pytest.raises(ValueError, match="non-negative"):
+        model.travel_matrix(np.array([[np.nan]]), ["car"], AT, [ORIGIN])
 
 
 def test_cost_matrix_empty_shapes():
