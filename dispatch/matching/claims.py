@@ -33,7 +33,8 @@ Bundles (``offer_bundle``, ``accept_bundle``, ``decline_bundle``): one offer of 
 deliveries. The driver's offer key then holds ``bundle:{bundle_id}`` (``bundle_token``) and every
 delivery's offer key holds the driver; the accept claims every delivery of the bundle in one
 script, all or none, and capacity counts each delivery (a driver with one free slot cannot
-take a bundle of two). Releases stay per delivery: stops end one at a time.
+take a bundle of two). Releases stay per delivery: stops end one at a time. A single offer is
+the same script with one delivery, whose id is the token: one copy of every rule.
 
 Offer timeouts: Redis expires both offer keys together; ``accept`` after that returns False.
 The engine's own timer (which records ``offer_timeout`` on the delivery) may call ``decline``:
@@ -85,59 +86,14 @@ DELIVERY_OFFERED = -2      # the delivery has an open offer (to anyone)
 DELIVERY_ACTIVE = -3       # the delivery is active with a driver
 DRIVER_NOT_AVAILABLE = -4  # status is not 'available' (offer) / is 'offline' (accept)
 
-# KEYS: driver offer, driver deliveries, delivery offer, delivery driver, driver state.
-# ARGV: driver_id, delivery_id, ttl_ms, capacity, '1' = a driver without state is offline.
-OFFER_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then return -1 end
-if redis.call('EXISTS', KEYS[3]) == 1 then return -2 end
-if redis.call('EXISTS', KEYS[4]) == 1 then return -3 end
-local status = redis.call('HGET', KEYS[5], 'status')
-if status then
-  if status ~= 'available' then return -4 end
-elseif ARGV[5] == '1' then
-  return -4
-end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
-return 1
-"""
-
-# Status changes go through streams.location_store.SET_STATUS_LUA (one writer of the index).
-# KEYS: driver offer, driver deliveries, delivery offer, delivery driver, driver state,
-# driver location. ARGV: driver_id, delivery_id, capacity.
-# An offer that exists but cannot be accepted any more is withdrawn (the codes < 0).
-ACCEPT_SCRIPT = SET_STATUS_LUA + """
-local id, delivery = ARGV[1], ARGV[2]
-if redis.call('GET', KEYS[1]) ~= delivery then return 0 end
-redis.call('DEL', KEYS[1])
-if redis.call('GET', KEYS[3]) == id then redis.call('DEL', KEYS[3]) end
-local st = redis.call('HMGET', KEYS[5], 'status', 'tenant')
-if st[1] == 'offline' then return -4 end
-local holder = redis.call('GET', KEYS[4])
-if holder and holder ~= id then return -3 end
-local capacity = tonumber(ARGV[3])
-if redis.call('SCARD', KEYS[2]) >= capacity then return -1 end
-redis.call('SADD', KEYS[2], delivery)
-redis.call('SET', KEYS[4], id)
-if st[1] == 'available' and redis.call('SCARD', KEYS[2]) >= capacity then
-  set_status(id, 'busy', st[2])
-end
-return 1
-"""
-
-# KEYS: driver offer, delivery offer. ARGV: driver_id, delivery_id.
-DECLINE_SCRIPT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-return 1
-"""
+# One script per verb for one delivery or a bundle of n: a single offer is the bundle of one
+# whose token (what the driver's offer key holds) is the delivery id itself, so the capacity,
+# holder and status rules exist once.
 
 # KEYS: driver offer, driver deliveries, driver state, then per delivery: its offer, its driver.
-# ARGV: driver_id, bundle token, ttl_ms, capacity, '1' = no state is offline, delivery count.
-# The OFFER_SCRIPT checks for every delivery, and the room for all of them.
-OFFER_BUNDLE_SCRIPT = """
+# ARGV: driver_id, token, ttl_ms, capacity, '1' = a driver without state is offline, n.
+# Every delivery must be free (not offered, not active) and the driver must have room for all.
+OFFER_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local n = tonumber(ARGV[6])
 if redis.call('SCARD', KEYS[2]) + n > tonumber(ARGV[4]) then return -1 end
@@ -156,10 +112,12 @@ for i = 1, n do redis.call('SET', KEYS[2 + 2 * i], ARGV[1], 'PX', ARGV[3]) end
 return 1
 """
 
+# Status changes go through streams.location_store.SET_STATUS_LUA (one writer of the index).
 # KEYS: driver offer, driver deliveries, driver state, driver location, then per delivery:
-# its offer, its driver. ARGV: driver_id, bundle token, capacity, delivery ids...
-# All or none: every check runs before the first claim is written.
-ACCEPT_BUNDLE_SCRIPT = SET_STATUS_LUA + """
+# its offer, its driver. ARGV: driver_id, token, capacity, delivery ids...
+# All or none: every check runs before the first claim is written. An offer that exists but
+# cannot be accepted any more is withdrawn (the codes < 0).
+ACCEPT_SCRIPT = SET_STATUS_LUA + """
 local id, n = ARGV[1], #ARGV - 3
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
@@ -184,8 +142,8 @@ end
 return 1
 """
 
-# KEYS: driver offer, then every delivery's offer. ARGV: driver_id, bundle token.
-DECLINE_BUNDLE_SCRIPT = """
+# KEYS: driver offer, then every delivery's offer. ARGV: driver_id, token.
+DECLINE_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 for i = 2, #KEYS do
@@ -276,9 +234,6 @@ class DriverClaims:
         self._decline = redis.register_script(DECLINE_SCRIPT)
         self._release = redis.register_script(RELEASE_SCRIPT)
         self._restore = redis.register_script(RESTORE_SCRIPT)
-        self._offer_bundle = redis.register_script(OFFER_BUNDLE_SCRIPT)
-        self._accept_bundle = redis.register_script(ACCEPT_BUNDLE_SCRIPT)
-        self._decline_bundle = redis.register_script(DECLINE_BUNDLE_SCRIPT)
 
     async def offer(self, driver_id: str, delivery_id: str) -> bool:
         """Open an offer of the delivery to the driver, for offer_ttl_s.
@@ -286,13 +241,8 @@ class DriverClaims:
         Refused (False) when the driver has an open offer, is at capacity or is not
         ``available``, or the delivery is already offered or active with anyone.
         """
-        driver, delivery = canonical_uuid(driver_id, "driver_id"), canonical_uuid(delivery_id, "delivery_id")
-        code = await self._offer(
-            keys=[offer_key(driver), deliveries_key(driver), delivery_offer_key(delivery),
-                  delivery_driver_key(delivery), state_key(driver)],
-            args=[driver, delivery, self._ttl_ms, self._capacity, self._require_shift],
-        )
-        return int(code) == OK
+        delivery = canonical_uuid(delivery_id, "delivery_id")
+        return await self._open(driver_id, delivery, [delivery])
 
     async def accept(self, driver_id: str, delivery_id: str) -> bool:
         """The driver takes the delivery it was offered: it becomes one of its active ones.
@@ -302,23 +252,16 @@ class DriverClaims:
         returned. The accept that fills the driver's last slot makes it ``busy`` and takes it
         out of the availability index.
         """
-        driver, delivery = canonical_uuid(driver_id, "driver_id"), canonical_uuid(delivery_id, "delivery_id")
-        code = await self._accept(
-            keys=[offer_key(driver), deliveries_key(driver), delivery_offer_key(delivery),
-                  delivery_driver_key(delivery), state_key(driver), location_key(driver)],
-            args=[driver, delivery, self._capacity],
-        )
-        return int(code) == OK
+        delivery = canonical_uuid(delivery_id, "delivery_id")
+        return await self._take(driver_id, delivery, [delivery])
 
     async def decline(self, driver_id: str, delivery_id: str) -> bool:
         """Withdraw the open offer (declined, or timed out by the engine's timer).
 
         False when that offer is not open (already expired, accepted or declined).
         """
-        driver, delivery = canonical_uuid(driver_id, "driver_id"), canonical_uuid(delivery_id, "delivery_id")
-        code = await self._decline(keys=[offer_key(driver), delivery_offer_key(delivery)],
-                                   args=[driver, delivery])
-        return int(code) == OK
+        delivery = canonical_uuid(delivery_id, "delivery_id")
+        return await self._withdraw(driver_id, delivery, [delivery])
 
     async def release(self, driver_id: str, delivery_id: str) -> bool:
         """The delivery is over for this driver (delivered, failed, cancelled).
@@ -338,39 +281,50 @@ class DriverClaims:
     async def offer_bundle(self, driver_id: str, bundle_id: str, delivery_ids: list[str]) -> bool:
         """Open one offer of every delivery of a bundle to the driver (see ``offer``), refused
         when any delivery is offered or active, or the driver has no room for all of them."""
-        driver, deliveries = self._bundle_ids(driver_id, delivery_ids)
-        per = [k for d in deliveries for k in (delivery_offer_key(d), delivery_driver_key(d))]
-        code = await self._offer_bundle(
-            keys=[offer_key(driver), deliveries_key(driver), state_key(driver), *per],
-            args=[driver, bundle_token(canonical_uuid(bundle_id, "bundle_id")), self._ttl_ms, self._capacity,
-                  self._require_shift, str(len(deliveries))])
-        return int(code) == OK
+        return await self._open(driver_id, self._token(bundle_id), self._deliveries(delivery_ids))
 
     async def accept_bundle(self, driver_id: str, bundle_id: str, delivery_ids: list[str]) -> bool:
         """The driver takes every delivery of the bundle it was offered, in one step: all of
         them become its active deliveries, or none does (False; an offer that cannot be
         honoured any more, e.g. no room left for all of them, is withdrawn)."""
-        driver, deliveries = self._bundle_ids(driver_id, delivery_ids)
-        per = [k for d in deliveries for k in (delivery_offer_key(d), delivery_driver_key(d))]
-        code = await self._accept_bundle(
-            keys=[offer_key(driver), deliveries_key(driver), state_key(driver), location_key(driver), *per],
-            args=[driver, bundle_token(canonical_uuid(bundle_id, "bundle_id")), self._capacity, *deliveries])
-        return int(code) == OK
+        return await self._take(driver_id, self._token(bundle_id), self._deliveries(delivery_ids))
 
     async def decline_bundle(self, driver_id: str, bundle_id: str, delivery_ids: list[str]) -> bool:
         """Withdraw the driver's open offer of the bundle; False when it is not open."""
-        driver, deliveries = self._bundle_ids(driver_id, delivery_ids)
-        code = await self._decline_bundle(
-            keys=[offer_key(driver), *(delivery_offer_key(d) for d in deliveries)],
-            args=[driver, bundle_token(canonical_uuid(bundle_id, "bundle_id"))])
+        return await self._withdraw(driver_id, self._token(bundle_id), self._deliveries(delivery_ids))
+
+    async def _open(self, driver_id: str, token: str, deliveries: list[str]) -> bool:
+        driver = canonical_uuid(driver_id, "driver_id")
+        per = [k for d in deliveries for k in (delivery_offer_key(d), delivery_driver_key(d))]
+        code = await self._offer(
+            keys=[offer_key(driver), deliveries_key(driver), state_key(driver), *per],
+            args=[driver, token, self._ttl_ms, self._capacity, self._require_shift, str(len(deliveries))])
+        return int(code) == OK
+
+    async def _take(self, driver_id: str, token: str, deliveries: list[str]) -> bool:
+        driver = canonical_uuid(driver_id, "driver_id")
+        per = [k for d in deliveries for k in (delivery_offer_key(d), delivery_driver_key(d))]
+        code = await self._accept(
+            keys=[offer_key(driver), deliveries_key(driver), state_key(driver), location_key(driver), *per],
+            args=[driver, token, self._capacity, *deliveries])
+        return int(code) == OK
+
+    async def _withdraw(self, driver_id: str, token: str, deliveries: list[str]) -> bool:
+        driver = canonical_uuid(driver_id, "driver_id")
+        code = await self._decline(keys=[offer_key(driver), *(delivery_offer_key(d) for d in deliveries)],
+                                   args=[driver, token])
         return int(code) == OK
 
     @staticmethod
-    def _bundle_ids(driver_id: str, delivery_ids: list[str]) -> tuple[str, list[str]]:
+    def _token(bundle_id: str) -> str:
+        return bundle_token(canonical_uuid(bundle_id, "bundle_id"))
+
+    @staticmethod
+    def _deliveries(delivery_ids: list[str]) -> list[str]:
         deliveries = [canonical_uuid(d, "delivery_id") for d in delivery_ids]
         if not 1 <= len(deliveries) <= 10 or len(set(deliveries)) != len(deliveries):
             raise InvalidClaimSettings(f"a bundle holds 1 to 10 distinct deliveries, got {len(deliveries)}")
-        return canonical_uuid(driver_id, "driver_id"), deliveries
+        return deliveries
 
     async def offer_of(self, driver_id: str) -> str | None:
         """The delivery id the driver has an open offer for, or None."""
