@@ -4,7 +4,8 @@ The offer engine's bundle rounds: one offer of several deliveries, accepted whol
 script and one transaction (capacity counting each delivery), declined or timed out onto the
 next driver, refused to a driver without room. Then the whole path: two ready orders of one
 vendor, batch dispatch, one offer on the driver's websocket, accept, pick-up, the two doors in
-order, and each customer's tracking socket showing its place in the sequence.
+order, and each customer's tracking socket showing its place in the sequence; and a ready
+order held for a partner about to be ready, then offered with it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dispatch.matching.keys import (
     deliveries_key,
     delivery_driver_key,
     delivery_offer_key,
+    held_key,
     offer_key,
 )
 from dispatch.matching.offers import OfferEngine
@@ -409,3 +411,77 @@ async def test_two_ready_orders_of_one_vendor_go_to_one_driver_as_one_offer_and_
     assert got[0]["delivered_at"] < got[1]["delivered_at"]
     assert await store.status(driver) == "available"
     assert await redis.scard(deliveries_key(driver)) == 0
+
+
+NEXT_DOOR = destination(*VENDOR, 80.0, 2150)   # on the way to FAR_DOOR: a second trip there would be waste
+
+
+async def _vendor_with_prep_history(db: TenantDatabase, tenant_id, prep_s: int) -> tuple:
+    """A vendor whose last three orders took ``prep_s`` from accepted to ready (what the engine
+    learns its expected ready times from), one order ready now and one accepted just now."""
+    async with db.tenant_transaction(tenant_id) as tx:
+        vendor = await tx.fetchval(
+            "INSERT INTO vendors (business_name, address, location, delivery_radius) "
+            "VALUES ('Gogo Bunny Chow', '{}', ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography, 8000) "
+            "RETURNING id", *VENDOR)
+        customer = await tx.fetchval("INSERT INTO customers (first_name) VALUES ('Lerato') RETURNING id")
+
+        async def order(n: int, status: str, door: tuple[float, float]) -> uuid.UUID:
+            return await tx.fetchval(
+                "INSERT INTO orders (order_number, customer_id, vendor_id, status, subtotal, total_amount, "
+                "delivery_fee, delivery_address, delivery_location) VALUES ($1, $2, $3, $4, 100, 125, 25.00, "
+                "'{}', ST_SetSRID(ST_MakePoint($6, $5), 4326)::geography) RETURNING id",
+                f"ORD-H-{n}", customer, vendor, status, *door)
+
+        for n in range(3):   # yesterday's orders: accepted, then ready prep_s later
+            past = await order(n, "delivered", NEAR_DOOR)
+            await tx.execute(
+                "INSERT INTO order_status_history (order_id, from_status, to_status, created_at) VALUES "
+                "($1, 'pending', 'accepted', now() - interval '1 day'), "
+                "($1, 'accepted', 'ready', now() - interval '1 day' + make_interval(secs => $2))", past, prep_s)
+        ready = await order(10, "ready", FAR_DOOR)
+        cooking = await order(11, "accepted", NEXT_DOOR)
+        await tx.execute("INSERT INTO order_status_history (order_id, from_status, to_status) "
+                         "VALUES ($1, 'pending', 'accepted')", cooking)
+    return ready, cooking
+
+
+async def test_a_ready_delivery_waits_for_a_partner_about_to_be_ready_then_both_go_as_one_offer(
+        platform, bundling_engine):
+    """The rolling horizon through the engine: the shop's next order is expected ready within
+    the hold (its own preparation history says so) and goes the same way, so the ready one is
+    held, not offered; when the partner is marked ready the two go to one driver as one offer."""
+    addr, state, settings, redis = bundling_engine
+    tenant = await create_tenant(platform, f"Bundle hold {uuid.uuid4().hex[:6]}")
+    store = LocationStore(redis, settings)
+    async with TenantDatabase(platform) as db:
+        ready_order, cooking_order = await _vendor_with_prep_history(db, tenant.id, prep_s=40)
+        driver, token = await _driver(db, tenant.id, 8)
+        async with SimulatedDriver(addr, driver, token) as app:
+            await app.ping(*destination(*VENDOR, 0.0, 300))
+
+            async def available():
+                return driver in [r[0] for r in await store.available_in_cells(str(tenant.id),
+                                                                               store.cells_around(*VENDOR, k=8))]
+
+            await eventually(available, within=15)
+            async with db.tenant_transaction(tenant.id) as tx:
+                first = str(await insert_delivery(tx, tenant.id, ready_order, VENDOR, FAR_DOOR))
+
+            async def held():
+                return await redis.exists(held_key(first))
+
+            await eventually(held, within=15)
+            assert app.offers.empty()   # held for its partner, not offered alone
+            async with db.tenant_transaction(tenant.id, readonly=True) as tx:
+                assert await tx.fetchval("SELECT status FROM deliveries WHERE id = $1", uuid.UUID(first)) == "pending"
+
+            async with db.tenant_transaction(tenant.id) as tx:   # the shop marks the partner ready
+                await tx.execute("UPDATE orders SET status = 'ready' WHERE id = $1", cooking_order)
+                second = str(await insert_delivery(tx, tenant.id, cooking_order, VENDOR, NEXT_DOOR))
+
+            offer = await asyncio.wait_for(app.offers.get(), 30)
+            assert [s["delivery_id"] for s in offer["deliveries"]] == [second, first]   # nearer door first
+            reply = await app.send({"type": "offer_reply", "bundle_id": offer["bundle_id"], "accept": True})
+            assert (reply["status"], reply["delivery_ids"]) == ("assigned", [second, first])
+            assert app.offers.empty()
