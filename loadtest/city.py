@@ -35,23 +35,42 @@ after local midnight). Pure: no I/O outside ``write``/``read``, no clock, no glo
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import re
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 from functools import cache
-from typing import Any
 
 import h3
 
 from geo import EARTH_RADIUS_M, distance_m
-from loadtest.movement import SPEED_BOUNDS_MPS, cruising_speed
+from loadtest.city_catalogue import (
+    FIRST_NAMES,
+    LAST_NAMES,
+    MOBILE_PREFIXES,
+    PLATE_LETTERS,
+    POPULARITY,
+    SPAZA_CATALOGUE,
+    SPAZA_NAMES,
+    TAKEAWAY_CATALOGUE,
+    TAKEAWAY_NAMES,
+    TENANT_NAMES,
+    TITLES,
+)
+from loadtest.city_file import (
+    FORMAT_VERSION,
+    Scenario,
+    ScenarioError,
+    from_jsonl,
+    read,
+    to_jsonl,
+    write,
+)
+from loadtest.movement import cruising_speed
 
 __all__ = [
     "CITIES",
@@ -70,7 +89,6 @@ __all__ = [
     "write",
 ]
 
-FORMAT_VERSION = 1
 H3_RESOLUTION = 8
 DAY_S = 86_400
 
@@ -184,144 +202,6 @@ def expected_orders(config: CityConfig) -> float:
     return orders_between(config.start_s, config.start_s + config.duration_s, config.orders_per_day)
 
 
-# --- the scenario -----------------------------------------------------------------------------
-
-
-class ScenarioError(ValueError):
-    """A scenario file that is not a valid version-1 scenario; ``line`` is 1-based."""
-
-    def __init__(self, source: str, line: int, message: str) -> None:
-        super().__init__(f"{source} line {line}: {message}")
-        self.source = source
-        self.line = line
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """A generated city: plain dicts exactly as in the file, plus lookups by key."""
-
-    header: dict[str, Any]
-    tenants: list[dict[str, Any]]
-    vendors: list[dict[str, Any]]
-    drivers: list[dict[str, Any]]
-    customers: list[dict[str, Any]]
-    orders: list[dict[str, Any]]
-    _index: dict[str, dict[str, dict[str, Any]]] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        index = {kind: {e["key"]: e for e in entities}
-                 for kind, entities in (("tenant", self.tenants), ("vendor", self.vendors),
-                                        ("driver", self.drivers), ("customer", self.customers))}
-        index["product"] = {f"{v['key']}/{p['key']}": p for v in self.vendors for p in v["products"]}
-        object.__setattr__(self, "_index", index)
-
-    def tenant(self, key: str) -> dict[str, Any]:
-        return self._index["tenant"][key]
-
-    def vendor(self, key: str) -> dict[str, Any]:
-        return self._index["vendor"][key]
-
-    def driver(self, key: str) -> dict[str, Any]:
-        return self._index["driver"][key]
-
-    def customer(self, key: str) -> dict[str, Any]:
-        return self._index["customer"][key]
-
-    def product(self, vendor_key: str, product_key: str) -> dict[str, Any]:
-        return self._index["product"][f"{vendor_key}/{product_key}"]
-
-    def entities(self) -> Iterable[dict[str, Any]]:
-        """Every line of the file in order: the header, then entities, then orders."""
-        yield self.header
-        for group in (self.tenants, self.vendors, self.drivers, self.customers, self.orders):
-            yield from group
-
-
-# --- names and catalogue ----------------------------------------------------------------------
-
-_TENANT_NAMES = ("Soweto Spaza Co-op", "Kasi Express", "Alex Corner Deliveries",
-                 "Jozi Township Foods", "Ekasi Runners", "Mzansi Spaza Network")
-_FIRST_NAMES = (
-    "Thandeka", "Sipho", "Lerato", "Mpho", "Bongani", "Nomvula", "Tshepo", "Zanele", "Kagiso",
-    "Themba", "Lindiwe", "Sibusiso", "Palesa", "Karabo", "Nhlanhla", "Refilwe", "Lwazi", "Ayanda",
-    "Thabo", "Nandi", "Mandla", "Busisiwe", "Katlego", "Dineo", "Vusi", "Precious", "Tebogo",
-    "Sizwe", "Naledi", "Kabelo", "Andile", "Lebohang", "Xolani", "Zodwa", "Musa", "Nokuthula",
-    "Sello", "Gugu", "Siyabonga", "Khanyisile", "Tumelo", "Boitumelo", "Nkosinathi", "Ntombi",
-    "Fatima", "Priya", "Ruan", "Chantelle", "Tendai", "Blessing",
-)
-_LAST_NAMES = (
-    "Mokoena", "Dlamini", "Nkosi", "Khumalo", "Ndlovu", "Mahlangu", "Mabaso", "Zulu", "Sithole",
-    "Molefe", "Mthembu", "Ngcobo", "Shabalala", "Radebe", "Buthelezi", "Mofokeng", "Tshabalala",
-    "Maseko", "Nkuna", "Baloyi", "Maluleke", "Mathebula", "Masilela", "Motaung", "Modise",
-    "Sibiya", "Cele", "Hadebe", "Ntuli", "Mazibuko", "Moloi", "Sekgobela", "Naidoo", "Pillay",
-    "Petersen", "Adams", "Botha", "van der Merwe", "Moyo", "Chauke",
-)
-_TITLES = ("Mama", "Bra", "Sis", "Aunty", "Uncle", "Gogo", "Ntate", "Mme")
-_SPAZA_NAMES = ("{title} {last} Spaza", "{first}'s Tuckshop", "Kwa-{last} Superette",
-                "{suburb} Corner Shop", "{first}'s General Dealer", "{last} Spaza")
-_TAKEAWAY_NAMES = ("{first}'s Kota Corner", "Ekasi Kota King {suburb}", "{suburb} Bunny Chow",
-                   "Chesa Nyama kwa-{last}", "{title} {last}'s Kitchen")
-_MOBILE_PREFIXES = ("60", "61", "62", "63", "64", "65", "66", "67", "68", "71", "72", "73",
-                    "74", "76", "78", "79", "81", "82", "83", "84")
-# South African plates leave out vowels (no words) and Q.
-_PLATE_LETTERS = "BCDFGHJKLMNPRSTVWXYZ"
-
-
-@dataclass(frozen=True)
-class _Item:
-    sku: str
-    name: str
-    description: str
-    price_cents: int
-    cold: bool
-    popularity: float
-
-
-_COLD_DRINK_2L = _Item("COLDDRINK-2L", "Cold drink 2 L", "Cola, ice cold", 2499, False, 3.0)
-_COLD_DRINK_CAN = _Item("COLDDRINK-330", "Cold drink can 330 ml", "Assorted flavours, ice cold",
-                        1199, False, 3.0)
-_SPAZA_CATALOGUE = (
-    _Item("BREAD-WHITE-700", "White bread 700 g", "Sliced white loaf, baked this morning", 1899, False, 5.0),
-    _Item("BREAD-BROWN-700", "Brown bread 700 g", "Sliced brown loaf, baked this morning", 1750, False, 5.0),
-    _Item("MILK-FULL-1L", "Fresh full-cream milk 1 L", "Keep refrigerated", 2199, False, 4.0),
-    _Item("AMASI-2L", "Amasi (maas) 2 L", "Fermented milk, keep refrigerated", 4299, False, 2.0),
-    _Item("MAIZE-5KG", "Super maize meal 5 kg", "For pap: stiff, soft or phutu", 7499, False, 3.0),
-    _Item("MAIZE-2.5KG", "Super maize meal 2.5 kg", "For pap: stiff, soft or phutu", 4199, False, 2.0),
-    _Item("SUGAR-2KG", "White sugar 2 kg", "Granulated white sugar", 4499, False, 2.5),
-    _Item("EGGS-6", "Large eggs, 6", "Free-range large eggs", 2499, False, 2.5),
-    _Item("EGGS-18", "Large eggs, 18", "Large eggs, tray of 18", 6499, False, 1.0),
-    _COLD_DRINK_2L,
-    _COLD_DRINK_CAN,
-    _Item("PARAFFIN-1L", "Paraffin 1 L", "Illuminating paraffin for stoves and heaters", 2999, False, 1.5),
-    _Item("CHICKEN-2KG", "Frozen chicken pieces 2 kg", "Mixed portions, keep frozen", 8999, True, 2.0),
-    _Item("POLONY-1KG", "Polony 1 kg", "Keep refrigerated", 4499, False, 1.5),
-    _Item("RICE-2KG", "Long-grain rice 2 kg", "Parboiled long-grain rice", 4299, False, 1.5),
-    _Item("OIL-2L", "Sunflower oil 2 L", "Cooking oil", 6499, False, 1.5),
-    _Item("TEA-100", "Rooibos tea, 100 bags", "Rooibos tea bags", 4499, False, 1.0),
-    _Item("CANDLES-6", "Household candles, 6", "For load shedding", 2999, False, 1.5),
-    _Item("SOAP-175G", "Bath soap 175 g", "Bar soap", 1599, False, 1.0),
-    _Item("WASHING-2KG", "Washing powder 2 kg", "Hand-wash washing powder", 7999, False, 1.0),
-    _Item("BEANS-410G", "Baked beans 410 g", "Baked beans in tomato sauce", 1799, False, 1.5),
-    _Item("PILCHARDS-400G", "Pilchards in tomato sauce 400 g", "Tinned pilchards", 2999, False, 1.5),
-    _Item("CHAKALAKA-410G", "Chakalaka 410 g", "Spicy vegetable relish", 1999, False, 1.0),
-    _Item("CHIPS-125G", "Maize chips 125 g", "Cheese-flavoured maize snacks", 1899, False, 2.0),
-)
-_TAKEAWAY_CATALOGUE = (
-    _Item("KOTA-QUARTER", "Kota, quarter loaf", "Chips, polony, atchar and cheese in a quarter loaf", 4500, False, 5.0),
-    _Item("KOTA-FULLHOUSE", "Full house kota", "Chips, russian, egg, cheese, polony and atchar", 7500, False, 3.0),
-    _Item("BUNNY-QUARTER", "Beef bunny chow, quarter", "Beef curry in a quarter loaf", 6500, False, 3.0),
-    _Item("VETKOEK-MINCE", "Vetkoek with mince", "Fried dough bun with curried mince", 2500, False, 2.5),
-    _Item("AMAGWINYA-4", "Amagwinya, 4", "Plain vetkoek, four", 1200, False, 2.0),
-    _Item("CHIPS-LARGE", "Slap chips, large", "Vinegar and chip spice", 3500, False, 3.0),
-    _Item("RUSSIAN-CHIPS", "Russian and chips", "Russian sausage with slap chips", 4000, False, 2.5),
-    _Item("PAP-WORS", "Pap and wors", "Boerewors with pap and chakalaka", 5500, False, 2.0),
-    _Item("WINGS-6", "Chicken wings, 6", "Flame-grilled wings", 5000, False, 2.0),
-    _COLD_DRINK_2L,
-    _COLD_DRINK_CAN,
-)
-
-_POPULARITY = {i.sku: i.popularity for i in (*_SPAZA_CATALOGUE, *_TAKEAWAY_CATALOGUE)}
-
 # --- generation constants (ASSUMPTIONS) --------------------------------------------------------
 
 _VENDOR_SPREAD_M = 300.0
@@ -417,7 +297,7 @@ def _rand(cents: int) -> str:
 
 def _phone(rng: random.Random, used: set[str]) -> str:
     while True:
-        phone = f"+27{rng.choice(_MOBILE_PREFIXES)}{rng.randrange(10**7):07d}"
+        phone = f"+27{rng.choice(MOBILE_PREFIXES)}{rng.randrange(10**7):07d}"
         if phone not in used:
             used.add(phone)
             return phone
@@ -434,8 +314,8 @@ def _unique(make: Callable[[], str], used: set[str]) -> str:
 def _tenants(config: CityConfig, rng: random.Random) -> tuple[list[dict], list[float]]:
     tenants, shares = [], []
     for i in range(config.tenants):
-        base = _TENANT_NAMES[i % len(_TENANT_NAMES)]
-        name = base if i < len(_TENANT_NAMES) else f"{base} {i // len(_TENANT_NAMES) + 1}"
+        base = TENANT_NAMES[i % len(TENANT_NAMES)]
+        name = base if i < len(TENANT_NAMES) else f"{base} {i // len(TENANT_NAMES) + 1}"
         slug = "city-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         tenants.append({"kind": "tenant", "key": f"t{i}", "name": name, "slug": slug})
         shares.append(rng.uniform(0.6, 1.4))
@@ -443,7 +323,7 @@ def _tenants(config: CityConfig, rng: random.Random) -> tuple[list[dict], list[f
 
 
 def _products(rng: random.Random, takeaway: bool) -> list[dict]:
-    catalogue = _TAKEAWAY_CATALOGUE if takeaway else _SPAZA_CATALOGUE
+    catalogue = TAKEAWAY_CATALOGUE if takeaway else SPAZA_CATALOGUE
     count = min(rng.randint(6, 12), len(catalogue))
     chosen = sorted(rng.sample(range(len(catalogue)), count))
     products = []
@@ -473,9 +353,9 @@ def _vendors(config: CityConfig, rng: random.Random, shares: Sequence[float]) ->
             spot = hotspots[suburb]
             lat, lng = _near(rng, (spot["lat"], spot["lng"]), _VENDOR_SPREAD_M, bbox)
             takeaway = rng.random() < _TAKEAWAY_SHARE
-            template = rng.choice(_TAKEAWAY_NAMES if takeaway else _SPAZA_NAMES)
-            name = template.format(title=rng.choice(_TITLES), first=rng.choice(_FIRST_NAMES),
-                                   last=rng.choice(_LAST_NAMES), suburb=suburb)
+            template = rng.choice(TAKEAWAY_NAMES if takeaway else SPAZA_NAMES)
+            name = template.format(title=rng.choice(TITLES), first=rng.choice(FIRST_NAMES),
+                                   last=rng.choice(LAST_NAMES), suburb=suburb)
             base, n = name, 2
             while name in used_names:
                 name, n = f"{base} {n}", n + 1
@@ -568,7 +448,7 @@ def _customers(config: CityConfig, rng: random.Random, vendors: Sequence[dict],
         suburb = min(hotspots, key=lambda n: distance_m(lat, lng, hotspots[n]["lat"], hotspots[n]["lng"]))
         customers.append({
             "kind": "customer", "key": f"c{len(customers)}", "tenant": f"t{tenant}",
-            "name": f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)}",
+            "name": f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}",
             "phone": _phone(rng, phones), "lat": lat, "lng": lng, "cell": cell,
             "street": f"{rng.randint(1, 9999)} {rng.choice(hotspots[suburb]['streets'])}, {suburb}",
             "watches": rng.random() < _WATCH_SHARE,
@@ -596,7 +476,7 @@ def _arrival_times(config: CityConfig, rng: random.Random) -> list[float]:
 
 def _order_lines(rng: random.Random, vendor: dict) -> list[dict]:
     products = vendor["products"]
-    popularity = [_POPULARITY[p["sku"]] for p in products]
+    popularity = [POPULARITY[p["sku"]] for p in products]
     prices = [int(Decimal(p["price"]) * 100) for p in products]
     count = rng.choices(*_LINE_COUNTS)[0]
     chosen: list[int] = []
@@ -707,15 +587,15 @@ def _drivers(config: CityConfig, rng: random.Random, vendors: Sequence[dict],
             home = _near(rng, (spot["lat"], spot["lng"]), _DRIVER_HOME_SPREAD_M, bbox)
             start, end = _shift(rng, config.duration_s)
             licence = _unique(lambda: f"{rng.randrange(10**9, 10**10)}"
-                                      f"{rng.choice(_PLATE_LETTERS)}{rng.choice(_PLATE_LETTERS)}",
+                                      f"{rng.choice(PLATE_LETTERS)}{rng.choice(PLATE_LETTERS)}",
                               licences)
-            plate = _unique(lambda: (f"{rng.choice(_PLATE_LETTERS)}{rng.choice(_PLATE_LETTERS)} "
+            plate = _unique(lambda: (f"{rng.choice(PLATE_LETTERS)}{rng.choice(PLATE_LETTERS)} "
                                      f"{rng.randrange(100):02d} "
-                                     f"{rng.choice(_PLATE_LETTERS)}{rng.choice(_PLATE_LETTERS)} GP"),
+                                     f"{rng.choice(PLATE_LETTERS)}{rng.choice(PLATE_LETTERS)} GP"),
                             plates)
             drivers.append({
                 "kind": "driver", "key": f"d{i}", "tenant": f"t{t}",
-                "first_name": rng.choice(_FIRST_NAMES), "last_name": rng.choice(_LAST_NAMES),
+                "first_name": rng.choice(FIRST_NAMES), "last_name": rng.choice(LAST_NAMES),
                 "phone": _phone(rng, phones), "license_number": licence, "registration": plate,
                 "vehicle_type": vehicle, "cold_storage": i in cold, "home": [home[0], home[1]],
                 "shift_start_s": start, "shift_end_s": end,
@@ -746,281 +626,3 @@ def generate(config: CityConfig) -> Scenario:
                    "customers": len(customers), "orders": len(orders)},
     }
     return Scenario(header, tenants, vendors, drivers, customers, orders)
-
-
-# --- the file ---------------------------------------------------------------------------------
-
-
-def to_jsonl(scenario: Scenario) -> str:
-    """The scenario as JSONL text: one object per line, keys in the order they were built."""
-    return "".join(json.dumps(obj, allow_nan=False) + "\n" for obj in scenario.entities())
-
-
-def write(scenario: Scenario, path: str | os.PathLike[str]) -> None:
-    """Write the scenario to ``path`` as JSONL (UTF-8, ``\\n`` line ends)."""
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write(to_jsonl(scenario))
-
-
-def read(path: str | os.PathLike[str]) -> Scenario:
-    """Load and validate a scenario file; ``ScenarioError`` (a ValueError) names the bad line."""
-    with open(path, "rb") as f:
-        data = f.read()
-    source = os.fspath(path)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ScenarioError(source, data.count(b"\n", 0, exc.start) + 1, "not UTF-8 text") from None
-    return from_jsonl(text, source=source)
-
-
-class _Bad(Exception):
-    """A problem with the current line; from_jsonl adds the line number."""
-
-
-def _no_constants(name: str) -> None:
-    raise _Bad(f"{name} is not a number JSON allows")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        dupes = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
-        raise _Bad(f"duplicate key(s) {', '.join(map(repr, dupes))}")
-    return obj
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x: object) -> bool:
-    return (isinstance(x, int | float) and not isinstance(x, bool)) and math.isfinite(x)
-
-
-def _is_money(x: object) -> bool:
-    if not isinstance(x, str) or not re.fullmatch(r"\d{1,7}\.\d{2}", x):
-        return False
-    try:
-        return Decimal(x) >= 0
-    except InvalidOperation:
-        return False
-
-
-_CHECKS: dict[str, Callable[[object], bool]] = {
-    "str": lambda x: isinstance(x, str) and x != "",
-    "text": lambda x: isinstance(x, str),
-    "int": _is_int,
-    "number": _is_number,
-    "bool": lambda x: isinstance(x, bool),
-    "money": _is_money,
-    "list": lambda x: isinstance(x, list),
-    "object": lambda x: isinstance(x, dict),
-    "latlng": lambda x: (isinstance(x, list) and len(x) == 2 and all(map(_is_number, x))
-                         and -90 <= x[0] <= 90 and -180 <= x[1] <= 180),
-    "lat": lambda x: _is_number(x) and -90 <= x <= 90,
-    "lng": lambda x: _is_number(x) and -180 <= x <= 180,
-}
-
-_MEANING = {"str": "a non-empty string", "text": "a string", "int": "an integer",
-            "number": "a finite number", "bool": "true or false",
-            "money": "an amount as a string such as \"17.50\"", "list": "a list",
-            "object": "an object", "latlng": "[lat, lng]", "lat": "a latitude", "lng": "a longitude"}
-
-_SCHEMAS: dict[str, dict[str, str]] = {
-    "scenario": {"kind": "str", "version": "int", "seed": "int", "city": "str", "bbox": "object",
-                 "start_s": "int", "duration_s": "int", "h3_resolution": "int",
-                 "expected_orders": "number", "counts": "object"},
-    "tenant": {"kind": "str", "key": "str", "name": "str", "slug": "str"},
-    "vendor": {"kind": "str", "key": "str", "tenant": "str", "name": "str", "lat": "lat",
-               "lng": "lng", "street": "text", "delivery_radius_m": "number",
-               "minimum_order_value": "money", "prep_s": "number", "accept_delay_s": "number",
-               "products": "list"},
-    "driver": {"kind": "str", "key": "str", "tenant": "str", "first_name": "str",
-               "last_name": "str", "phone": "str", "license_number": "str", "registration": "str",
-               "vehicle_type": "str", "cold_storage": "bool", "home": "latlng",
-               "shift_start_s": "number", "shift_end_s": "number", "speed_mps": "number",
-               "accept_probability": "number", "reply_delay_s": "number",
-               "ping_interval_s": "number", "seed": "int"},
-    "customer": {"kind": "str", "key": "str", "tenant": "str", "name": "str", "phone": "str",
-                 "lat": "lat", "lng": "lng", "cell": "str", "street": "text", "watches": "bool"},
-    "order": {"kind": "str", "t": "number", "tenant": "str", "vendor": "str", "customer": "str",
-              "lines": "list", "payment_method": "str", "watch": "bool"},
-}
-_PRODUCT_SCHEMA = {"key": "str", "sku": "str", "name": "str", "description": "text",
-                   "price": "money", "stock": "int", "cold": "bool"}
-_LINE_SCHEMA = {"product": "str", "quantity": "int"}
-_BBOX_SCHEMA = {"south": "lat", "west": "lng", "north": "lat", "east": "lng"}
-_COUNTS_SCHEMA = {"tenants": "int", "vendors": "int", "drivers": "int", "customers": "int",
-                  "orders": "int"}
-_GROUPS = {"tenant": "tenants", "vendor": "vendors", "driver": "drivers", "customer": "customers",
-           "order": "orders"}
-
-
-def _check_fields(obj: object, schema: dict[str, str], what: str) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise _Bad(f"{what} must be a JSON object")
-    missing = [k for k in schema if k not in obj]
-    if missing:
-        raise _Bad(f"{what} is missing {', '.join(missing)}")
-    unknown = [k for k in obj if k not in schema]
-    if unknown:
-        raise _Bad(f"{what} has unknown field(s) {', '.join(unknown)}")
-    for key, check in schema.items():
-        if not _CHECKS[check](obj[key]):
-            raise _Bad(f"{what}: {key} must be {_MEANING[check]}, got {obj[key]!r}")
-    return obj
-
-
-def _check_header(obj: dict[str, Any]) -> None:
-    if obj.get("kind") != "scenario":
-        raise _Bad(f"the first line must be the scenario header (kind 'scenario'), "
-                   f"got kind {obj.get('kind')!r}")
-    if obj.get("version") != FORMAT_VERSION or not _is_int(obj.get("version")):
-        raise _Bad(f"unsupported scenario version {obj.get('version')!r}; this reader reads "
-                   f"version {FORMAT_VERSION}")
-    _check_fields(obj, _SCHEMAS["scenario"], "the header")
-    _check_fields(obj["bbox"], _BBOX_SCHEMA, "bbox")
-    _check_fields(obj["counts"], _COUNTS_SCHEMA, "counts")
-    if obj["duration_s"] <= 0:
-        raise _Bad(f"duration_s must be positive, got {obj['duration_s']}")
-
-
-class _Reader:
-    """Checks the lines after the header one by one, keeping what later lines may refer to."""
-
-    def __init__(self, header: dict[str, Any]) -> None:
-        self.header = header
-        self.groups: dict[str, list[dict[str, Any]]] = {g: [] for g in _GROUPS.values()}
-        self.keys: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in _GROUPS if k != "order"}
-        self.products: dict[str, set[str]] = {}
-        self.last_t = 0.0
-
-    def _tenant(self, obj: dict[str, Any]) -> None:
-        if obj["tenant"] not in self.keys["tenant"]:
-            what = f"{obj['kind']} {obj['key']}" if "key" in obj else obj["kind"]
-            raise _Bad(f"{what} references unknown tenant {obj['tenant']!r} "
-                       "(tenant lines must come first)")
-
-    def add(self, obj: dict[str, Any]) -> None:
-        kind = obj.get("kind")
-        if kind == "scenario":
-            raise _Bad("a second scenario header")
-        if kind not in _GROUPS:
-            raise _Bad(f"unknown kind {kind!r}; expected one of {', '.join(_GROUPS)}")
-        _check_fields(obj, _SCHEMAS[kind], kind)
-        if kind == "order":
-            self._order(obj)
-        else:
-            if self.groups["orders"]:
-                raise _Bad(f"{kind} line after an order line: entities must come before orders")
-            if obj["key"] in self.keys[kind]:
-                raise _Bad(f"duplicate {kind} key {obj['key']!r}")
-            if kind != "tenant":
-                self._tenant(obj)
-            if kind == "vendor":
-                self._vendor(obj)
-            elif kind == "driver":
-                self._driver(obj)
-            self.keys[kind][obj["key"]] = obj
-        self.groups[_GROUPS[kind]].append(obj)
-
-    def _vendor(self, obj: dict[str, Any]) -> None:
-        if obj["delivery_radius_m"] <= 0 or obj["prep_s"] < 0 or obj["accept_delay_s"] < 0:
-            raise _Bad(f"vendor {obj['key']}: delivery_radius_m must be positive and "
-                       "prep_s, accept_delay_s not negative")
-        keys = set()
-        for i, product in enumerate(obj["products"]):
-            _check_fields(product, _PRODUCT_SCHEMA, f"vendor {obj['key']} product {i}")
-            if product["key"] in keys:
-                raise _Bad(f"vendor {obj['key']}: duplicate product key {product['key']!r}")
-            keys.add(product["key"])
-            if product["stock"] < 0:
-                raise _Bad(f"vendor {obj['key']} product {product['key']}: negative stock")
-        self.products[obj["key"]] = keys
-
-    def _driver(self, obj: dict[str, Any]) -> None:
-        who = f"driver {obj['key']}"
-        if obj["vehicle_type"] not in SPEED_BOUNDS_MPS:
-            raise _Bad(f"{who}: vehicle_type must be one of {', '.join(SPEED_BOUNDS_MPS)}, "
-                       f"got {obj['vehicle_type']!r}")
-        if not 0 <= obj["shift_start_s"] < obj["shift_end_s"] <= self.header["duration_s"]:
-            raise _Bad(f"{who}: the shift must satisfy 0 <= shift_start_s < shift_end_s <= "
-                       f"duration_s ({self.header['duration_s']})")
-        if obj["speed_mps"] <= 0 or obj["ping_interval_s"] <= 0 or obj["reply_delay_s"] < 0:
-            raise _Bad(f"{who}: speed_mps and ping_interval_s must be positive, reply_delay_s "
-                       "not negative")
-        if not 0 <= obj["accept_probability"] <= 1:
-            raise _Bad(f"{who}: accept_probability must be from 0 to 1")
-
-    def _order(self, obj: dict[str, Any]) -> None:
-        t = obj["t"]
-        if not 0 <= t <= self.header["duration_s"]:
-            raise _Bad(f"order time {t} is outside the scenario (0 to {self.header['duration_s']} s)")
-        if t < self.last_t:
-            raise _Bad(f"order time {t} is before the previous order's ({self.last_t}): "
-                       "orders must be sorted by t")
-        self.last_t = t
-        self._tenant(obj)
-        for kind in ("vendor", "customer"):
-            entity = self.keys[kind].get(obj[kind])
-            if entity is None:
-                raise _Bad(f"order references unknown {kind} {obj[kind]!r}")
-            if entity["tenant"] != obj["tenant"]:
-                raise _Bad(f"order of tenant {obj['tenant']} references {kind} {obj[kind]} of "
-                           f"tenant {entity['tenant']}")
-        if obj["payment_method"] not in ("cash", "card"):
-            raise _Bad(f"payment_method must be 'cash' or 'card', got {obj['payment_method']!r}")
-        if not obj["lines"]:
-            raise _Bad("an order needs at least one line")
-        seen = set()
-        for i, line in enumerate(obj["lines"]):
-            _check_fields(line, _LINE_SCHEMA, f"order line {i}")
-            if line["product"] not in self.products[obj["vendor"]]:
-                raise _Bad(f"order line {i}: vendor {obj['vendor']} has no product {line['product']!r}")
-            if line["product"] in seen:
-                raise _Bad(f"order line {i}: product {line['product']!r} is on two lines")
-            seen.add(line["product"])
-            if line["quantity"] < 1:
-                raise _Bad(f"order line {i}: quantity must be at least 1, got {line['quantity']}")
-
-
-def from_jsonl(text: str, source: str = "<scenario>") -> Scenario:
-    """Parse and validate scenario JSONL; ``ScenarioError`` (a ValueError) names the bad line."""
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not lines:
-        raise ScenarioError(source, 1, "empty file; expected the scenario header")
-    reader: _Reader | None = None
-    for n, raw in enumerate(lines, start=1):
-        try:
-            if not raw.strip():
-                raise _Bad("empty line")
-            try:
-                obj = json.loads(raw, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
-            except json.JSONDecodeError as exc:
-                raise _Bad(f"not JSON ({exc.msg} at column {exc.colno})") from None
-            except ValueError as exc:      # e.g. an integer beyond Python's digit limit
-                raise _Bad(f"not JSON ({exc})") from None
-            except RecursionError:
-                raise _Bad("JSON nested too deeply") from None
-            if not isinstance(obj, dict):
-                raise _Bad(f"expected a JSON object, got {type(obj).__name__}")
-            if reader is None:
-                _check_header(obj)
-                reader = _Reader(obj)
-            else:
-                reader.add(obj)
-        except _Bad as exc:
-            raise ScenarioError(source, n, str(exc)) from None
-    assert reader is not None
-    counts = reader.header["counts"]
-    for group, entities in reader.groups.items():
-        if counts[group] != len(entities):
-            raise ScenarioError(source, 1, f"counts.{group} says {counts[group]} but the file "
-                                           f"has {len(entities)}")
-    g = reader.groups
-    return Scenario(reader.header, g["tenants"], g["vendors"], g["drivers"], g["customers"],
-                    g["orders"])
-
