@@ -287,12 +287,15 @@ async def bundling_engine(platform, stream_settings):
         await asyncio.wait_for(worker.stop(), 30)
 
 
+async def _vendor(tx, name: str) -> uuid.UUID:
+    return await tx.fetchval(
+        "INSERT INTO vendors (business_name, address, location, delivery_radius) "
+        "VALUES ($1, '{}', ST_SetSRID(ST_MakePoint($3, $2), 4326)::geography, 8000) RETURNING id", name, *VENDOR)
+
+
 async def _two_orders(db: TenantDatabase, tenant_id) -> list:
     async with db.tenant_transaction(tenant_id) as tx:
-        vendor = await tx.fetchval(
-            "INSERT INTO vendors (business_name, address, location, delivery_radius) "
-            "VALUES ('Mama Thoko Spaza', '{}', ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography, 8000) "
-            "RETURNING id", *VENDOR)
+        vendor = await _vendor(tx, "Mama Thoko Spaza")
         orders = []
         for n, door in ((1, FAR_DOOR), (2, NEAR_DOOR)):
             customer = await tx.fetchval("INSERT INTO customers (first_name) VALUES ($1) RETURNING id", f"C{n}")
@@ -420,10 +423,7 @@ async def _vendor_with_prep_history(db: TenantDatabase, tenant_id, prep_s: int) 
     """A vendor whose last three orders took ``prep_s`` from accepted to ready (what the engine
     learns its expected ready times from), one order ready now and one accepted just now."""
     async with db.tenant_transaction(tenant_id) as tx:
-        vendor = await tx.fetchval(
-            "INSERT INTO vendors (business_name, address, location, delivery_radius) "
-            "VALUES ('Gogo Bunny Chow', '{}', ST_SetSRID(ST_MakePoint($2, $1), 4326)::geography, 8000) "
-            "RETURNING id", *VENDOR)
+        vendor = await _vendor(tx, "Gogo Bunny Chow")
         customer = await tx.fetchval("INSERT INTO customers (first_name) VALUES ('Lerato') RETURNING id")
 
         async def order(n: int, status: str, door: tuple[float, float]) -> uuid.UUID:
