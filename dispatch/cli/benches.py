@@ -7,6 +7,7 @@ import argparse
 from dispatch.cli import moves
 from loadtest.backup import add_parser as add_backup_bench
 from loadtest.mdrp.report import add_parser as add_mdrp_bench
+from schema.errors import WakalaError
 
 
 async def _bench(args: argparse.Namespace) -> int:
@@ -43,10 +44,14 @@ async def _bench(args: argparse.Namespace) -> int:
         from loadtest.matching_report import run_matching_bench
         from loadtest.matching_scenario import MatchingBench
 
-        await run_matching_bench(MatchingBench(
-            seed=args.seed, minutes=args.minutes, orders_per_min=args.orders_per_min,
-            drivers=args.drivers, window_s=args.window, radius_m=args.radius,
-            wait_weight=args.wait_weight, capacity=args.capacity, truth=args.truth))
+        try:
+            bench = MatchingBench(
+                seed=args.seed, minutes=args.minutes, orders_per_min=args.orders_per_min,
+                drivers=args.drivers, window_s=args.window, radius_m=args.radius,
+                wait_weight=args.wait_weight, capacity=args.capacity, truth=args.truth)
+        except ValueError as exc:   # settings the bench cannot run with, named
+            raise WakalaError(str(exc)) from None
+        await run_matching_bench(bench)
     elif args.bench == "flood":
         from loadtest.flood import FloodBench, run_flood_bench
 

@@ -148,3 +148,14 @@ def test_an_unknown_mode_or_a_capacity_below_one_is_refused() -> None:
         simulate(TINY, scenario, "psychic")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="capacity"):
         MatchingBench(capacity=0)
+
+
+@pytest.mark.parametrize("argv, named", [(["--capacity", "0"], "capacity"), (["--drivers", "0"], "drivers"),
+                                         (["--window", "nan"], "window_s")])
+def test_the_cli_refuses_settings_it_cannot_run_naming_them(argv: list[str], named: str,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from dispatch.cli import main
+
+    assert main(["bench", "matching", *argv]) == 2
+    captured = capsys.readouterr()
+    assert named in captured.err and captured.out == ""
