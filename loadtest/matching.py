@@ -56,7 +56,7 @@ from typing import Literal
 
 import numpy as np
 
-from dispatch.matching.assignment import assign_batch, assign_greedy, cost_matrix
+from dispatch.matching.assignment import INFEASIBLE_S, assign_batch, assign_greedy, cost_matrix
 from dispatch.matching.bundle_policy import Ready, decide
 from dispatch.matching.ranking import AVAILABLE, Candidate, Job
 from geo.distance import distance_m
@@ -197,7 +197,7 @@ def simulate(bench: MatchingBench, scenario: Scenario, mode: Mode) -> ModeOutcom
     def bundled(t: float, jobs: list[int], cands: list[Candidate]) -> list[tuple[int, ...]]:
         """The engine's bundling step over the window's pending orders: units to solve."""
         costs = cost_matrix([orders[i].job for i in jobs], cands, at=at(t), calibration=cal)
-        feasible = np.where(costs < 1e8, costs, np.inf).min(axis=1)
+        feasible = np.where(costs < INFEASIBLE_S, costs, np.inf).min(axis=1)
         lead: dict[str, float] = {}
         for i, best in zip(jobs, feasible.tolist(), strict=True):
             if best != np.inf:
