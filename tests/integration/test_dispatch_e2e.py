@@ -24,14 +24,13 @@ from dispatch.deliveries.store import create_delivery
 from dispatch.identity.auth import issue_driver_token
 from dispatch.identity.drivers import NewDriver, create_driver
 from dispatch.matching.keys import calibration_key
-from dispatch.tracking.worker import create_worker
 from geo import destination
 from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
 from streams.location_store import LocationStore
 from tests.integration.engine_helpers import running_app
-from tests.integration.streams.harness import SESSION_TIMEOUT_S, eventually
+from tests.integration.streams.harness import eventually, tracking_worker
 from tests.integration.streams.test_streams import create_topics
 
 pytestmark = pytest.mark.timeout(240)
@@ -69,19 +68,13 @@ async def _driver(db, tenant_id, n: int) -> tuple[str, str]:
 async def engine(platform, stream_settings):
     settings = replace(stream_settings, locations_partitions=1, location_ttl_s=120)
     await create_topics(settings)
-    worker = create_worker(settings, platform, session_timeout_s=SESSION_TIMEOUT_S)
-    await asyncio.wait_for(worker.start(), 30)
     redis = aioredis.from_url(settings.redis_url)
     try:
-        async def assigned() -> bool:
-            return any(tp.topic == settings.locations_topic for tp in worker.consumer.assignment())
-
-        await eventually(assigned, within=20, every=0.05)
-        async with running_app(platform, settings, dispatcher=True, offer_timeout_s=15) as (addr, state):
+        async with tracking_worker(settings, platform), \
+                running_app(platform, settings, dispatcher=True, offer_timeout_s=15) as (addr, state):
             yield addr, state, settings, redis
     finally:
         await redis.aclose()
-        await asyncio.wait_for(worker.stop(), 30)
 
 
 async def _events(settings, delivery_id: str, until: str, within: float = 20.0) -> list[dict]:

@@ -39,7 +39,6 @@ from dispatch.matching.keys import (
 from dispatch.matching.offers import OfferEngine
 from dispatch.matching.terms import BundleOffer, OfferNotHeld, RoundInProgress
 from dispatch.tracking.links import issue_link
-from dispatch.tracking.worker import create_worker
 from geo import destination
 from schema.db import TenantDatabase
 from schema.tenants import create_tenant
@@ -54,7 +53,7 @@ from tests.integration.matching.test_offers import (
     recv,
     world,
 )
-from tests.integration.streams.harness import SESSION_TIMEOUT_S, eventually
+from tests.integration.streams.harness import eventually, tracking_worker
 from tests.integration.streams.test_streams import create_topics
 from tests.integration.test_dispatch_e2e import PROOF, VENDOR, SimulatedDriver, _driver
 
@@ -270,21 +269,15 @@ async def bundling_engine(platform, stream_settings):
     """The engine in batch mode with drivers that carry two deliveries, and a location worker."""
     settings = replace(stream_settings, locations_partitions=1, location_ttl_s=120)
     await create_topics(settings)
-    worker = create_worker(settings, platform, session_timeout_s=SESSION_TIMEOUT_S)
-    await asyncio.wait_for(worker.start(), 30)
     redis = aioredis.from_url(settings.redis_url)
     try:
-        async def assigned() -> bool:
-            return any(tp.topic == settings.locations_topic for tp in worker.consumer.assignment())
-
-        await eventually(assigned, within=20, every=0.05)
-        async with running_app(platform, settings, dispatcher=True, offer_timeout_s=15, matching_mode="batch",
-                               batch_window_ms=500, driver_capacity=2) as (addr, state):
+        async with tracking_worker(settings, platform), \
+                running_app(platform, settings, dispatcher=True, offer_timeout_s=15, matching_mode="batch",
+                            batch_window_ms=500, driver_capacity=2) as (addr, state):
             yield addr, state, settings, redis
     finally:
         await redis.delete(deadlines_key(settings.app_id))
         await redis.aclose()
-        await asyncio.wait_for(worker.stop(), 30)
 
 
 async def _vendor(tx, name: str) -> uuid.UUID:

@@ -70,6 +70,25 @@ async def forget_drivers(redis: Redis, drivers: list[str], tenants: list[str]) -
 
 
 @contextlib.asynccontextmanager
+async def tracking_worker(settings: StreamSettings, pg: Any) -> AsyncIterator[Any]:
+    """The engine's location worker (``dispatch.tracking.worker``: this worker with the
+    tracker) in this process; yields once it owns a partition of the locations topic; always
+    stopped. For tests that run the engine and follow deliveries on the tracking sockets."""
+    from dispatch.tracking.worker import create_worker
+
+    worker = create_worker(settings, pg, session_timeout_s=SESSION_TIMEOUT_S)
+    await asyncio.wait_for(worker.start(), 30)
+    try:
+        async def assigned() -> bool:
+            return any(tp.topic == settings.locations_topic for tp in worker.consumer.assignment())
+
+        await eventually(assigned, within=20, every=0.05)
+        yield worker
+    finally:
+        await asyncio.wait_for(worker.stop(), 30)
+
+
+@contextlib.asynccontextmanager
 async def running_worker(settings: StreamSettings, pg=None, *, observer: ObserverFactory | None = None,
                          prepare: Callable[[faust.App], None] | None = None, assigned_within: float = 30,
                          **options: Any) -> AsyncIterator[faust.App]:

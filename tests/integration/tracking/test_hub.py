@@ -33,7 +33,6 @@ from dispatch.identity.auth import hash_token, issue_driver_token
 from dispatch.identity.drivers import NewDriver, create_driver
 from dispatch.tracking.links import CLOSE_EXPIRED, CLOSE_INVALID, revoke_links
 from dispatch.tracking.tracker import Tracker
-from dispatch.tracking.worker import create_worker
 from geo import destination
 from loadtest.driver_sim import SimulatedDriver
 from schema.db import TenantDatabase
@@ -49,7 +48,7 @@ from tests.integration.api.test_api import (
     phone,
 )
 from tests.integration.engine_helpers import running_app
-from tests.integration.streams.harness import SESSION_TIMEOUT_S, eventually
+from tests.integration.streams.harness import eventually, tracking_worker
 from tests.integration.streams.test_streams import create_topics, driver_ping
 
 pytestmark = pytest.mark.timeout(240)
@@ -494,14 +493,11 @@ async def test_a_vendor_screen_gets_its_own_orders_and_nothing_of_other_vendors_
 async def test_a_watcher_on_engine_b_sees_positions_and_statuses_caused_through_engine_a(platform, settings):
     settings = replace(settings, locations_partitions=1, location_ttl_s=120)
     await create_topics(settings)
-    worker = create_worker(settings, platform, session_timeout_s=SESSION_TIMEOUT_S)
-    await asyncio.wait_for(worker.start(), 30)
     redis = aioredis.from_url(settings.redis_url)
     try:
-        await eventually(lambda: _value(any(tp.topic == settings.locations_topic
-                                           for tp in worker.consumer.assignment())), within=20)
-        async with running_app(platform, settings, dispatcher=True, payment_webhook_secret=SECRET,
-                               offer_timeout_s=30) as (addr_a, _a), \
+        async with tracking_worker(settings, platform), \
+                running_app(platform, settings, dispatcher=True, payment_webhook_secret=SECRET,
+                            offer_timeout_s=30) as (addr_a, _a), \
                 running_app(platform, settings, dispatcher=False) as (addr_b, state_b), \
                 httpx.AsyncClient(base_url=f"http://{addr_a}", timeout=30) as http_a, \
                 httpx.AsyncClient(base_url=f"http://{addr_b}", timeout=30) as http_b, \
@@ -538,7 +534,6 @@ async def test_a_watcher_on_engine_b_sees_positions_and_statuses_caused_through_
                 assert len(state_b.hub.clients) == 0   # the watcher left engine B's hub
     finally:
         await redis.aclose()
-        await asyncio.wait_for(worker.stop(), 30)
 
 
 async def test_a_process_subscribes_to_a_delivery_only_while_it_has_watchers(platform, settings):
