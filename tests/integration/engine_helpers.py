@@ -11,6 +11,7 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from typing import Any
 
 import uvicorn
 
@@ -18,7 +19,7 @@ from dispatch.app import create_app, uvicorn_config
 from dispatch.core.settings import EngineSettings
 from loadtest.processes import free_port
 
-__all__ = ["bound_socket", "free_port", "running_app", "running_engine", "serving"]
+__all__ = ["bound_socket", "free_port", "running_app", "running_engine", "serving", "serving_app"]
 
 
 @contextlib.asynccontextmanager
@@ -42,6 +43,18 @@ async def running_app(pg, streams, **engine_overrides) -> AsyncIterator[tuple[st
         server.config.loop = "asyncio"
         async with serving(server, sockets=[sock]):
             yield f"127.0.0.1:{engine.port}", app.state
+
+
+@contextlib.asynccontextmanager
+async def serving_app(app: Any) -> AsyncIterator[str]:
+    """A bare ASGI app (no lifespan: a fake API or hub beside a page under test) on a free
+    port, with the engine's websocket implementation; yields its address."""
+    with bound_socket() as sock:
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio",
+                                               loop="asyncio", lifespan="off", log_level="warning"))
+        async with serving(server, sockets=[sock]):
+            yield f"127.0.0.1:{port}"
 
 
 @contextlib.contextmanager

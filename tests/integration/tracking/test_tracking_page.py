@@ -24,11 +24,10 @@ from pathlib import Path
 import h3
 import httpx
 import pytest
-import uvicorn
 from fastapi import APIRouter, FastAPI, WebSocket
 
 from dispatch.tracking.pages.tracking import PAGE, PAGE_GZIP, accepts_gzip, router
-from tests.integration.engine_helpers import bound_socket, serving
+from tests.integration.engine_helpers import serving_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -187,12 +186,8 @@ async def serving_page_and_fake_hub() -> AsyncIterator[tuple[str, FakeHub]]:
     hub = FakeHub()
     app = bare_app()
     app.add_api_websocket_route("/v1/track/{token}", hub.endpoint)
-    with bound_socket() as sock:
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio",
-                                               loop="asyncio", lifespan="off", log_level="warning"))
-        async with serving(server, sockets=[sock]):
-            yield f"127.0.0.1:{port}", hub
+    async with serving_app(app) as addr:
+        yield addr, hub
 
 
 def now() -> str:

@@ -19,12 +19,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from dispatch.core.settings import EngineSettings
 from dispatch.tracking.pages.tracking import router
-from tests.integration.engine_helpers import bound_socket, serving
+from tests.integration.engine_helpers import bound_socket, serving_app
 from tests.integration.tracking.test_tracking_page import (  # noqa: F401
     TOKEN,
     VENDOR,
@@ -56,16 +55,6 @@ def tile_of(lat: float, lng: float, z: int) -> tuple[int, int]:
     return int((lng + 180) / 360 * n), int((1 - math.asinh(math.tan(rad)) / math.pi) / 2 * n)
 
 
-@contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    with bound_socket() as sock:
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio",
-                                               loop="asyncio", lifespan="off", log_level="warning"))
-        async with serving(server, sockets=[sock]):
-            yield f"127.0.0.1:{port}"
-
-
 class TileServer:
     """``/tiles/{z}/{x}/{y}.png``: every request remembered; ``fail`` answers 404 instead."""
 
@@ -89,7 +78,7 @@ async def page_with_basemap(tile_url: str) -> AsyncIterator[tuple[str, FakeHub]]
     engine = replace(EngineSettings(), basemap_tile_url=tile_url, basemap_attribution=CREDIT)
     app = bare_app(router.for_settings(engine))
     app.add_api_websocket_route("/v1/track/{token}", hub.endpoint)
-    async with serve(app) as addr:
+    async with serving_app(app) as addr:
         yield addr, hub
 
 
@@ -119,7 +108,7 @@ async def test_tiles_from_the_configured_server_are_drawn_under_the_h3_view_and_
 
     tiles = TileServer()
     problems: list[str] = []
-    async with serve(tiles.app) as tile_addr:
+    async with serving_app(tiles.app) as tile_addr:
         template = f"http://{tile_addr}/tiles/{{z}}/{{x}}/{{y}}.png"
         async with page_with_basemap(template) as (addr, hub):
             page = await open_page(browser, addr, problems, f"http://{tile_addr}/tiles/")
@@ -170,7 +159,7 @@ async def test_when_tiles_do_not_load_the_h3_view_still_works(browser, tmp_path:
     problems: list[str] = []
     async with contextlib.AsyncExitStack() as stack:
         if server == "failing":
-            tile_addr = await stack.enter_async_context(serve(tiles.app))
+            tile_addr = await stack.enter_async_context(serving_app(tiles.app))
         else:
             with bound_socket() as sock:   # a port nobody listens on once this closes
                 tile_addr = f"127.0.0.1:{sock.getsockname()[1]}"
@@ -203,7 +192,7 @@ async def test_without_a_basemap_no_tile_is_drawn_and_no_credit_shown(browser) -
     app = bare_app(router)
     app.add_api_websocket_route("/v1/track/{token}", hub.endpoint)
     problems: list[str] = []
-    async with serve(app) as addr:
+    async with serving_app(app) as addr:
         page = await open_page(browser, addr, problems, f"http://{addr}/")
         conn = await hub.next_connection()
         await conn.send(first_snapshot())
@@ -222,7 +211,7 @@ async def test_the_delivery_pin_shows_when_the_snapshot_has_one_as_text_until_th
     app = bare_app(router)
     app.add_api_websocket_route("/v1/track/{token}", hub.endpoint)
     problems: list[str] = []
-    async with serve(app) as addr:
+    async with serving_app(app) as addr:
         page = await open_page(browser, addr, problems, f"http://{addr}/")
         pin = page.locator("#pin")
         conn = await hub.next_connection()

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import Request, WebSocket
 
 from dispatch.api import sign
 from dispatch.tracking.pages.vendor import PAGE, PAGE_GZIP, router
 from tests.integration.api.test_api import SECRET, Shop, _pay, _tenant_with_admin, auth
-from tests.integration.engine_helpers import bound_socket, running_app, serving
+from tests.integration.engine_helpers import running_app, serving_app
 from tests.integration.tracking.test_hub import settings  # noqa: F401
 from tests.integration.tracking.test_tracking_page import bare_app, browser, chromium, get_from  # noqa: F401
 
@@ -237,12 +236,8 @@ async def serving_page_and_fake_feed(listed: list[dict]) -> AsyncIterator[tuple[
         feed.list_auth.append(request.headers.get("authorization", ""))
         return {"orders": feed.listed}
 
-    with bound_socket() as sock:
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio",
-                                               loop="asyncio", lifespan="off", log_level="warning"))
-        async with serving(server, sockets=[sock]):
-            yield f"127.0.0.1:{port}", feed
+    async with serving_app(app) as addr:
+        yield addr, feed
 
 
 def view(number: int, status: str, created: datetime, updated: datetime | None = None, name: str = "Bread") -> dict:

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import Request, Response, WebSocket
 
 from dispatch.api import sign
 from dispatch.tracking.pages.vendor import router
 from tests.integration.api.test_api import SECRET, Shop, _pay, _tenant_with_admin, auth
-from tests.integration.engine_helpers import bound_socket, running_app, serving
+from tests.integration.engine_helpers import running_app, serving_app
 from tests.integration.tracking.test_hub import settings  # noqa: F401
 from tests.integration.tracking.test_tracking_page import bare_app, browser, chromium  # noqa: F401
 from tests.integration.tracking.test_vendor_page import TOKEN, open_page, view
@@ -145,12 +144,8 @@ async def serving_fake_api(api: FakeApi) -> AsyncIterator[str]:
         status, body, media = api.answer
         return Response(body, status_code=status, media_type=media)
 
-    with bound_socket() as sock:
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio",
-                                               loop="asyncio", lifespan="off", log_level="warning"))
-        async with serving(server, sockets=[sock]):
-            yield f"127.0.0.1:{port}"
+    async with serving_app(app) as addr:
+        yield addr
 
 
 @pytest.mark.parametrize(("answer", "shown"), [
