@@ -182,9 +182,9 @@ class FakeHub:
 
 
 @contextlib.asynccontextmanager
-async def serving_page_and_fake_hub() -> AsyncIterator[tuple[str, FakeHub]]:
+async def serving_page_and_fake_hub(page_router: APIRouter = router) -> AsyncIterator[tuple[str, FakeHub]]:
     hub = FakeHub()
-    app = bare_app()
+    app = bare_app(page_router)
     app.add_api_websocket_route("/v1/track/{token}", hub.endpoint)
     async with serving_app(app) as addr:
         yield addr, hub

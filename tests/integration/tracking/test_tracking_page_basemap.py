@@ -28,10 +28,10 @@ from tests.integration.tracking.test_tracking_page import (  # noqa: F401
     TOKEN,
     VENDOR,
     FakeHub,
-    bare_app,
     browser,
     chromium,
     now,
+    serving_page_and_fake_hub,
     snapshot,
 )
 
@@ -74,12 +74,9 @@ class TileServer:
 
 @contextlib.asynccontextmanager
 async def page_with_basemap(tile_url: str) -> AsyncIterator[tuple[str, FakeHub]]:
-    hub = FakeHub()
     engine = replace(EngineSettings(), basemap_tile_url=tile_url, basemap_attribution=CREDIT)
-    app = bare_app(router.for_settings(engine))
-    app.add_api_websocket_route("/v1/track/{token}", hub.endpoint)
-    async with serving_app(app) as addr:
-        yield addr, hub
+    async with serving_page_and_fake_hub(router.for_settings(engine)) as served:
+        yield served
 
 
 async def open_page(browser, addr: str, problems: list[str], allowed: str):  # noqa: F811
@@ -188,11 +185,8 @@ async def test_when_tiles_do_not_load_the_h3_view_still_works(browser, tmp_path:
 async def test_without_a_basemap_no_tile_is_drawn_and_no_credit_shown(browser) -> None:  # noqa: F811
     from playwright.async_api import expect
 
-    hub = FakeHub()
-    app = bare_app(router)
-    app.add_api_websocket_route("/v1/track/{token}", hub.endpoint)
     problems: list[str] = []
-    async with serving_app(app) as addr:
+    async with serving_page_and_fake_hub() as (addr, hub):
         page = await open_page(browser, addr, problems, f"http://{addr}/")
         conn = await hub.next_connection()
         await conn.send(first_snapshot())
@@ -207,11 +201,8 @@ async def test_the_delivery_pin_shows_when_the_snapshot_has_one_as_text_until_th
         browser, tmp_path: Path) -> None:  # noqa: F811
     from playwright.async_api import expect
 
-    hub = FakeHub()
-    app = bare_app(router)
-    app.add_api_websocket_route("/v1/track/{token}", hub.endpoint)
     problems: list[str] = []
-    async with serving_app(app) as addr:
+    async with serving_page_and_fake_hub() as (addr, hub):
         page = await open_page(browser, addr, problems, f"http://{addr}/")
         pin = page.locator("#pin")
         conn = await hub.next_connection()
