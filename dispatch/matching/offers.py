@@ -338,33 +338,40 @@ class OfferEngine(OfferRepairs, BundleRounds):
         expired (a day) cannot be rebuilt from Redis and is dropped from the set, logged.
         """
         tenant = offer_id(tenant_id, "tenant_id")
-        popped = await self.redis.spop(unassigned_key(tenant), limit)
+        popped = [as_text(raw) for raw in await self.redis.spop(unassigned_key(tenant), limit) or ()]
         outcomes = []
-        waiting = []
-        for raw in popped or ():
-            delivery = as_text(raw)
-            stored = await self._round(delivery)
-            if stored is None:
-                log.warning("unassigned delivery %s has no stored round; not retried", delivery)
-                continue
-            candidates = await candidates_for(stored.job)
-            if not candidates:
-                waiting.append(delivery)  # nobody to offer it to yet: no churn of transitions
-                continue
-            try:
-                await self._transition(tenant, delivery, DeliveryEvent.RETRY, actor=SYSTEM_ACTOR)
-            except _ABANDON as exc:
-                await self.redis.delete(round_key(delivery), tried_key(delivery))
-                outcomes.append(RoundOutcome(delivery, "abandoned", None, str(exc)))
-                continue
-            # A fresh round: every driver may be asked again, and max_attempts counts anew
-            # (deliveries.offer_attempts keeps the total across rounds).
-            await self.redis.delete(tried_key(delivery))
-            await self.redis.hset(round_key(delivery), "attempts", "0")
-            outcomes.append(await self.start_round(stored.job, delivery, candidates,
-                                                   pay=stored.pay, dropoff_eta_s=stored.dropoff_eta_s))
-        if waiting:
-            await self.redis.sadd(unassigned_key(tenant), *waiting)
+        # Popped and not yet out of ``unassigned``: back into the set however this ends, so a
+        # failure part-way (the database or Redis away while ranking or transitioning) leaves
+        # them for the next retry instead of losing them from the only list that retries them.
+        back = list(popped)
+        try:
+            for delivery in popped:
+                stored = await self._round(delivery)
+                if stored is None:
+                    log.warning("unassigned delivery %s has no stored round; not retried", delivery)
+                    back.remove(delivery)
+                    continue
+                candidates = await candidates_for(stored.job)
+                if not candidates:
+                    continue  # nobody to offer it to yet: it waits, no churn of transitions
+                try:
+                    await self._transition(tenant, delivery, DeliveryEvent.RETRY, actor=SYSTEM_ACTOR)
+                except _ABANDON as exc:
+                    back.remove(delivery)
+                    await self.redis.delete(round_key(delivery), tried_key(delivery))
+                    outcomes.append(RoundOutcome(delivery, "abandoned", None, str(exc)))
+                    continue
+                # Pending now: from here a failure is the pending sweep's to repair.
+                back.remove(delivery)
+                # A fresh round: every driver may be asked again, and max_attempts counts anew
+                # (deliveries.offer_attempts keeps the total across rounds).
+                await self.redis.delete(tried_key(delivery))
+                await self.redis.hset(round_key(delivery), "attempts", "0")
+                outcomes.append(await self.start_round(stored.job, delivery, candidates,
+                                                       pay=stored.pay, dropoff_eta_s=stored.dropoff_eta_s))
+        finally:
+            if back:
+                await self.redis.sadd(unassigned_key(tenant), *back)
         return outcomes
 
     async def unassigned_tenants(self) -> list[str]:

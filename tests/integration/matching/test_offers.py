@@ -292,6 +292,38 @@ async def test_after_max_attempts_the_delivery_is_unassigned_with_a_reason_and_c
     assert (row["status"], row["driver_id"]) == ("offered", d2)
 
 
+async def test_a_retry_that_fails_part_way_keeps_every_delivery_it_had_not_retried_unassigned(world):
+    """The database away while the retry ranks drivers: the deliveries taken off the
+    unassigned list go back on it, and the next retry offers them."""
+    w = world
+    d0, d1 = w.drivers[:2]
+    async with standalone(w, max_attempts=1) as engine:
+        for delivery in w.deliveries[:2]:
+            await engine.start_round(w.job(), delivery, candidates(d0), pay=PAY, dropoff_eta_s=900)
+            await engine.reply(d0, delivery, False)
+        assert await engine.unassigned(w.tenant_id) == set(w.deliveries[:2])
+        calls = 0
+
+        async def database_away(job: Job) -> list[OfferCandidate]:
+            nonlocal calls
+            calls += 1
+            raise ConnectionError("the database is away")
+
+        with pytest.raises(ConnectionError):
+            await engine.retry_unassigned(w.tenant_id, database_away)
+        assert calls == 1
+        assert await engine.unassigned(w.tenant_id) == set(w.deliveries[:2])
+        for delivery in w.deliveries[:2]:
+            assert (await w.delivery_row(delivery))["status"] == "unassigned"
+
+        async def back_again(job: Job) -> list[OfferCandidate]:
+            return candidates(d1)
+
+        retried = await engine.retry_unassigned(w.tenant_id, back_again)
+        assert sorted(o.status for o in retried) == ["offered", "unassigned"]   # d1 holds one offer at a time
+        assert len(await engine.unassigned(w.tenant_id)) == 1
+
+
 async def test_running_out_of_candidates_unassigns_and_an_unreachable_driver_is_skipped(world):
     w, delivery = world, world.deliveries[0]
     d0, d1 = w.drivers[:2]
